@@ -1,0 +1,58 @@
+"""The ``tokalign`` command line. Each ``tokalign_core/commands/<name>.py`` module
+exposes ``register(subparsers)``; this file only discovers and dispatches them, so every
+stage adds its own subcommands without touching a shared file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from tokalign_core import __version__, commands
+
+
+class UserError(Exception):
+    """A bad input the user can fix: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokalign",
+        description=(
+            "Replace a pretrained LLM's vocabulary with another tokenizer's (TokAlign / "
+            "TokAlign++): tokenize a corpus with both tokenizers, learn token vectors, align "
+            "the vocabularies, initialise the model, adapt and distil. Each subcommand runs "
+            "one stage without Prefect; `tokalign demo` runs the whole pipeline."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tokalign {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError, ValueError) as exc:
+        print(f"tokalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

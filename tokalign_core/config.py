@@ -1,0 +1,82 @@
+"""Frozen, typed configuration base with a stable digest.
+
+Every stage config derives from :class:`FrozenConfig`. The same objects are Prefect flow
+parameters (rendered as UI forms), part of cache keys, MLflow params (flattened) and the
+JSON handed to a training subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T", bound="FrozenConfig")
+
+# Keys whose values never leave the process in logs or MLflow params.
+SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
+
+
+class FrozenConfig(BaseModel):
+    """Immutable config; unknown keys are errors so typos fail loudly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    def canonical_json(self) -> str:
+        """JSON with sorted keys: the input of :meth:`digest`."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        """sha256 hex of the canonical JSON; stable across processes and Python versions."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def flat(self, prefix: str = "") -> dict[str, Any]:
+        """Flattened ``a.b.c -> value`` dict with secrets redacted (for MLflow params)."""
+        return flatten(self.model_dump(mode="json"), prefix)
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        """Read a JSON or YAML file into this config (validation errors name the file)."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        try:
+            return cls.model_validate(data)
+        except Exception as exc:  # pydantic's message lists each bad field
+            raise ValueError(f"invalid {cls.__name__} in {path}: {exc}") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write pretty JSON atomically."""
+        from tokalign_core.artifacts import atomic_write_text
+
+        return atomic_write_text(Path(path), json.dumps(self.model_dump(mode="json"), indent=2))
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a (flattened) key names a secret, e.g. ``hf_token`` or ``mlflow.password``."""
+    leaf = key.rsplit(".", 1)[-1].lower()
+    return any(marker in leaf for marker in SECRET_MARKERS) and not leaf.endswith(
+        ("tokenizer", "tokens", "_token_id", "token_ids")
+    ) and leaf not in {"max_tokens", "tokens_per_step", "token_budget"}
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts/lists into dotted keys; secret-looking keys become ``***``."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    key = prefix[:-1]
+    if isinstance(data, list):
+        data = json.dumps(data)
+    out[key] = "***" if (is_secret_key(key) and data not in (None, "")) else data
+    return out
