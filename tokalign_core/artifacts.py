@@ -6,7 +6,7 @@ the root and rename it into place only when complete, so a killed process never 
 half-written artifact that a later run trusts. Loads re-check the manifest (or at least the
 sizes, for fast paths) and raise :class:`CorruptArtifactError` naming the file.
 
-Tasks exchange :class:`ArtifactRef` (kind, digest, path): small, frozen, JSON-serialisable.
+Tasks exchange :class:`ArtifactRef` (kind, sha256, path): small, frozen, JSON-serialisable.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ArtifactRef(FrozenConfig):
     """Reference to a finished artifact: what tasks return and cache keys hash."""
 
     kind: str
-    digest: str
+    sha256: str
     path: str
 
     @property
@@ -134,7 +134,7 @@ class ArtifactStore:
             if not (final / MANIFEST).exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-        return ArtifactRef(kind=kind, digest=digest, path=str(final))
+        return ArtifactRef(kind=kind, sha256=digest, path=str(final))
 
     def resolve(self, ref: ArtifactRef) -> Path:
         """The artifact's folder, refusing paths outside this store's root."""
@@ -148,7 +148,7 @@ class ArtifactStore:
         final = self.root / kind / digest[:24]
         if not (final / MANIFEST).exists():
             return None
-        return ArtifactRef(kind=kind, digest=digest, path=str(final))
+        return ArtifactRef(kind=kind, sha256=digest, path=str(final))
 
 
 class _Writer:
@@ -177,7 +177,7 @@ def verify(ref: ArtifactRef, full: bool = True) -> Path:
             f"{ref.kind} artifact {folder} has no {MANIFEST}: it is incomplete; delete it and rerun"
         )
     manifest = json.loads(mpath.read_text())
-    if _digest(manifest) != ref.digest:
+    if _digest(manifest) != ref.sha256:
         raise CorruptArtifactError(f"{ref.kind} artifact {folder}: manifest does not match digest")
     for name, entry in manifest.items():
         f = folder / name
