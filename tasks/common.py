@@ -1,0 +1,68 @@
+"""Shared plumbing of the stage tasks: the task decorator, the artifact store and the
+executor of a :class:`~tasks.caching.Workspace`.
+
+Every stage task is a Prefect task with the content-hash cache policy, persisted results
+(small refs and dicts only), and retries for transient I/O errors only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from prefect import task
+
+from tasks.caching import CONTENT_HASH, Workspace, retry_on_transient_io
+from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.executor import Executor, make_executor
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RETRIES = 2
+RETRY_DELAY_SECONDS = 5
+
+
+def stage_task(name: str, **options: Any) -> Callable[[F], F]:
+    """``@task`` with content-hash caching, persisted results and I/O-only retries."""
+    defaults: dict[str, Any] = {
+        "name": name,
+        "cache_policy": CONTENT_HASH,
+        "persist_result": True,
+        "retries": RETRIES,
+        "retry_delay_seconds": RETRY_DELAY_SECONDS,
+        "retry_condition_fn": retry_on_transient_io,
+        "log_prints": True,
+    }
+    defaults.update(options)
+    return task(**defaults)  # type: ignore[return-value]
+
+
+def store(ws: Workspace) -> ArtifactStore:
+    """The run's content-addressed artifact store (``<run_dir>/artifacts``)."""
+    return ArtifactStore(ws.artifact_root)
+
+
+@contextmanager
+def executor(ws: Workspace, workers: int | None = None) -> Iterator[Executor]:
+    """Serial, a Dask LocalCluster (``workers > 1``, threads pinned) or ``ws.dask_address``.
+
+    Dask lives only inside tasks: each task opens and closes its own client, so Prefect's
+    task runner never ships work to Dask workers (which would start a Prefect server each).
+    """
+    ex = make_executor(workers=ws.workers if workers is None else workers,
+                       address=ws.dask_address, progress=ws.progress)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def pinned_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with math threads pinned (for training subprocesses)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env

@@ -1,0 +1,172 @@
+"""Tokenizer-independent evaluation: normalised perplexity, bits per byte, compression,
+windows, text loading, the CLI and the lm-eval extra (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tokalign_core import cli, toy
+from tokalign_core.configs.evaluate import EvalConfig
+from tokalign_core.evaluate import (
+    GroupStats,
+    evaluate_model,
+    format_table,
+    load_texts,
+    score_documents,
+    windows,
+)
+
+DOCS = ["def add(a, b):\n    return a + b", "The quick brown fox jumps over the lazy dog.",
+        "Der schnelle braune Fuchs springt über den faulen Hund."]
+
+
+@pytest.fixture(scope="module")
+def source_model(bpe_tok):
+    torch.manual_seed(0)
+    return toy.tiny_gpt_neox(640, hidden=32, layers=1, heads=2, max_positions=256)
+
+
+@pytest.mark.parametrize("n,window,stride", [(2, 8, 4), (9, 8, 4), (50, 8, 3), (50, 8, 8),
+                                             (50, 8, 20), (33, 16, 15), (7, 7, 1)])
+def test_windows_score_every_position_exactly_once(n, window, stride):
+    seen = []
+    for begin, end, k in windows(n, window, stride):
+        assert 0 < end - begin <= window and 1 <= k <= end - begin - 1
+        assert end - k - 1 >= begin  # the input predicting the first new target is inside
+        seen.extend(range(end - k, end))
+    assert seen == list(range(1, n))
+
+
+def test_cfg_rejects_stride_above_window():
+    with pytest.raises(ValueError, match="stride"):
+        EvalConfig(window=8, stride=9)
+
+
+def test_full_window_nll_equals_the_models_own_loss(source_model, bpe_tok):
+    cfg = EvalConfig(window=256, progress=False)
+    [(nll, k)] = score_documents(source_model, bpe_tok, DOCS[:1], cfg)
+    ids = [bpe_tok.eos_token_id] + bpe_tok(DOCS[0], add_special_tokens=False).input_ids
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = source_model(input_ids=x).logits[0, :-1, : len(bpe_tok)]
+    expected = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
+    assert k == len(ids) - 1
+    assert nll == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_windowed_scoring_counts_and_batch_independence(source_model, bpe_tok):
+    long_doc = " ".join(DOCS * 6)
+    n = len(bpe_tok(long_doc, add_special_tokens=False).input_ids)
+    a = score_documents(source_model, bpe_tok, [long_doc, DOCS[1]],
+                        EvalConfig(window=32, stride=10, batch_size=1, progress=False))
+    b = score_documents(source_model, bpe_tok, [long_doc, DOCS[1]],
+                        EvalConfig(window=32, stride=10, batch_size=5, progress=False))
+    assert n > 32 and a[0][1] == n  # every text token scored once (BOS prefix)
+    for (x, kx), (y, ky) in zip(a, b, strict=True):
+        assert kx == ky and x == pytest.approx(y, rel=1e-4)
+
+
+def test_normalised_ppl_with_own_tokenizer_equals_ordinary_ppl(source_model, bpe_tok):
+    res = evaluate_model(source_model, bpe_tok, {"mix": DOCS}, bpe_tok,
+                         EvalConfig(window=64, progress=False))
+    m = res["groups"]["mix"]
+    assert m["n_ref_tokens"] == m["n_tokens"] == m["n_scored"]
+    assert m["norm_ppl"] == pytest.approx(m["ppl"], rel=1e-12)
+    assert m["length_change"] == 0.0
+
+
+def test_normalised_ppl_uses_the_reference_count(source_model, bpe_tok, sp_tok):
+    res = evaluate_model(source_model, bpe_tok, {"mix": DOCS}, sp_tok,
+                         EvalConfig(window=64, progress=False))
+    m = res["groups"]["mix"]
+    n_ref = sum(len(sp_tok(d, add_special_tokens=False).input_ids) for d in DOCS)
+    assert m["n_ref_tokens"] == n_ref
+    assert m["norm_ppl"] == pytest.approx(math.exp(m["nll"] / n_ref))
+    assert m["length_change"] == pytest.approx(m["n_tokens"] / n_ref - 1)
+
+
+def test_bits_per_byte_hand_check_with_a_uniform_model(bpe_tok):
+    model = toy.tiny_gpt_neox(640, hidden=16, layers=1, heads=2)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # every logit 0: uniform over the vocab
+    text = "abc abc"
+    n_tok = len(bpe_tok(text, add_special_tokens=False).input_ids)
+    res = evaluate_model(model, bpe_tok, {"t": [text]}, None, EvalConfig(progress=False))
+    m = res["groups"]["t"]
+    # Uniform over the 600 real tokens (the 40 padding columns are cut), 7 UTF-8 bytes.
+    assert m["n_bytes"] == 7
+    assert m["nll"] == pytest.approx(n_tok * math.log(600), rel=1e-6)
+    assert m["bits_per_byte"] == pytest.approx(n_tok * math.log2(600) / 7, rel=1e-6)
+    assert m["tokens_per_byte"] == pytest.approx(n_tok / 7)
+
+
+def test_group_stats_metrics_hand_check():
+    s = GroupStats(n_docs=1, n_bytes=8, n_tokens=4, n_ref_tokens=2, n_scored=4,
+                   nll=4 * math.log(2)).metrics()
+    assert s["ppl"] == pytest.approx(2.0) and s["norm_ppl"] == pytest.approx(4.0)
+    assert s["bits_per_byte"] == pytest.approx(0.5) and s["length_change"] == pytest.approx(1.0)
+
+
+def test_load_texts_groups_by_label(tmp_path):
+    (tmp_path / "en.txt").write_text("first para\nstill first\n\nsecond para\n\n\n")
+    (tmp_path / "mixed.jsonl").write_text(
+        json.dumps({"text": "x = 1"}) + "\n\n" + json.dumps({"text": "Hallo", "label": "de"})
+        + "\n" + json.dumps({"text": "  "}) + "\n")
+    (tmp_path / "ignored.csv").write_text("a,b")
+    groups = load_texts(tmp_path)
+    assert groups == {"en": ["first para\nstill first", "second para"], "mixed": ["x = 1"],
+                      "de": ["Hallo"]}
+    assert load_texts(tmp_path / "en.txt", "line", max_docs=2) == {
+        "en": ["first para", "still first"]}
+    with pytest.raises(FileNotFoundError, match="does not exist|do not exist"):
+        load_texts(tmp_path / "nope")
+    (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        load_texts(tmp_path)
+
+
+def test_cli_eval_model_writes_json(source_model, bpe_tok, tmp_path, capsys):
+    source_model.save_pretrained(tmp_path / "m")
+    bpe_tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "code.txt").write_text(DOCS[0])
+    (tmp_path / "texts" / "de.txt").write_text(DOCS[2])
+    out = tmp_path / "res.json"
+    rc = cli.main(["eval-model", str(tmp_path / "m"), "--texts", str(tmp_path / "texts"),
+                   "--window", "32", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res["groups"]) == {"code", "de"}
+    assert res["groups"]["de"]["norm_ppl"] == pytest.approx(res["groups"]["de"]["ppl"])
+    assert "norm_ppl" in capsys.readouterr().out
+    assert "code" in format_table(res)
+
+
+def test_lm_eval_missing_extra_is_a_clear_error(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_lm_eval(name, *args, **kwargs):
+        if name == "lm_eval" or name.startswith("lm_eval."):
+            raise ImportError("No module named 'lm_eval'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    rc = cli.main(["lm-eval", "some/model", "--tasks", "arc_easy, piqa"])
+    assert rc == 2
+    assert "pip install 'tokalign[eval]'" in capsys.readouterr().err
+
+
+def test_lm_eval_argument_handling(capsys):
+    from tokalign_core.commands.eval_model import parse_tasks
+
+    assert parse_tasks("arc_easy, piqa,,boolq ") == ["arc_easy", "piqa", "boolq"]
+    with pytest.raises(ValueError, match="--tasks is empty"):
+        parse_tasks(" , ")
+    assert cli.main(["lm-eval", "m", "--tasks", "piqa", "--limit", "-1"]) == 2
+    assert "--limit must be positive" in capsys.readouterr().err

@@ -1,0 +1,172 @@
+"""Foundation: config digests, artifact store atomicity and verification, hashing,
+metrics loggers, the backend switch and the CLI registry."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from tokalign_core import backend, hashing
+from tokalign_core.artifacts import ArtifactRef, ArtifactStore, CorruptArtifactError, verify
+from tokalign_core.config import FrozenConfig, flatten
+from tokalign_core.tracking import JsonlLogger, MultiLogger, NullLogger
+
+
+class Demo(FrozenConfig):
+    dims: int = 300
+    name: str = "glove"
+    hf_token: str | None = None
+
+
+def test_digest_is_stable_and_field_sensitive():
+    assert Demo().digest() == Demo(dims=300).digest()
+    assert Demo().digest() != Demo(dims=301).digest()
+    # Stable across processes (no hash randomisation): compare with a fresh interpreter.
+    code = (
+        "from tests.core.test_foundation import Demo; print(Demo().digest())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == Demo().digest()
+
+
+def test_config_is_frozen_and_rejects_unknown_keys():
+    cfg = Demo()
+    with pytest.raises(ValidationError):
+        cfg.dims = 5  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        Demo(dimz=5)
+
+
+def test_flat_redacts_secrets_but_not_token_counts():
+    flat = Demo(hf_token="hf_abc").flat("glove.")
+    assert flat["glove.hf_token"] == "***"
+    assert flat["glove.dims"] == 300
+    nested = flatten({"a": {"tokens_per_step": 5, "api_key": "k", "target_tokenizer": "x"}})
+    assert nested == {"a.tokens_per_step": 5, "a.api_key": "***", "a.target_tokenizer": "x"}
+
+
+def test_config_load_names_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dims": "many"}))
+    with pytest.raises(ValueError, match="bad.json"):
+        Demo.load(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("dims: 50\n")
+    assert Demo.load(good).dims == 50
+
+
+def _write(store: ArtifactStore, payload: bytes, kind: str = "demo") -> ArtifactRef:
+    with store.writer(kind, meta={"n": len(payload)}) as w:
+        w.path("data.bin").write_bytes(payload)
+    assert w.ref is not None
+    return w.ref
+
+
+def test_artifact_roundtrip_and_content_addressing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    a = _write(store, b"hello")
+    b = _write(store, b"hello")
+    c = _write(store, b"world")
+    assert a == b and a.sha256 != c.sha256
+    assert verify(a) == a.dir
+    assert a.meta() == {"n": 5}
+    assert store.find("demo", a.sha256) == a
+    assert not list((tmp_path / ".tmp").iterdir())  # no leftovers
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    good = _write(store, b"keep me")
+    with pytest.raises(RuntimeError), store.writer("demo") as w:
+        w.path("data.bin").write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == [good.dir.name]
+    assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_disk_full_is_reported_and_earlier_artifacts_survive(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path)
+    good = _write(store, b"earlier")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="disk full"), store.writer("demo") as w:
+        monkeypatch.setattr(np, "save", full)
+        np.save(w.path("x.npy"), np.zeros(3))
+    verify(good)
+    assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_corruption_and_truncation_detected(tmp_path):
+    store = ArtifactStore(tmp_path)
+    ref = _write(store, b"0123456789")
+    (ref.dir / "data.bin").write_bytes(b"0123456780")  # same size, different bytes
+    verify(ref, full=False)  # size check alone cannot see it
+    with pytest.raises(CorruptArtifactError, match="checksum"):
+        verify(ref)
+    (ref.dir / "data.bin").write_bytes(b"01234")
+    with pytest.raises(CorruptArtifactError, match="truncated"):
+        verify(ref, full=False)
+    (ref.dir / "MANIFEST.json").unlink()
+    with pytest.raises(CorruptArtifactError, match="incomplete"):
+        verify(ref)
+
+
+def test_artifact_paths_cannot_escape_root(tmp_path):
+    store = ArtifactStore(tmp_path / "root")
+    ref = _write(store, b"x")
+    with pytest.raises(ValueError, match="escapes"):
+        ref.file("../../etc/passwd")
+    outside = ArtifactRef(kind="demo", sha256="0" * 64, path=str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match="outside the artifact root"):
+        store.resolve(outside)
+    with pytest.raises(ValueError, match="escapes"), store.writer("demo") as w:
+        w.path("../evil.bin")
+
+
+def test_tree_hash_follows_bytes_and_names(tmp_path):
+    (tmp_path / "a.txt").write_text("one")
+    h1 = hashing.sha256_tree(tmp_path)
+    (tmp_path / "a.txt").write_text("two")
+    h2 = hashing.sha256_tree(tmp_path)
+    (tmp_path / "a.txt").rename(tmp_path / "b.txt")
+    h3 = hashing.sha256_tree(tmp_path)
+    assert len({h1, h2, h3}) == 3
+    assert len(hashing.code_hash()) == 64
+
+
+def test_jsonl_logger_writes_finite_metrics(tmp_path):
+    path = tmp_path / "m.jsonl"
+    lg = MultiLogger(JsonlLogger(path), NullLogger())
+    lg.log({"loss": 1.5, "bad": float("nan"), "note": "x"}, step=3)
+    lg.close()
+    row = json.loads(path.read_text())
+    assert row["step"] == 3 and row["loss"] == 1.5 and "bad" not in row and "note" not in row
+
+
+def test_backend_switch_on_cpu():
+    assert backend.resolve_backend("numpy") == "numpy"
+    x = np.arange(3.0)
+    assert backend.array_namespace(x) is np
+    assert backend.to_numpy(x) is x
+    if not backend.cupy_available():
+        assert backend.resolve_backend("auto") in ("numpy", "torch")
+        with pytest.raises(ImportError, match="tokalign\\[gpu\\]"):
+            backend.resolve_backend("cupy")
+    with pytest.raises(ValueError, match="unknown backend"):
+        backend.resolve_backend("tpu")  # type: ignore[arg-type]
+
+
+def test_cli_help_lists_commands():
+    from tokalign_core.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "tokalign" in text and "vocabulary" in text

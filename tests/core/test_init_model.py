@@ -1,0 +1,214 @@
+"""Model initialisation for the target vocabulary: copied rows, tying, padding, special
+ids, bias, save/reload/generate (issue 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokalign_core import toy
+from tokalign_core.alignment import Alignment, Provenance
+from tokalign_core.baselines import fvt_pieces, shared_source_ids
+from tokalign_core.configs.init import InitConfig
+from tokalign_core.init_model import (
+    initialize,
+    initialize_model,
+    is_tied,
+    padded_rows,
+    save_initialized,
+)
+
+SOURCE_ROWS = 640  # bpe_tok has 600 tokens: a padded source like Pythia (50,277 / 50,304)
+
+
+def make_alignment(sp_tok, bpe_tok, seed: int = 0, n_fallback: int = 7) -> Alignment:
+    """Shared tokens map to their twins; the rest to seeded random real source rows; the
+    last ``n_fallback`` non-shared ids are marked FALLBACK."""
+    shared = shared_source_ids(sp_tok, bpe_tok)
+    rng = np.random.default_rng(seed)
+    src = np.where(shared >= 0, shared, rng.integers(0, len(bpe_tok), len(sp_tok)))
+    prov = np.where(shared >= 0, Provenance.SHARED, Provenance.ALIGNED).astype(np.uint8)
+    prov[[sp_tok.bos_token_id, sp_tok.eos_token_id, sp_tok.unk_token_id]] = Provenance.SPECIAL
+    non_shared = np.flatnonzero(prov == Provenance.ALIGNED)
+    prov[non_shared[-n_fallback:]] = Provenance.FALLBACK
+    return Alignment(src, np.ones(len(src)), prov, np.full(len(bpe_tok), -1), {"method": "test"})
+
+
+def snapshot(model):
+    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
+    return emb_in.weight.detach().clone(), emb_out.weight.detach().clone()
+
+
+@pytest.fixture(params=["gpt_neox", "llama"])
+def family(request):
+    return request.param
+
+
+def build(family: str, rows: int = SOURCE_ROWS):
+    if family == "gpt_neox":
+        return toy.tiny_gpt_neox(rows, hidden=32, layers=1, heads=2)
+    return toy.tiny_llama(rows, hidden=32, layers=1, heads=2)
+
+
+def test_copied_rows_equal_aligned_source_rows(family, sp_tok, bpe_tok):
+    model = build(family)
+    src_in, src_out = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    cfg = InitConfig(fallback="copy")
+    result = initialize(model, sp_tok, al, cfg, bpe_tok)
+    new_in, new_out = snapshot(result.model)
+    idx = torch.from_numpy(al.source_ids)
+    assert torch.equal(new_in[: len(sp_tok)], src_in[idx])
+    assert torch.equal(new_out[: len(sp_tok)], src_out[idx])
+    assert result.report.counts["copied"] == len(sp_tok)
+
+
+def test_resized_to_padding_multiple_with_mean_rows(family, sp_tok, bpe_tok):
+    model = initialize_model(build(family), sp_tok, make_alignment(sp_tok, bpe_tok),
+                             InitConfig(pad_to_multiple_of=64), bpe_tok)
+    n = len(sp_tok)  # 700 -> 704 rows
+    assert padded_rows(n, 64) == 704
+    new_in, new_out = snapshot(model)
+    assert new_in.shape[0] == new_out.shape[0] == model.config.vocab_size == 704
+    for mat in (new_in, new_out):
+        expected = mat[:n].mean(0)
+        assert torch.allclose(mat[n:], expected.expand(704 - n, -1), atol=1e-6)
+
+
+def test_tied_model_stays_tied(sp_tok, bpe_tok):
+    model = build("llama")
+    assert is_tied(model)
+    initialize_model(model, sp_tok, make_alignment(sp_tok, bpe_tok), InitConfig(), bpe_tok)
+    assert is_tied(model)
+    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
+    assert emb_in.weight.data_ptr() == emb_out.weight.data_ptr()
+
+
+def test_untied_model_stays_untied(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    assert not is_tied(model)
+    initialize_model(model, sp_tok, make_alignment(sp_tok, bpe_tok), InitConfig(), bpe_tok)
+    new_in, new_out = snapshot(model)
+    assert not is_tied(model)
+    assert not torch.equal(new_in, new_out)
+
+
+@pytest.mark.parametrize("method", ["aligned", "random", "random-permutation", "mean",
+                                    "multivariate", "fvt"])
+def test_padding_rows_of_the_source_are_never_read(method, sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    with torch.no_grad():  # poison the untrained padding rows 600..639
+        model.get_input_embeddings().weight[len(bpe_tok):] = float("nan")
+        model.get_output_embeddings().weight[len(bpe_tok):] = float("nan")
+    al = make_alignment(sp_tok, bpe_tok) if method == "aligned" else None
+    initialize_model(model, sp_tok, al, InitConfig(method=method), bpe_tok)
+    new_in, new_out = snapshot(model)
+    assert torch.isfinite(new_in).all() and torch.isfinite(new_out).all()
+
+
+def test_alignment_into_padding_rows_is_refused(sp_tok, bpe_tok):
+    al = make_alignment(sp_tok, bpe_tok)
+    bad = Alignment(np.where(np.arange(len(sp_tok)) == 50, 620, al.source_ids), al.scores,
+                    al.provenance, np.full(SOURCE_ROWS, -1))
+    with pytest.raises(ValueError, match="600"):
+        initialize_model(build("gpt_neox"), sp_tok, bad, InitConfig(fallback="copy"), bpe_tok)
+
+
+def test_special_ids_follow_the_target_tokenizer(family, sp_tok, bpe_tok):
+    model = build(family)
+    model.config.eos_token_id = model.generation_config.eos_token_id = 0  # Pythia's 0/0
+    initialize_model(model, sp_tok, make_alignment(sp_tok, bpe_tok), InitConfig(), bpe_tok)
+    for cfg in (model.config, model.generation_config):
+        assert cfg.bos_token_id == sp_tok.bos_token_id == 1
+        assert cfg.eos_token_id == sp_tok.eos_token_id == 2
+    assert model.config.pad_token_id is None  # sp_tok has no pad: the config does not invent one
+    assert model.generation_config.pad_token_id == 2  # generate() pads with eos
+
+
+def test_fallback_rows_get_the_fvt_mean(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    src_in, src_out = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    fb = np.flatnonzero(al.provenance == Provenance.FALLBACK)
+    result = initialize(model, sp_tok, al, InitConfig(fallback="fvt"), bpe_tok)
+    new_in, new_out = snapshot(model)
+    pieces, _ = fvt_pieces(sp_tok, bpe_tok, fb)
+    assert result.report.counts["fallback_fvt"] == len(pieces) > 0
+    for t, ids in pieces.items():
+        assert torch.allclose(new_in[t], src_in[torch.from_numpy(ids)].mean(0), atol=1e-6)
+        assert torch.allclose(new_out[t], src_out[torch.from_numpy(ids)].mean(0), atol=1e-6)
+    others = np.setdiff1d(np.arange(len(sp_tok)), list(pieces))
+    assert torch.equal(new_in[others], src_in[torch.from_numpy(al.source_ids[others])])
+
+
+def test_lm_head_bias_follows_the_plan(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    head = torch.nn.Linear(32, SOURCE_ROWS, bias=True)
+    torch.nn.init.normal_(head.bias)
+    model.set_output_embeddings(head)
+    old_bias = head.bias.detach().clone()
+    al = make_alignment(sp_tok, bpe_tok)
+    initialize_model(model, sp_tok, al, InitConfig(fallback="copy"), bpe_tok)
+    bias = model.get_output_embeddings().bias.detach()
+    n = len(sp_tok)
+    assert bias.shape[0] == 704
+    assert torch.equal(bias[:n], old_bias[torch.from_numpy(al.source_ids)])
+    assert torch.allclose(bias[n:], bias[:n].mean().expand(704 - n))
+
+
+def test_alignment_size_mismatch_is_a_clear_error(sp_tok, bpe_tok):
+    al = make_alignment(sp_tok, bpe_tok)
+    short = Alignment(al.source_ids[:650], al.scores[:650], al.provenance[:650], al.reverse)
+    with pytest.raises(ValueError, match="700 tokens but the alignment covers 650"):
+        initialize_model(build("gpt_neox"), sp_tok, short, InitConfig(), bpe_tok)
+
+
+def test_model_without_lm_head_is_refused(sp_tok, bpe_tok):
+    base = build("gpt_neox").gpt_neox  # the bare transformer, no LM head
+    with pytest.raises(ValueError, match="AutoModelForCausalLM"):
+        initialize_model(base, sp_tok, make_alignment(sp_tok, bpe_tok), InitConfig(), bpe_tok)
+
+
+def test_aligned_needs_an_alignment(sp_tok, bpe_tok):
+    with pytest.raises(ValueError, match="needs an alignment"):
+        initialize_model(build("gpt_neox"), sp_tok, None, InitConfig(), bpe_tok)
+
+
+def test_saved_folder_reloads_and_generation_stops_at_target_eos(family, sp_tok, bpe_tok,
+                                                                 tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = build(family)
+    model.config.eos_token_id = model.generation_config.eos_token_id = 0  # Pythia's 0/0
+    al = make_alignment(sp_tok, bpe_tok)
+    result = initialize(model, sp_tok, al, InitConfig(), bpe_tok)
+    out = save_initialized(result.model, sp_tok, tmp_path / "m",
+                           {"method": "aligned", "counts": result.report.counts})
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+    with pytest.raises(FileExistsError):
+        save_initialized(result.model, sp_tok, out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == len(sp_tok) and tok.eos_token_id == 2
+    assert is_tied(reloaded) == (family == "llama")
+    assert torch.equal(snapshot(reloaded)[0], snapshot(result.model)[0])
+    ids = tok("def f(x):", return_tensors="pt").input_ids
+    gen = reloaded.generate(ids, max_new_tokens=10, do_sample=False,
+                            logits_processor=[_AlwaysPredict(tok.eos_token_id)])
+    # The model now always predicts id 2: generation must stop after one token because the
+    # saved generation_config says eos = 2 (the source model's was 0).
+    assert gen.shape[1] == ids.shape[1] + 1 and int(gen[0, -1]) == 2
+
+
+class _AlwaysPredict:
+    """A logits processor that makes one id the only possible next token."""
+
+    def __init__(self, token_id: int):
+        self.token_id = token_id
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, float("-inf"))
+        out[:, self.token_id] = 0.0
+        return out

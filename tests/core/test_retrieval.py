@@ -1,0 +1,116 @@
+"""Retrieval: CSLS by the hand formula, exactness against brute force, batch invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokalign_core import retrieval as R
+
+
+def _rand(n: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def test_csls_3x3_hand_example():
+    # cos = [[1, 0, .8], [0, 1, .6], [.6, .8, .96]]; k = 2:
+    # r_T = [.9, .8, .88] (rows), r_S = [.8, .9, .88] (columns); csls = 2 cos - r_T - r_S.
+    x = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    z = np.array([[1, 0], [0, 1], [0.8, 0.6]], np.float32)
+    hand = np.array([[0.3, -1.8, -0.18], [-1.6, 0.3, -0.48], [-0.48, -0.18, 0.16]])
+    np.testing.assert_allclose(R.csls_matrix(x, z, k=2), hand, atol=1e-6)
+    fwd, bwd = R.retrieve_both(x, z, "csls", k=2, candidates=2)
+    assert fwd.indices.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(fwd.scores, [0.3, 0.3, 0.16], atol=1e-6)
+    np.testing.assert_allclose(fwd.r_queries, [0.9, 0.8, 0.88], atol=1e-6)
+    np.testing.assert_allclose(fwd.r_keys, [0.8, 0.9, 0.88], atol=1e-6)
+    assert bwd.indices.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("candidates", [2, 10, 64])
+def test_csls_equals_brute_force(candidates):
+    x, z = _rand(700, 16, 0), _rand(450, 16, 1)
+    dense = R.csls_matrix(x, z, k=10)
+    fwd, bwd = R.retrieve_both(x, z, "csls", k=10, candidates=candidates, batch_size=300)
+    np.testing.assert_array_equal(fwd.indices, dense.argmax(1))
+    np.testing.assert_array_equal(bwd.indices, dense.argmax(0))
+    np.testing.assert_allclose(fwd.scores, dense.max(1), atol=1e-5)
+    np.testing.assert_allclose(bwd.scores, dense.max(0), atol=1e-5)
+    if candidates == 2:  # the exact-recompute path must have run
+        assert fwd.n_recomputed > 0 and bwd.n_recomputed > 0
+    cos = R.normalize_rows(x) @ R.normalize_rows(z).T
+    assert (cos.argmax(1) != fwd.indices).any()  # CSLS really differs from cosine here
+
+
+def test_cosine_equals_brute_force():
+    x, z = _rand(300, 8, 2), _rand(200, 8, 3)
+    cos = R.normalize_rows(x) @ R.normalize_rows(z).T
+    fwd, bwd = R.retrieve_both(x, z, "cosine", candidates=3)
+    np.testing.assert_array_equal(fwd.indices, cos.argmax(1))
+    np.testing.assert_array_equal(bwd.indices, cos.argmax(0))
+    np.testing.assert_allclose(fwd.best_cos, cos.max(1), atol=1e-6)
+
+
+def test_batch_size_invariance_bitwise():
+    x, z = _rand(600, 24, 4), _rand(520, 24, 5)
+    results = [R.retrieve_both(x, z, "csls", 10, 16, batch_size=b) for b in (1, 7, 600)]
+    keep = R.hash_keep(7, 0.3)
+    results += [R.retrieve_both(x, z, "csls", 10, 16, batch_size=b, keep_fwd=keep,
+                                keep_bwd=keep) for b in (1, 7, 600)]
+    for group in (results[:3], results[3:]):
+        ref_f, ref_b = group[0]
+        for f, b in group[1:]:
+            for a, c in ((ref_f, f), (ref_b, b)):
+                assert a.indices.tobytes() == c.indices.tobytes()
+                assert a.scores.tobytes() == c.scores.tobytes()
+                assert a.r_queries.tobytes() == c.r_queries.tobytes()
+                assert a.r_keys.tobytes() == c.r_keys.tobytes()
+
+
+def test_scan_matches_sorted_similarities():
+    x, z = R.normalize_rows(_rand(300, 12, 6)), R.normalize_rows(_rand(280, 12, 7))
+    sc = R.scan(x, z, row_k=5, col_k=4, batch_size=256)
+    cos = x @ z.T
+    np.testing.assert_allclose(sc.row_vals, -np.sort(-cos, 1)[:, :5], atol=1e-6)
+    np.testing.assert_allclose(sc.col_vals, -np.sort(-cos.T, 1)[:, :4], atol=1e-6)
+    np.testing.assert_array_equal(sc.row_idx[:, 0], cos.argmax(1))
+    np.testing.assert_array_equal(sc.col_idx[:, 0], cos.argmax(0))
+
+
+def test_ties_go_to_lowest_index():
+    z = np.array([[0, 1], [1, 0], [1, 0], [1, 0]], np.float32)  # rows 1-3 identical
+    x = np.array([[1, 0.01]], np.float32)
+    for method in ("cosine", "csls"):
+        assert R.retrieve(x, z, method, k=1, candidates=1).indices.tolist() == [1]
+    _, idx = R.topk_desc(np.array([[0.5, 0.9, 0.9, 0.1]], np.float32), 2)
+    assert idx.tolist() == [[1, 2]]
+
+
+def test_dropout_mask_respected_and_exact():
+    x, z = _rand(260, 10, 8), _rand(300, 10, 9)
+    keep = R.hash_keep(11, 0.1)
+    dense = R.csls_matrix(x, z, k=10)
+    mask = keep(np.arange(260), np.broadcast_to(np.arange(300), (260, 300)))
+    assert 0.07 < mask.mean() < 0.13
+    fwd = R.retrieve_both(x, z, "csls", 10, 12, keep_fwd=keep, backward=False)[0]
+    np.testing.assert_array_equal(fwd.indices, np.where(mask, dense, -np.inf).argmax(1))
+    assert mask[np.arange(260), fwd.indices].all()
+    # pure function of (seed, row, col): same answer for any query order
+    assert np.array_equal(keep(np.array([5]), np.array([[3, 4]])), mask[5:6, 3:5])
+    assert not np.array_equal(R.hash_keep(12, 0.1)(np.arange(260), mask * 0 + np.arange(300)),
+                              mask)
+
+
+def test_top_neighbours_matches_dense_row():
+    x, z = _rand(50, 6, 10), _rand(40, 6, 11)
+    fwd, _ = R.retrieve_both(x, z, "csls", 5, 8)
+    idx, vals = R.top_neighbours(x[3], z, 4, float(fwd.r_queries[3]), fwd.r_keys)
+    row = R.csls_matrix(x, z, 5)[3]
+    np.testing.assert_array_equal(idx, np.argsort(-row, kind="stable")[:4])
+    np.testing.assert_allclose(vals, np.sort(row)[::-1][:4], atol=1e-5)
+    assert idx[0] == fwd.indices[3]
+
+
+def test_dimension_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="dims"):
+        R.retrieve(_rand(3, 4, 0), _rand(3, 5, 0))

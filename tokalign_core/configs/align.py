@@ -1,0 +1,144 @@
+"""Alignment stage configs (METHOD.md section 4).
+
+:class:`VecMapConfig` holds every parameter of the self-learning method of Artetxe et al.
+(2018, "A robust self-learning method for fully unsupervised cross-lingual mappings of
+word embeddings", ACL), with the paper's defaults: normalisation unit/center/unit, an
+unsupervised initial dictionary over the 4,000 most frequent rows, self-learning over the
+20,000 most frequent rows, CSLS with k = 10, stochastic dictionary induction (keep
+probability 0.1, doubled after 50 iterations without an objective gain of 1e-6), and the
+final whitening / orthogonal map / re-weighting (singular values ^ 0.5) / de-whitening.
+
+:class:`AlignConfig` chooses how the target -> source alignment is built: ``vecmap``
+(TokAlign++), ``relative`` (the TokAlign conference method: relative representations over
+300 seeded shared anchor tokens) or ``cosine`` (plain cosine, both sides in one space).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tokalign_core.config import FrozenConfig
+
+NormStep = Literal["unit", "center", "unitdim", "centeremb", "none"]
+
+
+class VecMapConfig(FrozenConfig):
+    """``normalize``: steps applied in order to both sides (unit rows, centred columns,
+    unit-variance columns ``unitdim``, centred rows ``centeremb``).
+    ``init``: ``unsupervised`` (sorted square-root similarities) or ``shared`` (seed
+    dictionary from the shared tokens). ``init_size``: rows used by the unsupervised init.
+    ``vocab_cutoff``: most frequent rows used in self-learning (the mapping is then applied
+    to every row). ``csls_k``: neighbours in the CSLS hubness penalty (0 = plain cosine).
+    ``direction``: dictionary induction ``forward`` (x -> z), ``backward`` or ``union``.
+    ``keep_prob``/``stochastic_multiplier``/``stochastic_interval``/``threshold``: the
+    stochastic schedule. ``max_iterations``: hard cap on self-learning iterations (the
+    final step still runs). ``whiten``, ``src_reweight``/``trg_reweight`` (exponent of the
+    singular values for x / z), ``src_dewhiten``/``trg_dewhiten`` (``none``, ``src`` or
+    ``trg``: whose whitening to undo): the final step. ``candidates``: cosine candidates
+    kept per row before the exact CSLS check (a speed knob; results are exact for any
+    value). ``batch_size``: rows per similarity batch (memory O(batch x cutoff)).
+    """
+
+    normalize: tuple[NormStep, ...] = ("unit", "center", "unit")
+    init: Literal["unsupervised", "shared"] = "unsupervised"
+    init_size: int = Field(4000, ge=2)
+    vocab_cutoff: int = Field(20000, ge=2)
+    csls_k: int = Field(10, ge=0)
+    direction: Literal["forward", "backward", "union"] = "union"
+    keep_prob: float = Field(0.1, gt=0.0, le=1.0)
+    stochastic_multiplier: float = Field(2.0, gt=1.0)
+    stochastic_interval: int = Field(50, ge=1)
+    threshold: float = Field(1e-6, ge=0.0)
+    max_iterations: int = Field(1000, ge=1)
+    whiten: bool = True
+    src_reweight: float = Field(0.5, ge=0.0)
+    trg_reweight: float = Field(0.5, ge=0.0)
+    src_dewhiten: Literal["none", "src", "trg"] = "src"
+    trg_dewhiten: Literal["none", "src", "trg"] = "trg"
+    candidates: int = Field(64, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    seed: int = 0
+    backend: Literal["auto", "numpy", "cupy"] = "numpy"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VecMapConfig:
+        if not self.whiten and (self.src_dewhiten != "none" or self.trg_dewhiten != "none"):
+            raise ValueError(
+                "de-whitening needs whitening: set whiten=True, or src_dewhiten='none' and "
+                "trg_dewhiten='none'"
+            )
+        if "none" in self.normalize and len(self.normalize) > 1:
+            raise ValueError("normalize: 'none' cannot be combined with other steps")
+        if self.candidates < self.csls_k:
+            raise ValueError(
+                f"candidates ({self.candidates}) must be >= csls_k ({self.csls_k}): the "
+                "CSLS neighbour means are read from the candidate lists"
+            )
+        return self
+
+    @classmethod
+    def preset(cls, name: str) -> VecMapConfig:
+        """``unsupervised`` (the paper), ``shared`` (seeded by shared tokens), ``fast``
+        (tiny cutoffs and schedule, for tests and demos)."""
+        presets = {
+            "unsupervised": {},
+            "shared": {"init": "shared"},
+            "fast": {"init_size": 500, "vocab_cutoff": 2000, "stochastic_interval": 5,
+                     "max_iterations": 200},
+        }
+        if name not in presets:
+            raise ValueError(f"unknown VecMap preset {name!r}; choose {sorted(presets)}")
+        return cls(**presets[name])
+
+
+class AlignConfig(FrozenConfig):
+    """``method``: ``vecmap`` (TokAlign++), ``relative`` (TokAlign) or ``cosine``.
+    ``retrieval``: ``csls`` or ``cosine`` for the final target -> source choice; ``auto`` is
+    CSLS for vecmap and cosine for the two baselines (as in their papers).
+    ``csls_k``: CSLS neighbourhood. ``n_anchors``: shared anchor tokens of ``relative``
+    (chosen with ``seed``). ``fallback``: for target tokens without a vector, the most
+    frequent source token of the token's source tokenization when known
+    (``tokenization``) else a seeded random trained source row, or always ``random``.
+    ``candidates``/``batch_size``: retrieval speed/memory knobs (results do not change).
+    """
+
+    method: Literal["vecmap", "relative", "cosine"] = "vecmap"
+    retrieval: Literal["auto", "csls", "cosine"] = "auto"
+    csls_k: int = Field(10, ge=1)
+    n_anchors: int = Field(300, ge=1)
+    fallback: Literal["tokenization", "random"] = "tokenization"
+    candidates: int = Field(64, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    seed: int = 0
+    vecmap: VecMapConfig = VecMapConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlignConfig:
+        if self.candidates < self.csls_k:
+            raise ValueError(
+                f"candidates ({self.candidates}) must be >= csls_k ({self.csls_k})"
+            )
+        return self
+
+    def retrieval_method(self) -> Literal["csls", "cosine"]:
+        """The retrieval actually used (``auto`` resolved by method)."""
+        if self.retrieval != "auto":
+            return self.retrieval
+        return "csls" if self.method == "vecmap" else "cosine"
+
+    @classmethod
+    def preset(cls, name: str) -> AlignConfig:
+        """``tokalign++`` (VecMap, unsupervised init), ``tokalign++-shared`` (seeded),
+        ``tokalign`` (relative representations), ``cosine``, ``tiny`` (fast VecMap)."""
+        presets = {
+            "tokalign++": {},
+            "tokalign++-shared": {"vecmap": VecMapConfig.preset("shared")},
+            "tokalign": {"method": "relative"},
+            "cosine": {"method": "cosine"},
+            "tiny": {"vecmap": VecMapConfig.preset("fast")},
+        }
+        if name not in presets:
+            raise ValueError(f"unknown alignment preset {name!r}; choose {sorted(presets)}")
+        return cls(**presets[name])

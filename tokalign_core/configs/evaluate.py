@@ -1,0 +1,54 @@
+"""EvalConfig: tokenizer-independent language-model evaluation (METHOD.md section 9).
+
+Perplexity normalised to a reference tokenizer (Wei et al. 2023:
+total NLL of a text divided by the *reference* tokenizer's token count), bits per byte and
+compression, per language/domain group.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tokalign_core.config import FrozenConfig
+
+
+class EvalConfig(FrozenConfig):
+    """How ``tokalign eval-model`` scores texts."""
+
+    window: int | None = Field(
+        None, ge=2,
+        description="tokens per forward pass; None = the model's max_position_embeddings "
+        "(capped at 2048)",
+    )
+    stride: int | None = Field(
+        None, ge=1,
+        description="new tokens scored per window after the first; the rest of the window is "
+        "context. None = window // 2",
+    )
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+    max_docs_per_group: int | None = Field(
+        None, ge=1, description="score at most this many documents per group (first ones)"
+    )
+    txt_split: Literal["paragraph", "line", "file"] = Field(
+        "paragraph",
+        description=".txt files: one document per blank-line-separated paragraph, per line, "
+        "or the whole file",
+    )
+    add_bos: bool = Field(
+        True,
+        description="prefix each document with the model tokenizer's BOS (or EOS when it has "
+        "no BOS) so its first token is scored too",
+    )
+    trust_remote_code: bool = Field(False, description="allow custom model code")
+    progress: bool = Field(True, description="show tqdm progress bars")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.window is not None and self.stride is not None and self.stride > self.window:
+            raise ValueError(
+                f"stride ({self.stride}) must not exceed window ({self.window}): tokens between "
+                "windows would never be scored"
+            )
+        return self

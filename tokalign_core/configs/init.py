@@ -1,0 +1,64 @@
+"""InitConfig: how the adapted model's embedding rows are initialised (METHOD.md section 6).
+
+``method="aligned"`` copies, for every target id t, the source rows ``alignment.source_ids[t]``
+(TokAlign / TokAlign++ or any other alignment). The other methods are the baselines of the
+papers: ``random`` (shared tokens reused, others N(0, source std)), ``random-permutation``,
+``mean``, ``multivariate`` (normal with the source rows' mean and covariance) and ``fvt``
+(mean of the source rows of the target token's source tokenization).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tokalign_core.config import FrozenConfig
+
+InitMethod = Literal["aligned", "random", "random-permutation", "mean", "multivariate", "fvt"]
+INIT_METHODS: tuple[str, ...] = (
+    "aligned", "random", "random-permutation", "mean", "multivariate", "fvt"
+)
+
+
+class InitConfig(FrozenConfig):
+    """Initialisation of a source causal LM for a target tokenizer."""
+
+    method: InitMethod = Field(
+        "aligned", description="aligned (copy from an alignment) or a baseline"
+    )
+    fallback: Literal["fvt", "copy"] = Field(
+        "fvt",
+        description="aligned only: rows of provenance FALLBACK get the FVT mean of their "
+        "source tokenization (fvt) or the alignment's (seeded, random) source row (copy)",
+    )
+    reuse_shared: bool = Field(
+        True,
+        description="statistical baselines (random, random-permutation, mean, multivariate): "
+        "copy the source row of tokens both vocabularies share (same bytes / same role)",
+    )
+    pad_to_multiple_of: int = Field(
+        64, ge=1, description="embedding rows = len(target tokenizer) rounded up to this"
+    )
+    random_std: float | None = Field(
+        None, gt=0, description="std of the random baseline; None = the source rows' std"
+    )
+    seed: int = Field(0, description="seed of every random choice (baselines, FVT fallback)")
+    trust_remote_code: bool = Field(
+        False, description="allow models/tokenizers whose config needs custom code"
+    )
+    progress: bool = Field(True, description="show tqdm progress bars")
+
+    @model_validator(mode="after")
+    def _check(self) -> InitConfig:
+        if self.random_std is not None and self.method != "random":
+            raise ValueError(
+                f"random_std only applies to method='random' (got method={self.method!r}); "
+                "drop random_std"
+            )
+        return self
+
+    @classmethod
+    def tokalign(cls) -> InitConfig:
+        """The papers' setting: copy aligned rows, pad to a multiple of 64."""
+        return cls(method="aligned")
