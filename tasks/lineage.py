@@ -24,12 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks.caching import Workspace
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.config import FrozenConfig
 from tokalign_core.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
-
-from tasks.caching import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,9 @@ padding rows of a padded source matrix are untrained and never copied or average
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -69,75 +67,13 @@ class RowPlan:
 # --------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: printable stand-in character -> byte.
-
-    Bytes that are printable Latin-1 map to themselves; the other 68 are shifted to
-    U+0100.. in byte order (the scheme of GPT-2's ``bytes_to_unicode``, re-derived)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table = {chr(b): b for b in keep}
-    shift = 0
-    for b in range(256):
-        if b not in table.values():
-            table[chr(256 + shift)] = b
-            shift += 1
-    return table
-
-
-def _tokenizer_kind(tokenizer: Any) -> str:
-    """'bytelevel', 'sentencepiece' (▁ + <0xNN>) or 'other', from the decoder config."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return "other"
-    decoder = json.loads(backend.to_str()).get("decoder") or {}
-    text = json.dumps(decoder)
-    if '"ByteLevel"' in text:
-        return "bytelevel"
-    if "▁" in text or '"Metaspace"' in text or '"ByteFallback"' in text:
-        return "sentencepiece"
-    return "other"
-
-
 def token_bytes(tokenizer: Any) -> list[bytes | None]:
-    """Canonical bytes of every id ``[0, len(tokenizer))``; None for special/added tokens
-    (matched by role, never by text) and ids without a vocabulary entry.
+    """Canonical bytes of every id ``[0, len(tokenizer))`` (:mod:`tokalign_core.vocab`):
+    byte-level pieces through GPT-2's byte alphabet, ``▁`` -> space, ``<0xNN>`` -> that
+    byte; None for special tokens (matched by role, never by text) and unused ids."""
+    from tokalign_core.vocab import build_vocab
 
-    Byte-level BPE: invert the byte alphabet; SentencePiece-style: ``▁`` -> space and
-    ``<0xNN>`` -> that byte; others: the tokenizer's own detokenization."""
-    n = len(tokenizer)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-    specials = set(tokenizer.all_special_ids)
-    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    kind = _tokenizer_kind(tokenizer)
-    table = _byte_decoder()
-    out: list[bytes | None] = []
-    for i, piece in enumerate(pieces):
-        if piece is None or i in specials:
-            out.append(None)
-        elif kind == "sentencepiece" and _is_byte_piece(piece):
-            # <0xNN> byte-fallback pieces may be registered as added tokens: check first.
-            out.append(bytes([int(piece[3:5], 16)]))
-        elif i in added:
-            out.append(None)
-        elif kind == "bytelevel" and all(ch in table for ch in piece):
-            out.append(bytes(table[ch] for ch in piece))
-        elif kind == "sentencepiece":
-            out.append(piece.replace("▁", " ").encode("utf-8"))
-        else:
-            out.append(tokenizer.convert_tokens_to_string([piece]).encode("utf-8") or None)
-    return out
-
-
-def _is_byte_piece(piece: str) -> bool:
-    """True for SentencePiece byte-fallback pieces ``<0xNN>``."""
-    if len(piece) != 6 or not piece.startswith("<0x") or not piece.endswith(">"):
-        return False
-    try:
-        int(piece[3:5], 16)
-    except ValueError:
-        return False
-    return True
+    return list(build_vocab(tokenizer).token_bytes[: len(tokenizer)])
 
 
 def encode_bytes(tokenizer: Any, data: Sequence[bytes]) -> list[list[int] | None]:
@@ -163,15 +99,15 @@ def encode_bytes(tokenizer: Any, data: Sequence[bytes]) -> list[list[int] | None
 
 
 def _encode_invalid_utf8(tokenizer: Any, data: bytes) -> list[int] | None:
-    kind = _tokenizer_kind(tokenizer)
-    if kind == "bytelevel":
-        inverse = {b: ch for ch, b in _byte_decoder().items()}
-        pre = "".join(inverse[b] for b in data)
-        ids = [t.id for t in tokenizer.backend_tokenizer.model.tokenize(pre)]
-        return ids or None
-    if kind == "sentencepiece":
+    from tokalign_core.vocab import Scheme, bytes_to_bytelevel, detect_scheme, tokenizer_json
+
+    scheme, byte_fallback = detect_scheme(tokenizer_json(tokenizer))
+    if scheme == Scheme.BYTE_LEVEL:
+        pieces = tokenizer.backend_tokenizer.model.tokenize(bytes_to_bytelevel(data))
+        return [t.id for t in pieces] or None
+    if byte_fallback:
         ids = tokenizer.convert_tokens_to_ids([f"<0x{b:02X}>" for b in data])
-        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
+        if None in ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
             return None
         return ids
     return None
@@ -208,8 +144,9 @@ def shared_source_ids(
 ) -> np.ndarray:
     """int64 [V_t]: the source row of every target token both vocabularies share, else -1.
 
-    From the alignment's SHARED/SPECIAL provenance when given, otherwise computed: equal
-    canonical bytes, plus special tokens matched by role."""
+    From the alignment's SHARED/SPECIAL provenance when given, otherwise
+    :func:`tokalign_core.vocab.shared_tokens`: equal canonical bytes, byte-fallback tokens
+    by byte value, special tokens by role."""
     if alignment is not None:
         keep = np.isin(alignment.provenance, (Provenance.SHARED, Provenance.SPECIAL))
         return np.where(keep, alignment.source_ids, -1).astype(np.int64)
@@ -218,15 +155,13 @@ def shared_source_ids(
             "reusing shared tokens needs an alignment or both tokenizers; pass "
             "source_tokenizer=... or set InitConfig(reuse_shared=False)"
         )
-    n_source = len(source_tok) if n_source is None else n_source
-    index = {b: i for i, b in enumerate(token_bytes(source_tok)) if b is not None and i < n_source}
+    from tokalign_core.vocab import build_vocab, shared_tokens
+
+    pairs = shared_tokens(build_vocab(source_tok), build_vocab(target_tok))
     out = np.full(len(target_tok), -1, dtype=np.int64)
-    for t, b in enumerate(token_bytes(target_tok)):
-        if b is not None and b in index:
-            out[t] = index[b]
-    for t, s in special_role_pairs(target_tok, source_tok).items():
-        if t < len(out) and s < n_source:
-            out[t] = s
+    n_source = len(source_tok) if n_source is None else n_source
+    ok = (pairs.target_ids < len(out)) & (pairs.source_ids < n_source)
+    out[pairs.target_ids[ok]] = pairs.source_ids[ok]
     return out
 
 

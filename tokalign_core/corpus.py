@@ -31,7 +31,7 @@ at most ``max_doc_chars`` characters); a source that runs out first contributes 
 has and ``quota_shortfall_bytes`` records the gap. Nothing is re-weighted silently.
 
 Split and order: every kept document gets a 32-byte BLAKE2b digest of ``seed`` and its text.
-Bytes 0-8 decide held-out membership (``< heldout_fraction``), bytes 8-24 the document
+Bytes 0-8 decide held-out membership (``< heldout_fraction``), bytes 8-32 the document
 order. Training documents sorted by that key are cut into ``n_shards`` contiguous,
 byte-balanced ranges, so the held-out set and the concatenated document sequence do not
 depend on ``n_shards``; exact duplicates always land in the same split (no held-out

@@ -191,7 +191,8 @@ def check_embeddings(report: DoctorReport, model: Any) -> int:
 
 
 def _on_meta(module: Any) -> bool:
-    return getattr(module.weight, "device", None) is not None and module.weight.device.type == "meta"
+    device = getattr(module.weight, "device", None)
+    return device is not None and device.type == "meta"
 
 
 def _tied_storage(model: Any) -> bool:

@@ -179,7 +179,8 @@ def document_ids(tokenizer: Any, docs: list[str], add_bos: bool) -> tuple[list[l
 
 
 def score_documents(
-    model: Any, tokenizer: Any, docs: list[str], cfg: EvalConfig, desc: str = "scoring"
+    model: Any, tokenizer: Any, docs: list[str], cfg: EvalConfig, desc: str = "scoring",
+    progress: bool = True,
 ) -> list[tuple[float, int]]:
     """(total NLL in nats, tokens scored) per document, in input order."""
     import torch
@@ -193,7 +194,7 @@ def score_documents(
     scored = [0] * len(docs)
     vocab = len(tokenizer)
     per_batch = max(1, min(cfg.batch_size, MAX_LOGIT_ELEMENTS // max(window * vocab, 1)))
-    bar = _progress(len(jobs), desc, cfg.progress)
+    bar = _progress(len(jobs), desc, progress)
     with torch.no_grad():
         for start in range(0, len(jobs), per_batch):
             batch = jobs[start:start + per_batch]
@@ -237,14 +238,14 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def evaluate_group(
     model: Any, tokenizer: Any, ref_tokenizer: Any, docs: list[str], cfg: EvalConfig,
-    label: str = "",
+    label: str = "", progress: bool = True,
 ) -> GroupStats:
     """Sum NLL, token counts and bytes over one group's documents."""
     stats = GroupStats(n_docs=len(docs))
     stats.n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     _, stats.n_tokens = document_ids(tokenizer, docs, add_bos=False)
     _, stats.n_ref_tokens = document_ids(ref_tokenizer, docs, add_bos=False)
-    for nll, k in score_documents(model, tokenizer, docs, cfg, desc=f"scoring {label}"):
+    for nll, k in score_documents(model, tokenizer, docs, cfg, f"scoring {label}", progress):
         stats.nll += nll
         stats.n_scored += k
     return stats
@@ -252,7 +253,7 @@ def evaluate_group(
 
 def evaluate_model(
     model: Any, tokenizer: Any, groups: dict[str, list[str]], ref_tokenizer: Any = None,
-    cfg: EvalConfig | None = None,
+    cfg: EvalConfig | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics per group plus their unweighted mean over groups (``macro``), as the papers
     average normalised perplexity over languages. ``ref_tokenizer`` defaults to the
@@ -262,8 +263,10 @@ def evaluate_model(
     if cfg.add_bos and prefix_id(tokenizer) is None:
         log.warning("tokenizer has no BOS/EOS: the first token of each document is not scored")
     model.eval()
-    results = {label: evaluate_group(model, tokenizer, ref_tokenizer, docs, cfg, label).metrics()
-               for label, docs in groups.items()}
+    results = {
+        label: evaluate_group(model, tokenizer, ref_tokenizer, docs, cfg, label, progress)
+        .metrics() for label, docs in groups.items()
+    }
     return {"groups": results, "macro": _macro(results), "config": cfg.model_dump()}
 
 

@@ -8,12 +8,13 @@ One implementation in torch runs on CPU and CUDA (device from
 updates after every single nonzero from several Hogwild threads:
 
 * **Mini-batch AdaGrad.** Each step takes ``batch_size`` nonzeros, computes all their
-  residuals with the current parameters, sums the gradients of each touched row
-  (``index_add_``) and applies one AdaGrad update per row. The AdaGrad form is the C tool's:
-  the accumulator starts at 1 and holds the squared *eta-scaled* gradients, and the step is
-  ``eta*g / sqrt(accumulator before this step)``; components are clipped at ``grad_clip``.
-  A row seen k times in a batch gets one update with the summed gradient (the C tool: k
-  successive updates), so steps on frequent rows are somewhat more conservative.
+  residuals with the parameters of before the step, and scatter-adds (``index_add_``) each
+  entry's AdaGrad step and squared gradient into its rows. The AdaGrad form is the C
+  tool's: the accumulator starts at 1 and holds the squared *eta-scaled* gradients, the
+  step is ``eta*g / sqrt(accumulator before the step)``, components clipped at
+  ``grad_clip``. A row seen k times in one batch gets the k per-entry steps all scaled by
+  the accumulator of before the batch (the C tool grows it between them); with
+  ``batch_size=1`` this is exactly the C tool's sequential algorithm.
 * **Seeded.** Initialisation (uniform in [-0.5, 0.5] / dim, as the C tool) and the order of
   the nonzeros, reshuffled at every iteration, come from ``seed``; the C tool seeds from
   the clock and shuffles once.
@@ -79,7 +80,12 @@ def _check_matrix(cooc: sp.spmatrix) -> sp.coo_matrix:
 
 
 class _Trainer:
-    """Parameters, AdaGrad accumulators and the data of one GloVe run (torch tensors)."""
+    """Parameters, AdaGrad accumulators and the data of one GloVe run (torch tensors).
+
+    Biases ride along as extra columns so one gather/scatter serves vector and bias:
+    ``w`` is [n, dim+2] = [w_i, b_i, 1] and ``c`` is [n, dim+2] = [c_j, 1, b'_j], hence
+    w_i . c_j + b_i + b'_j is one dot product. The constant columns get zero gradient.
+    """
 
     def __init__(self, coo: sp.coo_matrix, config: GloveConfig, device: str):
         import torch
@@ -88,31 +94,32 @@ class _Trainer:
         dtype = getattr(torch, config.dtype)
         n, dim = coo.shape[0], config.dim
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)
-        idx_dtype = torch.int32 if coo.nnz < 2**31 else torch.int64
-        self.rows = torch.as_tensor(coo.row.astype(np.int64), device=device).to(idx_dtype)
-        self.cols = torch.as_tensor(coo.col.astype(np.int64), device=device).to(idx_dtype)
+        # int64 indices: torch's CPU gathers/scatters are ~2x faster with them than int32.
+        self.rows = torch.as_tensor(coo.row.astype(np.int64), device=device)
+        self.cols = torch.as_tensor(coo.col.astype(np.int64), device=device)
         x = coo.data.astype(np.float64)
         self.logx = torch.as_tensor(np.log(x), dtype=dtype, device=device)
         fx = np.minimum(1.0, (x / config.x_max) ** config.alpha)
         self.fx = torch.as_tensor(fx, dtype=dtype, device=device)
 
         def init(*shape: int) -> Any:  # the C tool's init: uniform [-0.5, 0.5] / dim
-            return ((torch.rand(*shape, generator=self.gen, dtype=torch.float64) - 0.5)
-                    / dim).to(dtype=dtype, device=device)
+            return (torch.rand(*shape, generator=self.gen, dtype=torch.float64) - 0.5) / dim
 
-        self.w, self.c = init(n, dim), init(n, dim)
-        self.bw, self.bc = init(n), init(n)
+        w, c = init(n, dim + 2), init(n, dim + 2)
+        w[:, dim + 1] = 1.0
+        c[:, dim] = 1.0
+        self.w, self.c = w.to(dtype=dtype, device=device), c.to(dtype=dtype, device=device)
         self.hw, self.hc = torch.ones_like(self.w), torch.ones_like(self.c)
-        self.hbw, self.hbc = torch.ones_like(self.bw), torch.ones_like(self.bc)
+        self.dim = dim
 
     def iteration(self, progress: bool = False) -> float:
         """One pass over all nonzeros in a fresh seeded order; returns the C tool's cost."""
-        torch = self.torch
-        nnz = self.rows.numel()
-        perm = torch.randperm(nnz, generator=self.gen, dtype=torch.int64).to(self.device)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
         from tqdm.auto import tqdm
 
+        torch = self.torch
+        nnz = self.rows.numel()
+        perm = torch.randperm(nnz, generator=self.gen).to(self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         bs = self.cfg.batch_size
         for start in tqdm(range(0, nnz, bs), disable=not progress, leave=False,
                           desc="glove batches", unit="batch"):
@@ -123,34 +130,32 @@ class _Trainer:
         """One mini-batch AdaGrad update on the nonzeros ``sel``; returns their summed cost."""
         i, j = self.rows[sel], self.cols[sel]
         wi, cj = self.w.index_select(0, i), self.c.index_select(0, j)
-        diff = (wi * cj).sum(1) + self.bw[i] + self.bc[j] - self.logx[sel]
+        diff = (wi * cj).sum(1) - self.logx[sel]
         fdiff = self.fx[sel] * diff
         cost = 0.5 * (fdiff * diff).sum(dtype=self.torch.float64)
         clip, eta = self.cfg.grad_clip, self.cfg.eta
         g = fdiff.unsqueeze(1)
-        # Both gradients use the parameters from before this step (no in-place reuse).
+        # Both gradients use the parameters from before this step.
         gw = (g * cj).clamp_(-clip, clip).mul_(eta)
         gc = (g * wi).clamp_(-clip, clip).mul_(eta)
+        gw[:, self.dim + 1] = 0.0  # the constant-1 column of w
+        gc[:, self.dim] = 0.0  # the constant-1 column of c
         self._adagrad(self.w, self.hw, i, gw)
         self._adagrad(self.c, self.hc, j, gc)
-        self._adagrad(self.bw, self.hbw, i, fdiff * eta)
-        self._adagrad(self.bc, self.hbc, j, fdiff * eta)
         return cost
 
-    def _adagrad(self, param: Any, accum: Any, idx: Any, grad: Any) -> None:
-        """Sum ``grad`` per row of ``idx``, then param -= g / sqrt(accum); accum += g^2."""
-        torch = self.torch
-        uniq, inverse = torch.unique(idx, return_inverse=True)
-        summed = torch.zeros((uniq.numel(), *grad.shape[1:]), dtype=grad.dtype,
-                             device=grad.device).index_add_(0, inverse, grad)
-        param.index_add_(0, uniq, -summed / accum.index_select(0, uniq).sqrt_())
-        accum.index_add_(0, uniq, summed * summed)
+    @staticmethod
+    def _adagrad(param: Any, accum: Any, idx: Any, grad: Any) -> None:
+        """Per-entry AdaGrad with the accumulators of before the batch (rows may repeat):
+        param[idx] -= grad / sqrt(accum[idx]); accum[idx] += grad^2 (scatter-added)."""
+        param.index_add_(0, idx, grad / accum.index_select(0, idx).sqrt_(), alpha=-1.0)
+        accum.index_add_(0, idx, grad.mul_(grad))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(word, context) float32 [n, dim] on the host."""
-        w = self.w.detach().cpu().to(self.torch.float32).numpy()
-        c = self.c.detach().cpu().to(self.torch.float32).numpy()
-        return w, c
+        """(word, context) float32 [n, dim] on the host (bias columns dropped)."""
+        w = self.w[:, : self.dim].detach().cpu().to(self.torch.float32).numpy()
+        c = self.c[:, : self.dim].detach().cpu().to(self.torch.float32).numpy()
+        return np.ascontiguousarray(w), np.ascontiguousarray(c)
 
 
 def train_glove(

@@ -67,19 +67,27 @@ class _Keys:
         b = q.shape[0]
         out = xp.empty((b, self.n), dtype=xp.float32)
         tile = xp.zeros((GEMM_ROWS, self.d), dtype=xp.float32)
+        spare = None
         for start in range(0, b, GEMM_ROWS):
             stop = min(start + GEMM_ROWS, b)
             tile[: stop - start] = q[start:stop]
             tile[stop - start:] = 0
-            out[start:stop] = self._tile_gemm(tile)[: stop - start]
+            if stop - start == GEMM_ROWS:  # full tile: the GEMM writes straight into out
+                self._tile_gemm(tile, out[start:stop])
+            else:
+                if spare is None:
+                    spare = xp.empty((GEMM_ROWS, self.n), dtype=xp.float32)
+                self._tile_gemm(tile, spare)
+                out[start:stop] = spare[: stop - start]
         return out
 
-    def _tile_gemm(self, tile: Any) -> Any:
+    def _tile_gemm(self, tile: Any, out: Any) -> None:
         if self._zt is None:
-            return tile @ self.z.T
+            self.xp.matmul(tile, self.z.T, out=out)
+            return
         import torch
 
-        return torch.mm(torch.from_numpy(tile), self._zt).numpy()
+        torch.mm(torch.from_numpy(tile), self._zt, out=torch.from_numpy(out))
 
 
 def topk_desc(a: Any, k: int) -> tuple[Any, Any]:
@@ -134,19 +142,17 @@ def _merge_columns(vals: Any, idx: Any, sims: Any, start: int) -> None:
     Only keys with an entry above their current K-th best are touched, so after the first
     batches the merge costs little more than one comparison per entry."""
     xp = array_namespace(sims)
-    t = sims.shape[0]
     cols = xp.flatnonzero((sims > vals[:, -1][None, :]).any(axis=0))
     if cols.size == 0:
         return
+    kc = vals.shape[1]
     sub = xp.ascontiguousarray(sims[:, cols].T)
-    ids = xp.broadcast_to(xp.arange(start, start + t, dtype=xp.int64), sub.shape)
-    all_vals = xp.concatenate([vals[cols], sub], axis=1)
-    all_idx = xp.concatenate([idx[cols], ids], axis=1)
-    # Keep the K best; among equal values prefer the lower query id (stream order).
-    top_vals, pos = topk_desc(all_vals, vals.shape[1])
-    top_idx = xp.take_along_axis(all_idx, pos, 1)
-    top_vals, top_idx = sort_desc(top_vals, top_idx)
-    vals[cols], idx[cols] = top_vals, top_idx
+    # Running entries first (lower query ids), then the new rows in id order, so sorting
+    # ties by position is sorting them by query id.
+    top_vals, pos = topk_desc(xp.concatenate([vals[cols], sub], axis=1), kc)
+    old = xp.take_along_axis(idx[cols], xp.minimum(pos, kc - 1), 1)
+    vals[cols] = top_vals
+    idx[cols] = xp.where(pos < kc, old, start + pos - kc)
 
 
 def scan(queries: Any, keys: Any, row_k: int, col_k: int, batch_size: int = 4096,

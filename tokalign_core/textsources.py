@@ -20,6 +20,7 @@ byte-identical output.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -489,14 +490,20 @@ class SourceFile:
     def read(self) -> str:
         if self.kind == "code-zip":
             archive, member = self.path.split("::", 1)
-            with zipfile.ZipFile(archive) as zf:
-                return zf.read(member).decode("utf-8", errors="replace")
+            return _open_zip(archive).read(member).decode("utf-8", errors="replace")
         raw = read_text_file(Path(self.path))
         if self.kind == "roff":
             return strip_roff(raw)
         if self.kind == "markup":
             return markup_to_text(raw)
         return raw
+
+
+@functools.lru_cache(maxsize=4)
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """An open archive, kept per process: re-reading the central directory of a 15k-member
+    src.zip for every member made extraction quadratic."""
+    return zipfile.ZipFile(path)
 
 
 def find_man_pages(root: Path = Path("/usr/share/man")) -> list[SourceFile]:

@@ -43,7 +43,14 @@ from tokalign_core.artifacts import ArtifactRef, ArtifactStore
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.corpus import heldout_file, iter_text_batches, shard_files
 from tokalign_core.executor import Executor, SerialExecutor
-from tokalign_core.tokenizers_io import backend_of, cached_backend, load_tokenizer, tokenizer_digest
+from tokalign_core.tokenizers_io import (
+    backend_of,
+    cached_backend,
+    canonical_backend_json,
+    load_tokenizer,
+    remember_backend,
+    tokenizer_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +201,6 @@ def default_add_bos(tok) -> bool:
     return len(with_special) > len(without) and with_special[0] == tok.bos_token_id
 
 
-def _backend_json(tok) -> str:
-    # Truncation / padding left on the backend by earlier calls would cut documents.
-    data = json.loads(backend_of(tok).to_str())
-    data["truncation"] = None
-    data["padding"] = None
-    return json.dumps(data, ensure_ascii=False)
-
-
 def tokenize_corpus(
     corpus: ArtifactRef,
     cfg: TokenizeConfig,
@@ -222,10 +221,13 @@ def tokenize_corpus(
         raise ValueError(f"tokenizer {cfg.tokenizer!r} has {vocab_size} ids: more than uint32")
     bos_id, eos_id = resolve_bos_eos(tok, cfg)
     executor = executor or SerialExecutor()
-    digest = tokenizer_digest(tok)
+    canonical = canonical_backend_json(tok)
+    digest = tokenizer_digest(tok, canonical)
+    if isinstance(executor, SerialExecutor):
+        remember_backend(digest, backend_of(tok))  # in-process: no re-read of the file
     with store.writer("tokens") as w:
         tok_json = w.path("tokenizer.json")
-        tok_json.write_text(_backend_json(tok), encoding="utf-8")
+        tok_json.write_text(canonical, encoding="utf-8")
         jobs = _jobs(corpus, cfg, w.dir, str(tok_json), digest, vocab_size, bos_id, eos_id,
                      single_thread=not isinstance(executor, SerialExecutor))
         results = executor.map(tokenize_shard, jobs)

@@ -55,8 +55,6 @@ QWEN2_VOCAB_SIZE = 151_646
 # Bump when the conversion below changes, so stale disk caches are not reused.
 _CONVERTER_VERSION = "1"
 ROLE_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
-# Settings of the backend that do not change the ids of one document.
-_DIGEST_IGNORED = ("truncation", "padding")
 
 
 class TokenizerLoadError(ValueError):
@@ -121,25 +119,64 @@ def cached_tokenizer(spec: str, trust_remote_code: bool = False):
     return load_tokenizer(spec, trust_remote_code)
 
 
-@lru_cache(maxsize=8)
+# digest -> tokenizers.Tokenizer, for this process (workers reuse it across shards and runs)
+_BACKENDS: dict[str, Any] = {}
+_MAX_BACKENDS = 8
+
+
+def remember_backend(digest: str, backend) -> None:
+    """Make ``backend`` the per-process tokenizer for ``digest`` (the serial executor
+    hands over the already loaded one instead of re-reading tokenizer.json)."""
+    _BACKENDS.pop(digest, None)
+    _BACKENDS[digest] = backend
+    while len(_BACKENDS) > _MAX_BACKENDS:  # oldest first: dicts keep insertion order
+        _BACKENDS.pop(next(iter(_BACKENDS)))
+
+
 def cached_backend(tokenizer_json: str, digest: str):
-    """A ``tokenizers.Tokenizer`` read from a serialized file, memoised per process by
-    ``digest`` (the path alone is not trusted: a new file may reuse an old name)."""
+    """The ``tokenizers.Tokenizer`` whose :func:`tokenizer_digest` is ``digest``: memoised
+    per process by digest, read from the ``tokenizer_json`` file on a miss. (The digest is
+    the key, not the path: every run writes its tokenizer.json to a new temp folder.)"""
+    backend = _BACKENDS.get(digest)
+    if backend is None:
+        from tokenizers import Tokenizer
+
+        if not Path(tokenizer_json).is_file():
+            raise FileNotFoundError(
+                f"tokenizer file {tokenizer_json} is missing on this worker; the Dask workers "
+                "must share the artifact root's filesystem"
+            )
+        backend = Tokenizer.from_file(str(tokenizer_json))
+        remember_backend(digest, backend)
+    return backend
+
+
+def tokenizer_digest(tok, canonical_json: str | None = None) -> str:
+    """sha256 hex of everything that decides token ids: the backend's serialized JSON (model
+    vocabulary + merges, normaliser, pre-tokenizer, post-processor, added tokens; without
+    truncation / padding settings, see :func:`canonical_backend_json`) and the
+    BOS/EOS/UNK/PAD roles. Stable across processes (the Rust serializer orders the vocab
+    by id and the added tokens by id). ``canonical_json``: that text when the caller
+    already has it (it costs a second or so to produce for a 150k vocabulary)."""
+    roles = json.dumps(special_roles(tok), sort_keys=True)
+    canonical_json = canonical_json if canonical_json is not None else canonical_backend_json(tok)
+    data = canonical_json.encode("utf-8") + b"\n" + roles.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_backend_json(tok) -> str:
+    """The backend's ``tokenizer.json`` text with truncation and padding off: settings that
+    earlier ``tokenizer(..., truncation=True)`` calls leave behind and that would cut
+    documents. Serialized by the Rust library itself, so the text is byte-stable."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(tokenizer_json))
-
-
-def tokenizer_digest(tok) -> str:
-    """sha256 hex of the canonical JSON of everything that decides token ids: the backend
-    serialization (model vocabulary + merges, normaliser, pre-tokenizer, post-processor,
-    added tokens; without truncation/padding settings) and the BOS/EOS/UNK/PAD roles."""
-    data = json.loads(backend_of(tok).to_str())
-    for key in _DIGEST_IGNORED:
-        data.pop(key, None)
-    data["__roles__"] = special_roles(tok)
-    canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+    backend = backend_of(tok)
+    if backend.truncation is None and backend.padding is None:
+        return backend.to_str()
+    clean = Tokenizer.from_str(backend.to_str())  # a copy: never mutate the caller's object
+    clean.no_truncation()
+    clean.no_padding()
+    return clean.to_str()
 
 
 def backend_of(tok):

@@ -61,8 +61,13 @@ from typing import Any
 import numpy as np
 
 from tokalign_core.configs.train import StageConfig, TrainConfig
-from tokalign_core.data import BlockSampler, PackedBlocks, TokenStream, heldout_blocks
-from tokalign_core.data import rank_positions
+from tokalign_core.data import (
+    BlockSampler,
+    PackedBlocks,
+    TokenStream,
+    heldout_blocks,
+    rank_positions,
+)
 from tokalign_core.distill import IGNORE_INDEX, token_loss_sums
 
 log = logging.getLogger(__name__)
@@ -706,7 +711,8 @@ def evaluate(ctx: Context, engine: TorchEngine, blocks: np.ndarray) -> dict[str,
 
 def plan_stages(cfg: TrainConfig) -> list[tuple[int, StageConfig, int]]:
     """(stage index, stage config, steps) for the stages that have steps."""
-    return [(i, s, n) for i, (s, n) in enumerate(zip(cfg.stages, cfg.stage_steps())) if n > 0]
+    pairs = zip(cfg.stages, cfg.stage_steps(), strict=True)
+    return [(i, s, n) for i, (s, n) in enumerate(pairs) if n > 0]
 
 
 def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None
@@ -738,6 +744,8 @@ def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = 
             if state and state.stage == index:
                 load_checkpoint(engine, root, state, dist)
                 s_step = state.stage_step
+            if g_step == 0 and cfg.eval_every:  # the starting point of the eval curve
+                ctx.logger.log(evaluate(ctx, engine, eval_data), step=0)
             while s_step < steps:
                 _check_epoch(ctx, cursor)
                 metrics = train_step(ctx, engine, cursor)

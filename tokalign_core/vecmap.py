@@ -117,7 +117,8 @@ def orthogonal_maps(x: Any, z: Any, src: Any, trg: Any) -> tuple[Any, Any, Any]:
     """Orthogonal Procrustes for both sides: maximise sum_i <x_src_i W_x, z_trg_i W_z>.
 
     With U S V^T = X_D^T Z_D, W_x = U and W_z = V (then x W_x . z W_z = x U V^T z^T, the
-    classic W = U V^T). Returns (W_x float64 [d_x, r], W_z float64 [d_z, r], s float64 [r]), r = min(d_x, d_z)."""
+    classic W = U V^T). Returns (W_x float64 [d_x, r], W_z float64 [d_z, r], s float64
+    [r]), r = min(d_x, d_z)."""
     xp = array_namespace(x)
     m = x[src].astype(xp.float64).T @ z[trg].astype(xp.float64)
     u, s, vt = xp.linalg.svd(m, full_matrices=False)  # d_x != d_z: rank-r maps

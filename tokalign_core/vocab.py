@@ -73,16 +73,19 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-_UNICODE_TO_BYTE = {ch: b for b, ch in bytes_to_unicode().items()}
 _BYTE_TO_UNICODE = bytes_to_unicode()
+# str.translate table: alphabet char -> the Latin-1 char of its byte; Latin-1 chars outside
+# the alphabet (e.g. a raw space) -> a char Latin-1 cannot encode, so they fail loudly.
+_DECODE_TABLE = {ord(ch): chr(b) for b, ch in _BYTE_TO_UNICODE.items()}
+_DECODE_TABLE.update({c: "\U00100000" for c in range(256) if c not in _DECODE_TABLE})
 
 
 def bytelevel_to_bytes(token: str) -> bytes | None:
     """Decode a byte-level token string ("Ġthe") to bytes; None if a char is outside the
     alphabet (then the token is not a byte-level piece)."""
     try:
-        return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
-    except KeyError:
+        return token.translate(_DECODE_TABLE).encode("latin-1")
+    except UnicodeEncodeError:
         return None
 
 
@@ -102,16 +105,34 @@ def metaspace_to_bytes(token: str, byte_fallback: bool) -> tuple[bytes, bool]:
 # ---------------------------------------------------------------------------- detection
 
 
+def _state(component: Any) -> dict[str, Any] | None:
+    """JSON of one tokenizers component (normalizer, pre-tokenizer, decoder)."""
+    return None if component is None else json.loads(component.__getstate__())
+
+
 def tokenizer_json(tokenizer: Any) -> dict[str, Any]:
-    """The ``tokenizer.json`` content of a transformers fast tokenizer (or a
-    ``tokenizers.Tokenizer``)."""
+    """The parts of a fast tokenizer's ``tokenizer.json`` that canonicalization reads:
+    normalizer, pre_tokenizer, decoder, model {type, byte_fallback, vocab {piece: id}},
+    added_tokens [{id, content, special}]. Read component by component: serializing the
+    whole tokenizer (151k merges for Qwen2) costs seconds and is not needed."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    if not hasattr(backend, "to_str"):
+    if not hasattr(backend, "get_added_tokens_decoder"):
         raise ValueError(
             f"{type(tokenizer).__name__} is not a fast tokenizer; load it with "
             "tokalign_core.tokenizers_io.load_tokenizer (transformers fast tokenizers only)"
         )
-    return json.loads(backend.to_str())
+    model = backend.model
+    added = [{"id": int(i), "content": t.content, "special": bool(t.special)}
+             for i, t in sorted(backend.get_added_tokens_decoder().items())]
+    return {
+        "normalizer": _state(backend.normalizer),
+        "pre_tokenizer": _state(backend.pre_tokenizer),
+        "decoder": _state(backend.decoder),
+        "model": {"type": type(model).__name__,
+                  "byte_fallback": bool(getattr(model, "byte_fallback", False)),
+                  "vocab": backend.get_vocab(with_added_tokens=False)},
+        "added_tokens": added,
+    }
 
 
 def _components(node: Any) -> list[dict[str, Any]]:
@@ -244,7 +265,7 @@ def build_vocab(tokenizer: Any, n_rows: int | None = None) -> Vocab:
     data: list[bytes | None] = [None] * size
     kind = np.full(size, TokenKind.UNUSED, dtype=np.uint8)
     n_raw = 0
-    for piece, tid in _model_items(tj["model"]):
+    for piece, tid in tj["model"]["vocab"].items():
         if tid >= size:
             continue
         tokens[tid] = piece
@@ -263,15 +284,6 @@ def build_vocab(tokenizer: Any, n_rows: int | None = None) -> Vocab:
         )
     meta = {"n_raw_fallback": n_raw, "n_rows": size}
     return Vocab(tokens, data, kind, _roles(tokenizer), scheme, byte_fallback, n_tokens, meta)
-
-
-def _model_items(model: dict[str, Any]) -> list[tuple[str, int]]:
-    """(piece, id) of the model vocabulary: BPE/WordPiece store {piece: id}, Unigram
-    [[piece, score], ...] in id order."""
-    vocab = model.get("vocab") or {}
-    if isinstance(vocab, dict):
-        return [(piece, int(tid)) for piece, tid in vocab.items()]
-    return [(entry[0], i) for i, entry in enumerate(vocab)]
 
 
 def _apply_added(added: dict[str, Any], special_ids: set[int], byte_fallback: bool,
@@ -342,8 +354,8 @@ def _text_index(vocab: Vocab) -> dict[bytes, int]:
     """bytes -> preferred id among NORMAL/ADDED tokens (NORMAL first, then lowest id)."""
     index: dict[bytes, int] = {}
     for wanted in (TokenKind.NORMAL, TokenKind.ADDED):
-        for tid in np.flatnonzero(vocab.kind == wanted):
-            index.setdefault(vocab.token_bytes[tid], int(tid))
+        for tid in np.flatnonzero(vocab.kind == wanted).tolist():
+            index.setdefault(vocab.token_bytes[tid], tid)
     return index
 
 
@@ -383,14 +395,16 @@ def shared_tokens(source: Vocab, target: Vocab, match_byte_fallback: bool = True
     by_byte = _byte_index(source) if match_byte_fallback else {}
     roles = _role_pairs(source, target)
     rows: list[tuple[int, int, int]] = []
-    for tid in range(target.size):
-        k = target.kind[tid]
-        if k in (TokenKind.NORMAL, TokenKind.ADDED):
-            sid = by_bytes.get(target.token_bytes[tid])
+    text_kinds = (TokenKind.NORMAL, TokenKind.ADDED)
+    # plain Python lists: numpy scalar indexing costs seconds over 150k+ ids
+    for tid, (k, data) in enumerate(zip(target.kind.tolist(), target.token_bytes,
+                                        strict=True)):
+        if k in text_kinds:
+            sid = by_bytes.get(data)
             if sid is not None:
                 rows.append((tid, sid, SharedTokens.BYTES))
-        elif k == TokenKind.BYTE_FALLBACK and target.token_bytes[tid][0] in by_byte:
-            rows.append((tid, by_byte[target.token_bytes[tid][0]], SharedTokens.BYTE_VALUE))
+        elif k == TokenKind.BYTE_FALLBACK and data[0] in by_byte:
+            rows.append((tid, by_byte[data[0]], SharedTokens.BYTE_VALUE))
         elif tid in roles:
             rows.append((tid, roles[tid], SharedTokens.ROLE))
     arr = np.array(rows, dtype=np.int64).reshape(-1, 3)

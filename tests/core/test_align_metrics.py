@@ -152,7 +152,7 @@ def test_bertscore_offline_identical_and_different(scorer):
 
 def test_bertscore_both_identity_vs_shuffled(scorer, bpe_tok, docs):
     v = len(bpe_tok)
-    few = docs[:4]
+    few = sorted(docs, key=len)[10:13]  # short documents keep the test fast
     ident = am.bertscore_both(scorer, _alignment(np.arange(v), np.arange(v)), few, few,
                               bpe_tok, bpe_tok)
     assert ident["t2s"]["f1"] == pytest.approx(1.0, abs=1e-4)

@@ -9,7 +9,6 @@ import torch
 from tokalign_core import toy
 from tokalign_core.baselines import (
     RowPlan,
-    _byte_decoder,
     fvt_pieces,
     materialize,
     plan_statistical,
@@ -31,10 +30,12 @@ def hand_source():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    table = _byte_decoder()
+    from tokalign_core.vocab import bytes_to_unicode
+
+    table = bytes_to_unicode()
     vocab = {"<|endoftext|>": 0}
-    for ch in sorted(table, key=table.get):
-        vocab[ch] = len(vocab)
+    for b in range(256):
+        vocab[table[b]] = len(vocab)
     merges = [("Ġ", "t"), ("h", "e"), ("Ġ", "a")]
     for a, b in merges:
         vocab[a + b] = len(vocab)

@@ -96,17 +96,14 @@ def test_chat_template_tokens_must_be_in_the_vocabulary(good_folder, bpe_tok):
 
 
 def test_unreachable_tokens_found(bpe_tok):
-    from tokenizers import AddedToken  # noqa: F401  (the tokenizers API the test relies on)
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    import json as _json
-    from tokenizers import Tokenizer
-
-    data = _json.loads(bpe_tok.backend_tokenizer.to_str())
+    data = json.loads(bpe_tok.backend_tokenizer.to_str())
     vocab = data["model"]["vocab"]
     orphan = "ĠorphanXYZ"  # in the vocabulary, but no merge builds it
     vocab[orphan] = len(vocab)
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_json.dumps(data)),
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
                                   eos_token="<|endoftext|>")
     bad, checked = unreachable_tokens(tok)
     assert bad == [vocab[orphan]] and checked == len(tok) - 1

@@ -47,8 +47,8 @@ def test_cfg_rejects_stride_above_window():
 
 
 def test_full_window_nll_equals_the_models_own_loss(source_model, bpe_tok):
-    cfg = EvalConfig(window=256, progress=False)
-    [(nll, k)] = score_documents(source_model, bpe_tok, DOCS[:1], cfg)
+    cfg = EvalConfig(window=256)
+    [(nll, k)] = score_documents(source_model, bpe_tok, DOCS[:1], cfg, progress=False)
     ids = [bpe_tok.eos_token_id] + bpe_tok(DOCS[0], add_special_tokens=False).input_ids
     x = torch.tensor([ids])
     with torch.no_grad():
@@ -62,9 +62,9 @@ def test_windowed_scoring_counts_and_batch_independence(source_model, bpe_tok):
     long_doc = " ".join(DOCS * 6)
     n = len(bpe_tok(long_doc, add_special_tokens=False).input_ids)
     a = score_documents(source_model, bpe_tok, [long_doc, DOCS[1]],
-                        EvalConfig(window=32, stride=10, batch_size=1, progress=False))
+                        EvalConfig(window=32, stride=10, batch_size=1))
     b = score_documents(source_model, bpe_tok, [long_doc, DOCS[1]],
-                        EvalConfig(window=32, stride=10, batch_size=5, progress=False))
+                        EvalConfig(window=32, stride=10, batch_size=5))
     assert n > 32 and a[0][1] == n  # every text token scored once (BOS prefix)
     for (x, kx), (y, ky) in zip(a, b, strict=True):
         assert kx == ky and x == pytest.approx(y, rel=1e-4)
@@ -72,7 +72,7 @@ def test_windowed_scoring_counts_and_batch_independence(source_model, bpe_tok):
 
 def test_normalised_ppl_with_own_tokenizer_equals_ordinary_ppl(source_model, bpe_tok):
     res = evaluate_model(source_model, bpe_tok, {"mix": DOCS}, bpe_tok,
-                         EvalConfig(window=64, progress=False))
+                         EvalConfig(window=64))
     m = res["groups"]["mix"]
     assert m["n_ref_tokens"] == m["n_tokens"] == m["n_scored"]
     assert m["norm_ppl"] == pytest.approx(m["ppl"], rel=1e-12)
@@ -81,7 +81,7 @@ def test_normalised_ppl_with_own_tokenizer_equals_ordinary_ppl(source_model, bpe
 
 def test_normalised_ppl_uses_the_reference_count(source_model, bpe_tok, sp_tok):
     res = evaluate_model(source_model, bpe_tok, {"mix": DOCS}, sp_tok,
-                         EvalConfig(window=64, progress=False))
+                         EvalConfig(window=64))
     m = res["groups"]["mix"]
     n_ref = sum(len(sp_tok(d, add_special_tokens=False).input_ids) for d in DOCS)
     assert m["n_ref_tokens"] == n_ref
@@ -95,7 +95,7 @@ def test_bits_per_byte_hand_check_with_a_uniform_model(bpe_tok):
         model.get_output_embeddings().weight.zero_()  # every logit 0: uniform over the vocab
     text = "abc abc"
     n_tok = len(bpe_tok(text, add_special_tokens=False).input_ids)
-    res = evaluate_model(model, bpe_tok, {"t": [text]}, None, EvalConfig(progress=False))
+    res = evaluate_model(model, bpe_tok, {"t": [text]}, None, EvalConfig())
     m = res["groups"]["t"]
     # Uniform over the 600 real tokens (the 40 padding columns are cut), 7 UTF-8 bytes.
     assert m["n_bytes"] == 7

@@ -212,3 +212,51 @@ class _AlwaysPredict:
         out = torch.full_like(scores, float("-inf"))
         out[:, self.token_id] = 0.0
         return out
+
+
+def test_cli_init_writes_model_and_card(sp_tok, bpe_tok, tmp_path, capsys):
+    import json
+
+    from tokalign_core import cli
+    from tokalign_core.configs.init import InitConfig as Cfg
+
+    src = tmp_path / "src"
+    build("gpt_neox").save_pretrained(src)
+    bpe_tok.save_pretrained(src)
+    tgt = tmp_path / "tgt"
+    sp_tok.save_pretrained(tgt)
+    al = make_alignment(sp_tok, bpe_tok)
+    al.save(tmp_path / "al")
+    out = tmp_path / "out"
+    args = ["init", "--model", str(src), "--target-tokenizer", str(tgt), "--alignment",
+            str(tmp_path / "al"), "--out", str(out)]
+    assert cli.main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["embedding_rows"] == 704
+    card = (out / "README.md").read_text()
+    counts = al.counts()
+    assert f"| alignment_shared | {counts['shared']} |" in card
+    assert f"| alignment_fallback | {counts['fallback']} |" in card
+    assert Cfg().digest() in card  # the config digest
+    from tokalign_core.hashing import sha256_tree
+
+    assert sha256_tree(tmp_path / "al") in card and sha256_tree(src) in card
+    assert cli.main(args) == 2  # refuses to overwrite a non-empty folder
+    assert "overwrite" in capsys.readouterr().err
+    no_al = ["init", "--model", str(src), "--target-tokenizer", str(tgt), "--out",
+             str(tmp_path / "o2")]
+    assert cli.main(no_al) == 2
+    assert "--alignment" in capsys.readouterr().err
+
+
+def test_model_card_renders_eval_and_metrics():
+    from tokalign_core.model_card import CardInfo, as_card_info, render
+
+    text = render(CardInfo(method="aligned", source_model="pythia", target_tokenizer="qwen2",
+                           counts={"shared": 3}, alignment_metrics={"bleu1": 0.41},
+                           eval_results={"groups": {"en": {"norm_ppl": 12.5, "n_docs": 2}}},
+                           input_hashes={"alignment": "sha256:abc"}, config_digest="d1g"))
+    assert "| en | 2 | 12.5 |" in text and "| bleu1 | 0.41 |" in text
+    assert "sha256:abc" in text and "`d1g`" in text and "AutoModelForCausalLM" in text
+    with pytest.raises(ValueError, match="unknown model card fields"):
+        as_card_info({"methd": "x"})

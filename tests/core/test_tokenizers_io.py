@@ -123,12 +123,15 @@ def test_digest_stable_and_discriminating(bpe_tok, sp_tok, tmp_path):
     assert tokenizer_digest(renamed) != tokenizer_digest(bpe_tok)
 
 
-def test_cached_backend_reads_file_once(bpe_tok, tmp_path):
+def test_cached_backend_keyed_by_digest(bpe_tok, tmp_path):
     path = tmp_path / "t.json"
     bpe_tok.backend_tokenizer.save(str(path))
     a = cached_backend(str(path), "d1")
-    assert cached_backend(str(path), "d1") is a
-    assert cached_backend(str(path), "d2") is not a
+    assert a.encode("the end").ids == bpe_tok("the end")["input_ids"]
+    path.unlink()  # a hit never touches the file (each run writes a new temp path)
+    assert cached_backend(str(tmp_path / "elsewhere.json"), "d1") is a
+    with pytest.raises(Exception, match="elsewhere"):
+        cached_backend(str(tmp_path / "elsewhere.json"), "d2")
 
 
 def test_errors_name_the_spec(tmp_path):

@@ -98,6 +98,7 @@ def test_tiktoken_form_the(tmp_path):
     assert vocab.roles == {"eos": 259} and vocab.kind[259] == TokenKind.SPECIAL
 
 
+@pytest.mark.slow  # loading the converted 151k-rank tokenizer takes 5-10 s
 def test_real_qwen2_the():
     tio = pytest.importorskip("tokalign_core.tokenizers_io")
     try:

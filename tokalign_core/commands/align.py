@@ -281,7 +281,10 @@ def run_neighbors(args: argparse.Namespace) -> int:
     s_tok = _load_tokenizer(s_spec) if s_spec else None
     tid = _resolve_target(args.token, args.id, t_tok, int(meta["target_size"]))
     info = neighbours_of(run, tid, args.top)
-    name = (lambda tok, i: tok.convert_ids_to_tokens(i) if tok is not None else "")
+
+    def name(tok: Any, i: int) -> str:
+        return tok.convert_ids_to_tokens(i) if tok is not None else ""
+
     info["target_token"] = name(t_tok, tid)
     info["chosen_source_token"] = name(s_tok, info["chosen_source_id"])
     for nb in info["neighbours"]:

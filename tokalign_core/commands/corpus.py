@@ -31,9 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default 1.0 each)")
     p.add_argument("--format", default="auto",
                    choices=["auto", "jsonl", "parquet", "text", "dataset"],
-                   help="reader for every --source; auto: from the file suffix (default: %(default)s)")
+                   help="reader for every --source; auto: from the file suffix "
+                        "(default: %(default)s)")
     p.add_argument("--text-field", default="text",
-                   help="column / JSON key holding the text, for every --source (default: %(default)s)")
+                   help="column / JSON key holding the text, for every --source "
+                        "(default: %(default)s)")
     p.add_argument("--text-unit", default="line", choices=["line", "paragraph", "file"],
                    help="what one document is in plain-text files (default: %(default)s)")
     budget = p.add_mutually_exclusive_group()

@@ -16,7 +16,6 @@ def register(subparsers) -> None:
             "reports findings as ok / warning / blocker. Exit code 1 when there is a blocker, "
             "0 otherwise."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="model: hub id or local folder (config.json is enough)")
     p.add_argument("tokenizer", nargs="?", default=None,
@@ -24,8 +23,10 @@ def register(subparsers) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model whose config declares custom code (config.auto_map)")
     p.add_argument("--max-check-tokens", type=int, default=20000,
-                   help="check reachability of at most this many (seeded, sampled) token ids")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reachability sample")
+                   help="check reachability of at most this many (seeded, sampled) token ids "
+                   "(default 20000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the reachability sample (default 0)")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the report as JSON to FILE ('-' for stdout only)")
     p.set_defaults(func=run)

@@ -24,7 +24,6 @@ def _register_eval(subparsers) -> None:
             "tokenizers), bits per byte, tokens per byte and the length change vs the "
             "reference tokenizer. Long documents are scored in sliding windows."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="model folder or hub id (its tokenizer is loaded from it)")
     p.add_argument("--texts", required=True, help="a .txt/.jsonl file or a folder of them")
@@ -61,16 +60,15 @@ def _register_lm_eval(subparsers) -> None:
             "winogrande,xnli,pawsx,xcopa,xstorycloze) on a saved model folder. Task data comes"
             " from the Hugging Face hub unless --include-path points at local task YAMLs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="model folder or hub id")
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--num-fewshot", type=int, default=None,
                    help="few-shot examples (default: each task's own)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--limit", type=float, default=None,
                    help="examples per task (int) or fraction (<1); default all")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--include-path", default=None, help="folder of extra local task YAMLs")
     p.add_argument("--output", default=None, help="write the results JSON here")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
@@ -88,8 +86,6 @@ def build_eval_config(args: argparse.Namespace):
         base["add_bos"] = False
     if args.trust_remote_code:
         base["trust_remote_code"] = True
-    if args.no_progress:
-        base["progress"] = False
     return EvalConfig.model_validate(base)
 
 
@@ -104,7 +100,7 @@ def run_eval(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.tokenizer or args.model, cfg.trust_remote_code)
     ref = load_tokenizer(args.reference_tokenizer, cfg.trust_remote_code) \
         if args.reference_tokenizer else None
-    results = evaluate_model(model, tok, groups, ref, cfg)
+    results = evaluate_model(model, tok, groups, ref, cfg, progress=not args.no_progress)
     results["model"] = str(args.model)
     results["reference_tokenizer"] = args.reference_tokenizer or "(model's own)"
     print(format_table(results))

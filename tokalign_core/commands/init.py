@@ -20,7 +20,6 @@ def register(subparsers) -> None:
             "model to the target tokenizer, sets bos/eos/pad ids, and saves model (safetensors)"
             " + tokenizer + README.md model card to --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="source causal LM: hub id or local folder")
     p.add_argument("--target-tokenizer", required=True,
@@ -48,7 +47,6 @@ def register(subparsers) -> None:
                    help="allow models/tokenizers that need custom code from their repository")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="load the source model in this dtype (default: the checkpoint's)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
@@ -64,8 +62,6 @@ def build_config(args: argparse.Namespace) -> InitConfig:
         base["reuse_shared"] = False
     if args.trust_remote_code:
         base["trust_remote_code"] = True
-    if args.no_progress:
-        base["progress"] = False
     return InitConfig.model_validate(base)
 
 
@@ -76,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from tokalign_core.model_card import CardInfo, hash_input
 
     cfg = build_config(args)
+    out_dir = Path(args.out)
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+        raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     if cfg.method == "aligned" and not args.alignment:
         raise UserError("--method aligned needs --alignment DIR (run `tokalign align` first)")
     alignment = Alignment.load(args.alignment) if args.alignment else None

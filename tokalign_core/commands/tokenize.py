@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a hub tokenizer's custom Python code (default: off)")
     p.add_argument("--workers", type=int, default=1,
-                   help="Dask LocalCluster worker processes; 1 = in this process (default: %(default)s)")
+                   help="Dask LocalCluster worker processes; 1 = in this process "
+                        "(default: %(default)s)")
     p.add_argument("--dask-address", default=None, metavar="ADDR",
                    help="an existing Dask scheduler (tcp://host:8786); workers must see the "
                         "artifact root and corpus paths")

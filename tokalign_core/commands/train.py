@@ -5,6 +5,7 @@ streaming its output. The run resumes from ``OUT/checkpoints`` when started agai
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from tokalign_core.cli import UserError
 from tokalign_core.configs.distill import DistillConfig
 from tokalign_core.configs.train import TrainConfig
 
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _T = TrainConfig.model_fields
 _D = DistillConfig.model_fields
 
@@ -155,7 +157,11 @@ def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
     print(f"wrote {run_json}\n{shown}", flush=True)
     if args.dry_run:
         return 0
-    rc = subprocess.run(cmd).returncode  # inherits stdout/stderr: output streams live
+    env = dict(os.environ)
+    if args.launcher == "python":  # a standalone job: never join a caller's process group
+        for key in DIST_ENV:
+            env.pop(key, None)
+    rc = subprocess.run(cmd, env=env).returncode  # inherits stdout/stderr: streams live
     if rc != 0:
         raise UserError(f"training exited with code {rc}; rerun the same command to resume "
                         f"from {out / 'checkpoints'}")
@@ -179,7 +185,6 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
     a = subparsers.add_parser(
         "adapt", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="progressive two-stage adaptation of an initialised model",
@@ -203,7 +208,6 @@ def register(subparsers: Any) -> None:
         description="Token level: loss = CE + lambda * T^2 * KL(teacher^T || student^T), "
         "chunked over the sequence. Sentence level: the teacher continues prompts taken "
         "from the corpus and the student fine-tunes on the continuations (CE).")
-    del fmt
     d.add_argument("--student", required=True, help="student model folder or hub id")
     d.add_argument("--teacher", required=True,
                    help="teacher model folder or hub id (same tokenizer as the student)")

@@ -70,7 +70,8 @@ class CooccurConfig(FrozenConfig):
             raise ValueError(
                 f"window {self.window} is too large for exact integer sums: lcm(1..{self.window})"
                 f" = {window_lcm(self.window)} leaves room for only "
-                f"{max_exact_tokens(self.window)} tokens; use a window of at most {largest_exact_window()}"
+                f"{max_exact_tokens(self.window)} tokens; use a window of at most "
+                f"{largest_exact_window()}"
             )
         if self.buffer_pairs < 4 * self.window:
             raise ValueError(

@@ -42,7 +42,6 @@ class EvalConfig(FrozenConfig):
         "no BOS) so its first token is scored too",
     )
     trust_remote_code: bool = Field(False, description="allow custom model code")
-    progress: bool = Field(True, description="show tqdm progress bars")
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -47,7 +47,6 @@ class InitConfig(FrozenConfig):
     trust_remote_code: bool = Field(
         False, description="allow models/tokenizers whose config needs custom code"
     )
-    progress: bool = Field(True, description="show tqdm progress bars")
 
     @model_validator(mode="after")
     def _check(self) -> InitConfig:

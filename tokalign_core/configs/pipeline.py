@@ -37,6 +37,12 @@ PRESETS = ("tiny", "tokalign", "tokalign++", "paper-scale")
 BASELINES = ("random", "random-permutation", "mean", "multivariate", "fvt")
 
 
+def _known(cls: type[FrozenConfig], **fields: Any) -> Any:
+    """``cls(**fields)`` keeping only the fields ``cls`` has (quiet/progress switches differ
+    between stage configs)."""
+    return cls(**{k: v for k, v in fields.items() if k in cls.model_fields})
+
+
 def _train(**overrides: Any) -> TrainConfig:
     return TrainConfig(model=SET_BY_PIPELINE, tokens=SET_BY_PIPELINE, out_dir=SET_BY_PIPELINE,
                        **overrides)
@@ -171,11 +177,11 @@ class PipelineConfig(FrozenConfig):
             glove=GloveConfig(dim=16, iterations=5, device="cpu"),
             align=AlignConfig(vecmap=VecMapConfig.preset("fast"), csls_k=5, candidates=16,
                               n_anchors=32),
-            align_eval=EvalAlignConfig(bertscore=False, progress=False),
-            init=InitConfig(progress=False),
+            align_eval=_known(EvalAlignConfig, bertscore=False, progress=False),
+            init=_known(InitConfig, progress=False),
             baselines=("random", "mean", "fvt"),
             adapt=_train(**tiny_train),
             distill=_train(mode="distill", distill=DistillConfig(teacher=SET_BY_PIPELINE),
                            **tiny_train),
-            evaluate=EvalConfig(progress=False, max_docs_per_group=20),
+            evaluate=_known(EvalConfig, progress=False, max_docs_per_group=20),
         )

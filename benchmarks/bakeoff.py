@@ -1,0 +1,287 @@
+"""Initialisation bake-off: every init method, no tuning, scored on held-out text.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bakeoff.py \
+        [--preset bakeoff] [--steps N] [--target builtin:qwen2] \
+        [--alignment NAME=DIR ...] [--max-docs 16] [--max-chars 1500] [--out .cache/bakeoff]
+
+1. Source model: a small GPT-NeoX with an English-centric byte-level BPE, pretrained here by
+   :func:`tokalign_core.pretrain.pretrain` (content-hash cached under ``--artifacts``; a
+   second run reuses it).
+2. Target tokenizer: the real Qwen2 vocabulary (``builtin:qwen2``, 151,646 ids).
+3. Alignments: every ``--alignment NAME=DIR`` given (e.g. TokAlign++ GloVe + VecMap from the
+   pipeline), plus, unless ``--no-hidden``, two computed here from the source model's hidden
+   states (TokAlign++'s "extract from the LLM" representations; both vocabularies then live
+   in one space): ``hidden-csls`` (CSLS retrieval) and ``hidden-relative`` (TokAlign's
+   relative representations over 300 shared anchors, cosine retrieval).
+4. For the source model itself (reference line) and for every method -- random,
+   random-permutation, mean, multivariate, fvt and each alignment -- initialise a fresh copy
+   of the source model for the target vocabulary and score held-out text per language /
+   domain with :func:`tokalign_core.evaluate.evaluate_model`: perplexity normalised to the
+   *source* tokenizer's token count (comparable across vocabularies) and bits per byte.
+
+Held-out text: ``<bench>/eval/<lang>.jsonl`` from ``benchmarks/make_corpus.py`` when it is
+ready; otherwise a fallback built here: English and 7 other languages from the Debian man
+pages on this machine (``/usr/share/man``) and Python code from standard-library
+sub-packages (the fallback pretraining only reads top-level stdlib modules). Results go to
+``<out>/results.json`` and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tokalign_core.alignment import Alignment  # noqa: E402
+from tokalign_core.artifacts import atomic_write_text  # noqa: E402
+from tokalign_core.configs.evaluate import EvalConfig  # noqa: E402
+from tokalign_core.configs.init import InitConfig  # noqa: E402
+
+log = logging.getLogger("bakeoff")
+BASELINES = ("random", "random-permutation", "mean", "multivariate", "fvt")
+FALLBACK_LANGS = ("de", "fr", "es", "ru", "zh", "ja", "pl")
+CORPUS_LANGS = ("en", "python", "de", "fr", "es", "ru", "zh", "ja", "pl", "it", "pt", "tr",
+                "uk", "nl", "cs")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="bakeoff",
+                   help="pretrain preset of the source model (default: bakeoff, ~14M params)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="override the preset's training steps (default: the preset's)")
+    p.add_argument("--artifacts", default=str(ROOT / ".cache" / "artifacts"),
+                   help="artifact store of the pretrained model (default: .cache/artifacts)")
+    p.add_argument("--bench", default=str(ROOT / ".cache" / "bench"),
+                   help="benchmark corpus root with corpus/ and eval/ (default: .cache/bench)")
+    p.add_argument("--target", default="builtin:qwen2", help="target tokenizer spec")
+    p.add_argument("--alignment", action="append", default=[], metavar="NAME=DIR",
+                   help="an alignment folder to include (repeatable)")
+    p.add_argument("--no-hidden", action="store_true",
+                   help="skip the hidden-state alignments computed here")
+    p.add_argument("--methods", default=",".join(BASELINES),
+                   help="comma-separated baselines to run (default: all)")
+    p.add_argument("--langs", default=None,
+                   help="comma-separated eval groups (default: all available)")
+    p.add_argument("--max-docs", type=int, default=16, help="documents per group (default 16)")
+    p.add_argument("--max-chars", type=int, default=1500,
+                   help="truncate each document to this many characters (default 1500)")
+    p.add_argument("--window", type=int, default=256, help="scoring window (default 256)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per batch (default 4)")
+    p.add_argument("--hidden-batch", type=int, default=256,
+                   help="sequences per batch when extracting hidden states (default 256)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of baselines and sampling")
+    p.add_argument("--out", default=str(ROOT / ".cache" / "bakeoff"),
+                   help="results folder (default: .cache/bakeoff)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------ eval text
+
+
+def corpus_eval_groups(bench: Path, max_docs: int) -> dict[str, list[str]]:
+    """Held-out groups from make_corpus.py's ``eval/<lang>.jsonl`` (empty if not ready)."""
+    from tokalign_core.evaluate import load_texts
+
+    eval_dir = bench / "eval"
+    if not (bench / "corpus" / "READY").exists() or not eval_dir.is_dir():
+        return {}
+    return load_texts(eval_dir, max_docs=max_docs)
+
+
+def fallback_eval_groups(max_docs: int, seed: int, progress: bool) -> dict[str, list[str]]:
+    """English + other languages from man pages; Python code from stdlib sub-packages."""
+    from tokalign_core.textsources import extract_docs, find_man_pages
+
+    rng = random.Random(seed)
+    pages = find_man_pages()
+    groups: dict[str, list[str]] = {}
+    for lang in ("en", *FALLBACK_LANGS):
+        files = [f for f in pages if f.lang == lang]
+        rng.shuffle(files)
+        docs = []
+        for doc in extract_docs(files[: max_docs * 8], max_doc_chars=4000, progress=progress):
+            docs.append(doc.text)
+            if len(docs) >= max_docs:
+                break
+        if docs:
+            groups[lang] = docs
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = sorted(p for p in stdlib.glob("*/*.py") if "test" not in p.parts[-2])
+    rng.shuffle(code)
+    groups["python"] = [p.read_text(encoding="utf-8", errors="replace") for p in
+                        code[:max_docs]]
+    return groups
+
+
+def eval_groups(args: argparse.Namespace) -> tuple[dict[str, list[str]], str]:
+    groups = corpus_eval_groups(Path(args.bench), args.max_docs)
+    source = "corpus eval split"
+    if not groups:
+        groups = fallback_eval_groups(args.max_docs, args.seed, not args.no_progress)
+        source = "fallback (man pages + stdlib sub-packages)"
+    if args.langs:
+        wanted = args.langs.split(",")
+        groups = {k: v for k, v in groups.items() if k in wanted}
+    groups = {k: [d[: args.max_chars] for d in v] for k, v in groups.items()}
+    return groups, source
+
+
+# ------------------------------------------------------------------------ alignments
+
+
+def hidden_alignments(model, src_tok, tgt_tok, args) -> dict[str, Alignment]:
+    """hidden-csls and hidden-relative alignments from the source model's hidden states."""
+    from tokalign_core.align import Embeddings, build_alignment
+    from tokalign_core.baselines import fvt_pieces
+    from tokalign_core.configs.align import AlignConfig
+    from tokalign_core.hidden_states import extract_hidden_states
+    from tokalign_core.vocab import build_vocab, shared_tokens
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    t0 = time.time()
+    s_vec, t_vec = extract_hidden_states(model, src_tok, tgt_tok, batch_size=args.hidden_batch,
+                                         progress=not args.no_progress)
+    log.info("hidden states: %.0f s", time.time() - t0)
+    shared = shared_tokens(build_vocab(src_tok, n_rows=rows), build_vocab(tgt_tok))
+    pieces, _ = fvt_pieces(tgt_tok, src_tok)
+    fallback = {t: p.tolist() for t, p in pieces.items()}
+    src = Embeddings(s_vec.vectors, s_vec.token_ids)
+    tgt = Embeddings(t_vec.vectors, t_vec.token_ids)
+    out = {}
+    for name, cfg in (("hidden-csls", AlignConfig(method="cosine", retrieval="csls")),
+                      ("hidden-relative", AlignConfig(method="relative"))):
+        t0 = time.time()
+        res = build_alignment(src, tgt, shared, len(tgt_tok), len(src_tok), cfg,
+                              fallback_source_ids=fallback)
+        log.info("%s: %.0f s, %s", name, time.time() - t0, res.alignment.counts())
+        res.alignment.meta["seconds"] = round(time.time() - t0, 1)
+        out[name] = res.alignment
+    return out
+
+
+def given_alignments(specs: list[str]) -> dict[str, Alignment]:
+    out = {}
+    for spec in specs:
+        if "=" not in spec:
+            raise SystemExit(f"--alignment expects NAME=DIR, got {spec!r}")
+        name, folder = spec.split("=", 1)
+        out[name] = Alignment.load(folder)
+    return out
+
+
+# ------------------------------------------------------------------------ runs
+
+
+def score(model, tok, src_tok, groups, args) -> dict:
+    from tokalign_core.evaluate import evaluate_model
+
+    cfg = EvalConfig(window=args.window, stride=args.window // 2, batch_size=args.batch_size)
+    return evaluate_model(model, tok, groups, src_tok, cfg, progress=not args.no_progress)
+
+
+def run_method(name: str, path: Path, src_tok, tgt_tok, alignment, groups, args) -> dict:
+    """Initialise a fresh copy of the source model with one method and score it."""
+    from tokalign_core.init_model import initialize, load_model
+
+    method = "aligned" if alignment is not None else name
+    cfg = InitConfig(method=method, seed=args.seed)
+    t0 = time.time()
+    result = initialize(load_model(str(path)), tgt_tok, alignment, cfg, src_tok)
+    t_init = time.time() - t0
+    t0 = time.time()
+    res = score(result.model, tgt_tok, src_tok, groups, args)
+    res.update({"init_seconds": round(t_init, 1), "eval_seconds": round(time.time() - t0, 1),
+                "counts": result.report.counts})
+    log.info("%s: mean norm ppl %.4g, bpb %.3f (init %.0f s)", name,
+             res["macro"]["norm_ppl"], res["macro"]["bits_per_byte"], t_init)
+    return res
+
+
+def table(results: dict[str, dict], metric: str) -> str:
+    groups = sorted(next(iter(results.values()))["groups"])
+    head = "| method | " + " | ".join(groups) + " | mean |"
+    lines = [head, "|---" * (len(groups) + 2) + "|"]
+    for name, res in results.items():
+        cells = [_fmt(res["groups"][g][metric]) for g in groups]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(res['macro'][metric])} |")
+    return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if v < 1e4 else f"{v:.2e}"
+
+
+def machine() -> dict:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+               "?")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tokalign_core import pretrain
+    from tokalign_core.init_model import load_model, load_tokenizer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    cfg = pretrain.preset(args.preset, steps=args.steps, threads=args.threads)
+    pre = pretrain.pretrain(cfg, args.artifacts, corpus_dir=Path(args.bench) / "corpus",
+                            progress=not args.no_progress)
+    path = Path(pre.ref.path)
+    log.info("source model %s (cached=%s) in %.0f s", path, pre.cached, time.time() - t0)
+    src_tok = load_tokenizer(str(path))
+    tgt_tok = load_tokenizer(args.target)
+    groups, text_source = eval_groups(args)
+    log.info("eval groups (%s): %s", text_source, {k: len(v) for k, v in groups.items()})
+
+    alignments = given_alignments(args.alignment)
+    if not args.no_hidden:
+        alignments.update(hidden_alignments(load_model(str(path)), src_tok, tgt_tok, args))
+    results: dict[str, dict] = {}
+    t0 = time.time()
+    results["source model (own vocab)"] = score(load_model(str(path)), src_tok, src_tok,
+                                                groups, args)
+    results["source model (own vocab)"]["eval_seconds"] = round(time.time() - t0, 1)
+    for name in [m for m in args.methods.split(",") if m]:
+        results[name] = run_method(name, path, src_tok, tgt_tok, None, groups, args)
+    for name, ali in alignments.items():
+        results[name] = run_method(name, path, src_tok, tgt_tok, ali, groups, args)
+    report = {"machine": machine(), "source_model": str(path), "pretrain_cached": pre.cached,
+              "pretrain_config": cfg.model_dump(mode="json"),
+              "pretrain_metrics": pre.metrics, "target": args.target,
+              "eval_text": text_source, "docs": {k: len(v) for k, v in groups.items()},
+              "args": vars(args), "results": results}
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2, default=str))
+    print("\n## Normalised perplexity (NLL / source-tokenizer tokens), no tuning\n")
+    print(table(results, "norm_ppl"))
+    print("\n## Bits per byte\n")
+    print(table(results, "bits_per_byte"))
+    print("\n## Length change vs the source tokenizer (tokens)\n")
+    print(table({k: v for k, v in results.items() if k == "mean"} or results, "length_change"))
+    print(f"\nmachine: {report['machine']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

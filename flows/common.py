@@ -1,0 +1,129 @@
+"""Helpers the flows share: bind tasks to a workspace's result storage, run them while
+recording which were served from the cache, and publish Prefect artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import Task
+
+from tasks.caching import Workspace
+from tokalign_core.configs.pipeline import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def embedded_defaults(run_dir: str | Path) -> None:
+    """Environment for a self-contained local run: a temporary Prefect server whose home is
+    inside the run folder (unless an API URL or PREFECT_HOME is already set), a generous
+    startup timeout for loaded machines, no analytics and no MLflow telemetry."""
+    root = Path(run_dir).expanduser().resolve()
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class Runner:
+    """Submit tasks with the workspace's result storage; remember each stage's final state
+    name (``Completed`` or ``Cached``) for the summary and the benchmarks."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.states: dict[str, str] = {}
+
+    def bind(self, task: Task) -> Task:
+        # Results (small refs) live in the run folder, so a rerun in a new process or a
+        # served deployment finds them wherever its Prefect home is.
+        return task.with_options(result_storage=self.ws.results_dir)
+
+    def submit(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
+        return _Tracked(self, label, self.bind(task).submit(self.ws, *args, **kwargs))
+
+    def run(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
+        return self.submit(label, task, *args, **kwargs).result()
+
+    def cached(self) -> list[str]:
+        return [k for k, v in self.states.items() if v == "Cached"]
+
+
+class _Tracked:
+    def __init__(self, runner: Runner, label: str, future: Any):
+        self.runner, self.label, self.future = runner, label, future
+
+    def result(self) -> Any:
+        value = self.future.result()
+        state = self.future.state.name
+        if self.label not in self.runner.states and state == "Cached":
+            record_cached(self.runner.ws, self.label, value)
+        self.runner.states[self.label] = state
+        return value
+
+
+def record_cached(ws: Workspace, label: str, value: Any) -> None:
+    """A nested MLflow run for a stage served from the cache, tagged with the artifacts it
+    reused, so every parent run shows its full lineage."""
+    from tasks.caching import artifact_refs
+    from tasks.lineage import Lineage, ref_tags
+
+    lineage = Lineage(ws)
+    refs = {f"{i}": ref for i, ref in enumerate(artifact_refs(value))}
+    run_id = lineage.start_run(label, parent_run_id=ws.parent_run_id,
+                               tags={"tokalign.stage": label, "tokalign.cached": "true",
+                                     **ref_tags("output", refs)})
+    lineage.end_run(run_id)
+
+
+def resolve(value: Any) -> Any:
+    """The value of a tracked future (or the value itself)."""
+    return value.result() if isinstance(value, _Tracked) else value
+
+
+def with_target(cfg: PipelineConfig, target_tokenizer: str | None) -> PipelineConfig:
+    """``cfg`` with the target tokenizer replaced (event-triggered runs pass it alone)."""
+    if not target_tokenizer:
+        return cfg
+    return PipelineConfig.model_validate({**cfg.model_dump(), "target_tokenizer": target_tokenizer})
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100] or "tokalign"
+
+
+def publish_markdown(key: str, markdown: str, description: str = "") -> None:
+    """A markdown artifact on the flow run (skipped with a warning outside Prefect)."""
+    _publish("create_markdown_artifact", markdown=markdown, key=artifact_key(key),
+             description=description)
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str = "") -> None:
+    _publish("create_table_artifact", table=rows, key=artifact_key(key), description=description)
+
+
+def _publish(fn_name: str, **kwargs: Any) -> None:
+    from prefect import artifacts
+
+    try:
+        getattr(artifacts, fn_name)(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - a report must never fail the pipeline
+        log.warning("could not publish Prefect artifact %s: %s", kwargs.get("key"), exc)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A GitHub markdown table (floats with 4 significant digits)."""
+    if not rows:
+        return "(no rows)"
+    cols = columns or list(rows[0])
+    fmt: Callable[[Any], str] = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)

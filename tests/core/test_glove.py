@@ -1,0 +1,130 @@
+"""GloVe training: cost decreases, planted clusters are recovered, seeding, the artifact,
+and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.configs.glove import GloveConfig
+from tokalign_core.glove import build_glove, load_embeddings, train_glove
+from tokalign_core.tracking import JsonlLogger
+
+FAST = GloveConfig(dim=16, iterations=25, batch_size=64, device="cpu")
+
+
+def _two_clusters(n_per: int = 12, seed: int = 0) -> sp.csr_matrix:
+    """Symmetric counts: strong inside cluster A (rows 0..n-1) and B, weak across."""
+    rng = np.random.default_rng(seed)
+    n = 2 * n_per
+    same = np.equal.outer(np.arange(n) < n_per, np.arange(n) < n_per)
+    x = np.where(same, rng.uniform(20, 40, (n, n)), rng.uniform(0.1, 0.5, (n, n)))
+    x = np.triu(x, 1)
+    return sp.csr_matrix(x + x.T)
+
+
+def _cos(v: np.ndarray) -> np.ndarray:
+    u = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return u @ u.T
+
+
+def test_cost_decreases_and_planted_clusters_are_recovered():
+    seen = []
+    res = train_glove(_two_clusters(), FAST, callback=lambda it, c: seen.append((it, c)),
+                      progress=False)
+    assert [it for it, _ in seen] == list(range(1, 26))
+    assert res.costs[-1] < 0.2 * res.costs[0]
+    assert all(b <= a * 1.001 for a, b in zip(res.costs[5:], res.costs[6:], strict=False))
+    cos = _cos(res.vectors)
+    n = 12
+    within = np.concatenate([cos[:n, :n][np.triu_indices(n, 1)],
+                             cos[n:, n:][np.triu_indices(n, 1)]])
+    across = cos[:n, n:].ravel()
+    assert within.mean() > across.mean() + 0.5
+    assert np.mean(within[:, None] > across[None, :]) > 0.95
+    np.testing.assert_allclose(res.vectors, res.word + res.context)
+
+
+def test_same_seed_identical_other_seed_different():
+    x = _two_clusters()
+    cfg = FAST.model_copy(update={"iterations": 3})
+    a = train_glove(x, cfg, progress=False)
+    b = train_glove(x, cfg, progress=False)
+    c = train_glove(x, cfg.model_copy(update={"seed": 1}), progress=False)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert a.costs == b.costs
+    assert not np.allclose(a.vectors, c.vectors)
+
+
+def test_batch_of_one_matches_hand_computed_first_update():
+    # One nonzero X_01 = 1 (log 1 = 0, f = (1/10)^0.75), dim 1. The C tool's step:
+    # diff = w0*c1 + b0 + b'1; g = eta*f*diff; w0 -= g*c1 / sqrt(1), biases -= g.
+    x = sp.csr_matrix(np.array([[0.0, 1.0], [0.0, 0.0]]))
+    cfg = GloveConfig(dim=1, iterations=1, batch_size=1, device="cpu", dtype="float64",
+                      vectors="w")
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    w = (torch.rand(2, 3, generator=gen, dtype=torch.float64) - 0.5).numpy()
+    c = (torch.rand(2, 3, generator=gen, dtype=torch.float64) - 0.5).numpy()
+    diff = w[0, 0] * c[1, 0] + w[0, 1] + c[1, 2]
+    f = 0.1 ** 0.75
+    res = train_glove(x, cfg, progress=False)
+    assert res.costs[0] == pytest.approx(0.5 * f * diff * diff, rel=1e-12)
+    assert res.word[0, 0] == pytest.approx(w[0, 0] - 0.05 * f * diff * c[1, 0], rel=1e-6)
+    assert res.context[1, 0] == pytest.approx(c[1, 0] - 0.05 * f * diff * w[0, 0], rel=1e-6)
+    assert res.word[1, 0] == pytest.approx(w[1, 0], rel=1e-6)  # untouched row
+
+
+def test_embeddings_artifact_logger_and_errors(tmp_path):
+    from tokalign_core.configs.cooccur import CooccurConfig
+    from tokalign_core.cooccur import build_cooccur
+
+    folder = tmp_path / "tokens" / "shard-00000"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, 3000).astype(np.uint32)
+    np.save(folder / "ids.npy", ids)
+    np.save(folder / "offsets.npy", np.array([0, 1500, 3000], dtype=np.int64))
+    np.save(tmp_path / "tokens" / "counts.npy", np.bincount(ids, minlength=25))
+    store = ArtifactStore(tmp_path / "store")
+    cref = build_cooccur(tmp_path / "tokens", CooccurConfig(window=5), store)
+    logger = JsonlLogger(tmp_path / "m.jsonl")
+    ref = build_glove(cref, FAST.model_copy(update={"iterations": 2}), store, logger=logger,
+                      progress=False)
+    logger.close()
+    vectors, token_ids, meta = load_embeddings(ref)
+    assert vectors.shape == (20, 16) and vectors.dtype == np.float32
+    assert token_ids.dtype == np.int64 and sorted(token_ids) == list(range(20))
+    assert len(meta["costs"]) == 2 and meta["costs"][1] < meta["costs"][0]
+    assert (tmp_path / "m.jsonl").read_text().count("glove/cost") == 2
+    with pytest.raises(FileNotFoundError, match="cooccur artifact"):
+        build_glove(tmp_path / "nope", FAST, store)
+    with pytest.raises(ValueError, match="no positive entries"):
+        train_glove(sp.csr_matrix((3, 3)), FAST, progress=False)
+    with pytest.raises(ValueError, match="square"):
+        train_glove(sp.csr_matrix(np.ones((2, 3))), FAST, progress=False)
+
+
+def test_cli_cooccur_then_glove(tmp_path, capsys):
+    from tokalign_core.cli import main
+
+    folder = tmp_path / "tokens" / "shard-00000"
+    folder.mkdir(parents=True)
+    ids = np.tile(np.arange(10, dtype=np.uint32), 50)
+    np.save(folder / "ids.npy", ids)
+    np.save(folder / "offsets.npy", np.array([0, ids.size], dtype=np.int64))
+    np.save(tmp_path / "tokens" / "counts.npy", np.bincount(ids, minlength=12))
+    root = str(tmp_path / "store")
+    assert main(["cooccur", str(tmp_path / "tokens"), "--window", "3",
+                 "--artifact-root", root]) == 0
+    cooc_path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["glove", cooc_path, "--dim", "4", "--iterations", "2", "--device", "cpu",
+                 "--no-progress", "--artifact-root", root]) == 0
+    vectors, token_ids, meta = load_embeddings(capsys.readouterr().out.strip().splitlines()[-1])
+    assert vectors.shape == (10, 4) and meta["config"]["dim"] == 4
+    assert main(["cooccur", str(tmp_path / "absent"), "--artifact-root", root]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["glove", cooc_path, "--dim", "0", "--artifact-root", root]) == 2

@@ -1,0 +1,83 @@
+"""``tokalign cooccur TOKENS_ARTIFACT``: count co-occurrences into a cooccur artifact."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_ROOT = "runs/artifacts"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tokalign_core.configs.cooccur import CooccurConfig
+
+    d = CooccurConfig()
+    p = subparsers.add_parser(
+        "cooccur",
+        help="count windowed token co-occurrences (GloVe input) from a tokens artifact",
+        description=(
+            "Count symmetric, 1/distance-weighted co-occurrences of a tokens artifact's "
+            "training shards (window reset at document boundaries) into a cooccur artifact "
+            "(cooc.npz CSR, token_ids.npy, meta.json). Sums are exact: the result does not "
+            "depend on sharding or workers. Prints the artifact path."
+        ),
+    )
+    p.add_argument("tokens", help="tokens artifact folder (shard-*/ids.npy, counts.npy)")
+    p.add_argument("--config", help="CooccurConfig JSON/YAML file; flags given override it")
+    p.add_argument("--window", type=int, help=f"context tokens each side (default {d.window})")
+    p.add_argument("--min-count", type=int,
+                   help=f"keep ids seen at least this often (default {d.min_count})")
+    p.add_argument("--max-vocab", type=int, help="keep at most this many ids (default: all)")
+    p.add_argument("--keep-rare-positions", action="store_true",
+                   help="dropped ids keep their window positions (default: removed first, "
+                        "as the GloVe C tool)")
+    p.add_argument("--dense-table-mb", type=float,
+                   help=f"dense table for frequent pairs, MB (default {d.dense_table_mb})")
+    p.add_argument("--buffer-pairs", type=int,
+                   help=f"sparse pairs buffered before a flush (default {d.buffer_pairs})")
+    p.add_argument("--value-dtype", choices=["float32", "float64"],
+                   help=f"dtype of the saved values (default {d.value_dtype})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="shards counted in parallel; >1 starts a Dask LocalCluster (default 1)")
+    p.add_argument("--dask-address",
+                   help="use an existing Dask scheduler (tcp://host:8786; default: none)")
+    p.add_argument("--artifact-root", default=DEFAULT_ROOT,
+                   help=f"artifact store root for the output (default {DEFAULT_ROOT})")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """CooccurConfig from --config plus the flags that were given."""
+    from tokalign_core.configs.cooccur import CooccurConfig
+
+    base = CooccurConfig.load(args.config).model_dump() if args.config else {}
+    flags = {"window": args.window, "min_count": args.min_count, "max_vocab": args.max_vocab,
+             "dense_table_mb": args.dense_table_mb, "buffer_pairs": args.buffer_pairs,
+             "value_dtype": args.value_dtype}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if args.keep_rare_positions:
+        base["skip_rare"] = False
+    return CooccurConfig(**base)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tokalign_core.artifacts import ArtifactStore
+    from tokalign_core.cli import UserError
+    from tokalign_core.cooccur import build_cooccur
+    from tokalign_core.executor import make_executor
+
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        raise UserError(f"invalid cooccur settings: {exc}") from exc
+    if not Path(args.tokens).is_dir():
+        raise UserError(f"tokens artifact {args.tokens} does not exist; run `tokalign tokenize`")
+    executor = make_executor(args.workers, args.dask_address, progress=True)
+    try:
+        ref = build_cooccur(args.tokens, config, ArtifactStore(args.artifact_root), executor)
+    finally:
+        executor.close()
+    print(ref.path)
+    return 0

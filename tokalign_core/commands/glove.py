@@ -1,0 +1,79 @@
+"""``tokalign glove COOCCUR_ARTIFACT``: train GloVe vectors into an embeddings artifact."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_ROOT = "runs/artifacts"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tokalign_core.configs.glove import GloveConfig
+
+    d = GloveConfig()
+    p = subparsers.add_parser(
+        "glove",
+        help="train GloVe token vectors on a cooccur artifact",
+        description=(
+            "Train GloVe (weighted least squares on log co-occurrences, AdaGrad, vectors = "
+            "word + context) with torch on CPU or CUDA, seeded. Writes an embeddings artifact "
+            "(vectors.npy, token_ids.npy, meta.json with the cost per iteration) and prints "
+            "its path."
+        ),
+    )
+    p.add_argument("cooccur", help="cooccur artifact folder (cooc.npz, token_ids.npy)")
+    p.add_argument("--config", help="GloveConfig JSON/YAML file; flags given override it")
+    p.add_argument("--dim", type=int, help=f"vector size (default {d.dim})")
+    p.add_argument("--iterations", type=int, help=f"passes (default {d.iterations})")
+    p.add_argument("--eta", type=float, help=f"AdaGrad learning rate (default {d.eta})")
+    p.add_argument("--x-max", type=float, help=f"weighting cutoff x_max (default {d.x_max})")
+    p.add_argument("--alpha", type=float, help=f"weighting exponent (default {d.alpha})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"nonzeros per AdaGrad step (default {d.batch_size})")
+    p.add_argument("--vectors", choices=["w+c", "w"], help=f"output (default {d.vectors})")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help=f"torch device; auto = CUDA when available (default {d.device})")
+    p.add_argument("--seed", type=int, help=f"init and shuffling seed (default {d.seed})")
+    p.add_argument("--metrics",
+                   help="also append per-iteration cost to this JSONL file (default: none)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--artifact-root", default=DEFAULT_ROOT,
+                   help=f"artifact store root for the output (default {DEFAULT_ROOT})")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """GloveConfig from --config plus the flags that were given."""
+    from tokalign_core.configs.glove import GloveConfig
+
+    base = GloveConfig.load(args.config).model_dump() if args.config else {}
+    flags = {"dim": args.dim, "iterations": args.iterations, "eta": args.eta,
+             "x_max": args.x_max, "alpha": args.alpha, "batch_size": args.batch_size,
+             "vectors": args.vectors, "device": args.device, "seed": args.seed}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return GloveConfig(**base)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tokalign_core.artifacts import ArtifactStore
+    from tokalign_core.cli import UserError
+    from tokalign_core.glove import build_glove
+    from tokalign_core.tracking import default_logger
+
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        raise UserError(f"invalid glove settings: {exc}") from exc
+    if not Path(args.cooccur).is_dir():
+        raise UserError(f"cooccur artifact {args.cooccur} does not exist; run `tokalign cooccur`")
+    logger = default_logger(args.metrics, prefix="")
+    try:
+        ref = build_glove(args.cooccur, config, ArtifactStore(args.artifact_root),
+                          logger=logger, progress=not args.no_progress)
+    finally:
+        logger.close()
+    print(ref.path)
+    return 0
