@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="warn when the training corpus is smaller (default: 100)")
     p.add_argument("--compare-roff", type=int, default=0, metavar="N",
                    help="only time strip_roff vs `man -l` on N random man pages (default: 0 = off)")
+    p.add_argument("--count-tokens", default=None, metavar="SPEC",
+                   help="only estimate the corpus's token count under tokenizer SPEC (e.g. "
+                        "builtin:qwen2) from the first 200 KB of every file (default: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p.parse_args(argv)
 
@@ -91,6 +94,28 @@ def compare_roff(n: int, seed: int) -> dict:
     return {"pages": len(sample), "strip_roff_s": round(t_ours, 3), "strip_roff_chars": ours,
             "man_l_s": round(t_man, 3), "man_l_bytes": theirs,
             "speedup": round(t_man / max(t_ours, 1e-9), 1), "machine": machine()}
+
+
+def count_tokens(corpus_dir: Path, spec: str, sample_bytes: int = 200_000) -> dict:
+    """Estimated tokens per file: bytes/token of a leading sample times the file's bytes."""
+    from tokalign_core.textsources import read_jsonl
+    from tokalign_core.tokenizers_io import load_tokenizer
+
+    tok = load_tokenizer(spec)
+    summary = json.loads((corpus_dir / "summary.json").read_text())
+    per_file, total = {}, 0
+    for key, v in summary["train"].items():
+        texts, used = [], 0
+        for row in read_jsonl(corpus_dir / f"{key}.jsonl"):
+            texts.append(row["text"])
+            used += len(row["text"].encode())
+            if used >= sample_bytes:
+                break
+        n = sum(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
+        est = int(v["bytes"] * n / max(used, 1))
+        per_file[key] = {"bytes_per_token": round(used / max(n, 1), 2), "tokens": est}
+        total += est
+    return {"tokenizer": spec, "total_tokens": total, "files": per_file, "machine": machine()}
 
 
 def readme(summary: CorpusSummary, config: TextCorpusConfig, seconds: float) -> str:
@@ -141,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     corpus_dir, eval_dir = out / "corpus", out / "eval"
+    if args.count_tokens:
+        print(json.dumps(count_tokens(corpus_dir, args.count_tokens), indent=2))
+        return 0
     config = TextCorpusConfig(seed=args.seed,
                               max_bytes_per_group=int(args.max_mb_per_group * 1e6),
                               eval_bytes=args.eval_kb * 1000)

@@ -40,7 +40,8 @@ MAN_LANGS = ("de", "fr", "ja", "ru", "pl", "es", "it", "ko", "tr", "pt_BR", "nl"
 
 def _man_text(path: Path) -> str:
     """Rough troff -> text: drop requests/comments, strip inline font escapes."""
-    raw = gzip.open(path, "rb").read().decode("utf-8", errors="replace")
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read().decode("utf-8", errors="replace")
     lines = [ln for ln in raw.splitlines() if not ln.startswith((".", "'", '\\"'))]
     return re.sub(r"\\f[BIRP]|\\-|\\\(..|\\&", "", "\n".join(lines))
 
@@ -81,8 +82,9 @@ def build_source(target_bytes: int) -> Path:
 
 
 def machine() -> dict[str, str]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                   platform.processor())
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version()}
 
 

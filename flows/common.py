@@ -4,32 +4,17 @@ recording which were served from the cache, and publish Prefect artifacts."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from prefect import Task
 
+from flows.env import embedded_defaults  # noqa: F401 - re-exported
 from tasks.caching import Workspace
 from tokalign_core.configs.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
-
-
-def embedded_defaults(run_dir: str | Path) -> None:
-    """Environment for a self-contained local run: a temporary Prefect server whose home is
-    inside the run folder (unless an API URL or PREFECT_HOME is already set), a generous
-    startup timeout for loaded machines, no analytics and no MLflow telemetry."""
-    root = Path(run_dir).expanduser().resolve()
-    if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class Runner:

@@ -55,6 +55,8 @@ class DemoConfig(FrozenConfig):
     teacher: PretrainConfig = Field(pretrain_preset("teacher"),
                                     description="tiny teacher with the target tokenizer")
     pipeline: PipelineConfig = Field(_demo_pipeline(False), description="the pipeline")
+    max_files_per_group: int | None = Field(
+        300, ge=1, description="source files sampled per (language, domain); None = all")
 
     @classmethod
     def make(cls, target: str = "builtin:qwen2", quick: bool = False) -> DemoConfig:
@@ -67,7 +69,8 @@ class DemoConfig(FrozenConfig):
         teacher = pretrain_preset("micro", tokenizer=target, steps=4) if quick \
             else pretrain_preset("teacher", tokenizer=target)
         return cls(text=text, source=source, teacher=teacher,
-                   pipeline=PipelineConfig.model_validate(pipe))
+                   pipeline=PipelineConfig.model_validate(pipe),
+                   max_files_per_group=40 if quick else 300)
 
 
 def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any) -> PipelineConfig:
@@ -89,7 +92,8 @@ def demo_flow(cfg: DemoConfig = DemoConfig(), ws: Workspace = Workspace(run_dir=
         cfg = DemoConfig.make(target_tokenizer) if cfg == DemoConfig() else cfg
     with parent_run(ws, "demo", cfg) as ws:
         r = Runner(ws)
-        corpus = r.run("text-corpus", stages.text_corpus_task, cfg.text)
+        corpus = r.run("text-corpus", stages.text_corpus_task, cfg.text,
+                       cfg.max_files_per_group)
         source = r.submit("pretrain:source", stages.pretrain_task, cfg.source, corpus)
         teacher = r.submit("pretrain:teacher", stages.pretrain_task, cfg.teacher, corpus)
         pipe = bind_corpus(cfg.pipeline, corpus, source.result())

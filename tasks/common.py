@@ -48,11 +48,14 @@ def store(ws: Workspace) -> ArtifactStore:
 def executor(ws: Workspace, workers: int | None = None) -> Iterator[Executor]:
     """Serial, a Dask LocalCluster (``workers > 1``, threads pinned) or ``ws.dask_address``.
 
-    Dask lives only inside tasks: each task opens and closes its own client, so Prefect's
-    task runner never ships work to Dask workers (which would start a Prefect server each).
+    ``TOKALIGN_DASK_ADDRESS`` (set by the compose stack) is used when the workspace names
+    no scheduler. Dask lives only inside tasks: each task opens and closes its own client,
+    so Prefect's task runner never ships work to Dask workers (which would start a Prefect
+    server each).
     """
+    address = ws.dask_address or os.environ.get("TOKALIGN_DASK_ADDRESS") or None
     ex = make_executor(workers=ws.workers if workers is None else workers,
-                       address=ws.dask_address, progress=ws.progress)
+                       address=address, progress=ws.progress)
     try:
         yield ex
     finally:

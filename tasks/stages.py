@@ -293,19 +293,40 @@ def heldout_texts_task(ws: Workspace, corpus: ArtifactRef, label: str = "heldout
 # ------------------------------------------------------------------------ demo inputs
 
 
+def sample_files(files: list[Any], per_group: int | None, seed: int) -> list[Any]:
+    """At most ``per_group`` source files per (language, domain), a seeded sample in path
+    order: a bounded, reproducible slice of the machine's text for the demo."""
+    import random
+
+    if per_group is None:
+        return files
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for f in sorted(files, key=lambda f: f.path):
+        groups.setdefault((f.lang, f.domain), []).append(f)
+    rng = random.Random(seed)
+    out = []
+    for key in sorted(groups):
+        members = groups[key]
+        out += sorted(rng.sample(members, min(per_group, len(members))), key=lambda f: f.path)
+    return out
+
+
 @stage_task("text-corpus")
-def text_corpus_task(ws: Workspace, cfg: Any) -> ArtifactRef:
+def text_corpus_task(ws: Workspace, cfg: Any,
+                     max_files_per_group: int | None = None) -> ArtifactRef:
     """A real multilingual corpus from the machine's text (``textsources``), as an artifact
     with ``train/<lang>.<domain>.jsonl`` and ``eval/<lang>.jsonl``."""
-    from tokalign_core.textsources import build_text_corpus
+    from tokalign_core.textsources import build_text_corpus, discover
 
     with stage_run(ws, "text-corpus", cfg) as run:
+        files = sample_files(discover(cfg), max_files_per_group, cfg.seed)
         with store(ws).writer("textcorpus") as w:
-            summary = build_text_corpus(cfg, w.dir / "train", w.dir / "eval",
+            summary = build_text_corpus(cfg, w.dir / "train", w.dir / "eval", files=files,
                                         progress=ws.progress)
             (w.dir / "summary.json").write_text(json.dumps(
                 {"train": summary.train, "eval": summary.eval, "fallback": summary.fallback},
                 indent=2, sort_keys=True))
+        run.metrics({"files": len(files)})
         run.dataset("text-corpus", w.ref.sha256, w.ref.path)
         run.outputs(text_corpus=w.ref)
     return w.ref

@@ -5,7 +5,8 @@ with an English-centric byte-level BPE; Li et al., 2025, §4.1) is stood in for 
 GPT-NeoX trained here from scratch on real English text and code from the benchmark corpus
 (:mod:`tokalign_core.textsources`). Presets:
 
-- ``demo``: ~3M parameters, 8k byte-level BPE, a few minutes on 2 cores (end-to-end demo);
+- ``demo``: ~2.9M parameters, 8k byte-level BPE, 400 steps of 8 x 128 tokens: a few
+  minutes on an idle 2-core machine (end-to-end demo);
 - ``bakeoff``: ~14M parameters, 16k BPE (method comparisons; see benchmarks/corpus.md);
 - ``teacher``: a tiny model with the Qwen2 target tokenizer (``builtin:qwen2``), trained
   the same way, for token-level distillation in the demo;
@@ -107,8 +108,9 @@ PRESETS: dict[str, PretrainConfig] = {
                             warmup_steps=1, train_bytes=200_000, eval_bytes=5_000,
                             log_every=1),
     "demo": PretrainConfig(preset="demo", vocab_size=8192, hidden=128, layers=4, heads=4,
-                           seq_len=256, batch_size=8, steps=600, lr=1.5e-3,
-                           warmup_steps=50, train_bytes=8_000_000),
+                           seq_len=128, batch_size=8, steps=400, lr=2e-3,
+                           warmup_steps=40, train_bytes=6_000_000,
+                           bpe_train_bytes=6_000_000),
     "bakeoff": PretrainConfig(preset="bakeoff", vocab_size=16384, bpe_train_bytes=16_000_000,
                               hidden=256, layers=6, heads=8, seq_len=256, batch_size=16,
                               steps=3000, lr=1e-3, warmup_steps=150,
@@ -152,8 +154,9 @@ def load_training_texts(config: PretrainConfig, corpus_dir: str | Path | None = 
     """English prose + code from the benchmark corpus (``benchmarks/make_corpus.py``).
 
     Takes ``(1 - code_fraction) * train_bytes`` of prose from ``<lang>.*.jsonl`` for each
-    of ``text_langs`` and the rest from ``<lang>.code.jsonl`` for ``code_langs``, in file
-    order (the corpus is already shuffled with its seed). Held-out texts come from
+    of ``text_langs`` and the rest from ``<lang>.code.jsonl`` for ``code_langs``, split
+    evenly over the files (a small file's unused share goes to the others), each read
+    from its start (the corpus is already shuffled with its seed). Held-out texts come from
     ``eval/<lang>.jsonl``. Without a corpus, falls back to this interpreter's standard
     library (English docstrings/comments and Python code) and says so in the log.
     """
@@ -174,10 +177,16 @@ def load_training_texts(config: PretrainConfig, corpus_dir: str | Path | None = 
         files = [p for p in sorted(corpus.glob("*.jsonl"))
                  if p.stem.split(".")[0] in langs
                  and (domains is None) == (not p.stem.endswith(".code"))]
-        per_file = budget // max(len(files), 1)
-        for path in files:
+        # Smallest files first, each taking an equal share of what is left, so a small
+        # file's unused share goes to the larger ones.
+        files.sort(key=lambda p: (p.stat().st_size, p.name))
+        left = budget
+        for i, path in enumerate(files):
             lang, domain = path.stem.split(".", 1)
-            train += list(corpus_texts(corpus, [lang], [domain], max_bytes=per_file))
+            got = list(corpus_texts(corpus, [lang], [domain],
+                                    max_bytes=left // (len(files) - i)))
+            left -= sum(len(t.encode()) for t in got)
+            train += got
     if not train:
         raise ValueError(f"corpus {corpus} holds no text for langs {config.text_langs} / "
                          f"code {config.code_langs}; rebuild it or change the config")

@@ -217,6 +217,7 @@ _SKIP_TAGS = {"script", "style", "head", "nav", "footer", "info", "credit", "lic
               "revision", "noscript", "svg", "form", "button", "select", "math"}
 _SKIP_CLASSES = ("sphinxsidebar", "related", "footer", "headerlink", "navheader",
                  "navfooter", "toc", "breadcrumbs", "mobile-nav", "sidebar", "copyright")
+_PRE_TAGS = {"pre", "screen", "programlisting"}  # whitespace-preserving blocks
 _VOID = {"br", "img", "meta", "link", "input", "hr", "area", "base", "col", "embed",
          "source", "track", "wbr", "param"}
 
@@ -241,7 +242,7 @@ class _TextExtractor(HTMLParser):
             if tag not in _VOID:
                 self._skip_tag, self._skip_depth = tag, 1
             return
-        if tag in ("pre", "screen", "programlisting", "code") and tag != "code":
+        if tag in _PRE_TAGS:
             self._pre += 1
         if tag in _BLOCK_TAGS:
             self.parts.append("\n\n" if tag != "br" else "\n")
@@ -257,7 +258,7 @@ class _TextExtractor(HTMLParser):
                 if self._skip_depth == 0:
                     self._skip_tag = None
             return
-        if tag in ("pre", "screen", "programlisting") and self._pre:
+        if tag in _PRE_TAGS and self._pre:
             self._pre -= 1
         if tag in _BLOCK_TAGS:
             self.parts.append("\n\n")

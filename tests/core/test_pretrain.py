@@ -43,7 +43,7 @@ def test_config_rules():
         pt.PretrainConfig(text_langs=(), code_langs=())
     with pytest.raises(ValueError, match="unknown pretrain preset"):
         pt.preset("huge")
-    assert pt.preset("demo", steps=60).warmup_steps == 5 and pt.preset("demo").steps == 600
+    assert pt.preset("demo", steps=40).warmup_steps == 4 and pt.preset("demo").steps == 400
     assert pt.preset("demo", steps=1).warmup_steps == 0
 
 
@@ -143,14 +143,17 @@ def test_load_training_texts_mixes_prose_and_code(tmp_path):
     write_jsonl(corpus / "en.man.jsonl", [Doc("m" * 100, "en", "man", str(i)) for i in range(50)])
     write_jsonl(corpus / "en.doc.jsonl", [Doc("d" * 100, "en", "doc", str(i)) for i in range(50)])
     write_jsonl(corpus / "de.man.jsonl", [Doc("x" * 100, "de", "man", str(i)) for i in range(50)])
+    write_jsonl(corpus / "en.help.jsonl", [Doc("h" * 100, "en", "help", str(i)) for i in range(2)])
     write_jsonl(corpus / "python.code.jsonl",
                 [Doc("c" * 100, "python", "code", str(i)) for i in range(50)])
     write_jsonl(evald / "en.jsonl", [Doc("e" * 100, "en", "man", "z")])
     cfg = pt.PretrainConfig(train_bytes=2000, code_fraction=0.25, steps=2, warmup_steps=0)
     t = pt.load_training_texts(cfg, corpus)
     assert t.source == "corpus" and t.eval == {"en": ["e" * 100]}
-    counts = {ch: sum(x[0] == ch for x in t.train) for ch in "mdxc"}
-    assert counts == {"m": 7, "d": 7, "x": 0, "c": 5}  # 1500 B prose over 2 files, 500 B code
+    counts = {ch: sum(x[0] == ch for x in t.train) for ch in "hmdxc"}
+    # 1500 B prose, smallest file first: help 2 docs (share 500, uses 200), doc 6 (share
+    # 1300 // 2 = 650), man 7 (share 700); code 500 B -> 5 docs; German not taken.
+    assert counts == {"h": 2, "d": 6, "m": 7, "x": 0, "c": 5}
 
 
 def test_load_training_texts_falls_back_to_stdlib(tmp_path, caplog):

@@ -189,11 +189,11 @@ from tokalign_core.artifacts import ArtifactStore
 store = ArtifactStore(sys.argv[1])
 ready = Path(sys.argv[2])
 with store.writer("slow", meta={"who": "killed"}) as w:
-    for i in range(400):
+    for i in range(200):
         w.path(f"chunk-{i:04d}.bin").write_bytes(bytes([i % 256]) * 4096)
         if i == 20:
             ready.write_text("writing")
-        time.sleep(0.01)
+        time.sleep(0.005)
 print(w.ref.path)
 """
 
@@ -227,7 +227,7 @@ def test_kill_9_during_an_artifact_write_leaves_nothing_trusted(tmp_path):
     new_path = Path(out.stdout.strip())
     assert new_path.parent == store.root / "slow" and new_path != leftovers[0]
     manifest = json.loads((new_path / MANIFEST).read_text())
-    assert len([k for k in manifest if k.startswith("chunk-")]) == 400
+    assert len([k for k in manifest if k.startswith("chunk-")]) == 200
     from tokalign_core.artifacts import _digest
 
     verify(ArtifactRef(kind="slow", sha256=_digest(manifest), path=str(new_path)))

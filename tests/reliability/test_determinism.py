@@ -95,6 +95,14 @@ def chain_texts(texts):
     return texts[:200]
 
 
+def test_tokens_and_cooccurrences_are_byte_identical_across_shard_counts(tmp_path, chain_texts,
+                                                                        bpe_tok, sp_tok):
+    one = run_chain(tmp_path / "s1", chain_texts, bpe_tok, sp_tok, 1, stop_after="cooccur")
+    eight = run_chain(tmp_path / "s8", chain_texts, bpe_tok, sp_tok, 8, stop_after="cooccur")
+    assert one == eight
+
+
+@pytest.mark.slow
 def test_alignment_is_byte_identical_across_shard_counts(tmp_path, chain_texts, bpe_tok,
                                                          sp_tok):
     one = run_chain(tmp_path / "s1", chain_texts, bpe_tok, sp_tok, n_shards=1)
@@ -133,8 +141,10 @@ def test_alignment_is_byte_identical_across_shards_and_workers(tmp_path, chain_t
     assert not bad, f"not byte-identical: {bad}"
 
 
-def test_text_corpus_and_pretrain_are_deterministic(tmp_path):
-    """Own stages: the text corpus builder (seeded) and pretraining (same weights)."""
+@pytest.mark.slow
+def test_pretrain_is_deterministic(tmp_path):
+    """Two pretraining runs with one seed give the same weights and tokenizer (the text
+    corpus builder's determinism is tested in tests/core/test_textsources.py)."""
     from tokalign_core import pretrain as pt
     from tokalign_core import toy
 

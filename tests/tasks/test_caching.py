@@ -32,18 +32,23 @@ def _child(api: str, run_dir: Path, src: Path) -> dict:
     return json.loads(line[4:])
 
 
-def test_hit_in_new_process_and_miss_when_bytes_change(prefect_api, tmp_path):
-    from tests.tasks.toy_tasks import calls
+def test_hit_in_new_process_and_miss_when_bytes_change(prefect_api, tmp_path, monkeypatch):
+    from tests.tasks import toy_tasks
+    from tokalign_core import hashing
 
+    # Cold run in this process, then two fresh processes: the first must hit the persisted
+    # cache, the second (same path, new bytes) must miss.
+    monkeypatch.setattr(hashing, "code_hash", lambda: "pinned")
     src = tmp_path / "in.txt"
     src.write_text("hello")
-    first = _child(prefect_api, tmp_path / "run", src)
-    second = _child(prefect_api, tmp_path / "run", src)
-    assert calls(tmp_path / "run") == 1, "unchanged rerun in a new process must hit the cache"
+    run = tmp_path / "run"
+    first = toy_tasks.toy_flow(Workspace(run_dir=str(run)), src).model_dump()
+    second = _child(prefect_api, run, src)
+    assert toy_tasks.calls(run) == 1, "unchanged rerun in a new process must hit the cache"
     assert first == second
     src.write_text("HELLO world")  # same path, new bytes
-    third = _child(prefect_api, tmp_path / "run", src)
-    assert calls(tmp_path / "run") == 2
+    third = _child(prefect_api, run, src)
+    assert toy_tasks.calls(run) == 2
     assert third["sha256"] != first["sha256"]
     assert Path(third["path"], "u.txt").read_text() == "HELLO WORLD"
 

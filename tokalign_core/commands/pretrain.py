@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from tokalign_core.pretrain import PRESETS
+    from tokalign_core.pretrain import DEFAULT_CORPUS, PRESETS
 
     p = subparsers.add_parser(
         "pretrain",
@@ -28,17 +28,19 @@ def register(subparsers) -> None:
                    help="model/data size preset")
     p.add_argument("--artifacts", default=".cache/artifacts",
                    help="artifact store root (the model goes to <root>/model/<digest>)")
-    p.add_argument("--corpus", default=None,
-                   help="benchmark corpus folder with <lang>.<domain>.jsonl files "
-                        "(default: .cache/bench/corpus of the checkout)")
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS),
+                   help="benchmark corpus folder with <lang>.<domain>.jsonl files; when it "
+                        "holds none, the Python standard library is used instead")
     p.add_argument("--eval-dir", default=None,
-                   help="held-out folder with <lang>.jsonl (default: <corpus>/../eval)")
-    p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+                   help="held-out folder with <lang>.jsonl; None = <corpus>/../eval")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps; None = the preset's (warm-up scales with it)")
+    p.add_argument("--seed", type=int, default=None, help="seed; None = the preset's (0)")
     p.add_argument("--tokenizer", default=None,
-                   help="override the tokenizer: 'train-bpe' or a spec such as builtin:qwen2")
+                   help="'train-bpe' or a tokenizer spec such as builtin:qwen2; "
+                        "None = the preset's")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's own choice)")
+                   help="torch threads; None = torch's own choice")
     p.add_argument("--config", default=None,
                    help="JSON/YAML PretrainConfig file; replaces --preset and overrides")
     p.add_argument("--log", default=None, help="JSONL file for loss/lr per step")
@@ -49,7 +51,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokalign_core.cli import UserError
-    from tokalign_core.pretrain import PretrainConfig, load_training_texts, preset, pretrain
+    from tokalign_core.pretrain import (
+        DEFAULT_CORPUS,
+        PretrainConfig,
+        load_training_texts,
+        preset,
+        pretrain,
+    )
     from tokalign_core.tracking import default_logger
 
     if args.config:
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = preset(args.preset, steps=args.steps, seed=args.seed,
                         tokenizer=args.tokenizer, threads=args.threads)
-    if args.corpus and not Path(args.corpus).is_dir():
+    if args.corpus != str(DEFAULT_CORPUS) and not Path(args.corpus).is_dir():
         raise UserError(f"--corpus {args.corpus} is not a folder; build it with "
                         "`python benchmarks/make_corpus.py` or leave --corpus out")
     texts = load_training_texts(config, args.corpus, args.eval_dir)

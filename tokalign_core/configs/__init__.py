@@ -3,3 +3,21 @@
 Each stage module defines its config class; ``PipelineConfig`` composes them and offers
 named presets (``tiny``, ``tokalign``, ``tokalign++``, ``paper-scale``).
 """
+
+from tokalign_core.configs.align import AlignConfig, VecMapConfig
+from tokalign_core.configs.align_eval import EvalAlignConfig
+from tokalign_core.configs.cooccur import CooccurConfig
+from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
+from tokalign_core.configs.distill import DistillConfig
+from tokalign_core.configs.evaluate import EvalConfig
+from tokalign_core.configs.glove import GloveConfig
+from tokalign_core.configs.init import InitConfig
+from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.configs.tokenize import TokenizeConfig
+from tokalign_core.configs.train import StageConfig, TrainConfig
+
+__all__ = [
+    "AlignConfig", "CooccurConfig", "CorpusConfig", "DistillConfig", "EvalAlignConfig",
+    "EvalConfig", "GloveConfig", "InitConfig", "PipelineConfig", "SourceSpec", "StageConfig",
+    "TokenizeConfig", "TrainConfig", "VecMapConfig",
+]
