@@ -27,12 +27,18 @@ OUT = Path(".cache/bench/cooccur")
 
 
 def read_texts(source: Path) -> list[str]:
-    """Documents of a jsonl file or of a corpus artifact's shard-*.parquet files."""
-    if source.is_dir():
+    """Documents of a jsonl file, of a folder of *.jsonl files (``.cache/bench/corpus``,
+    interleaved file by file so every prefix mixes languages), or of a corpus artifact's
+    shard-*.parquet files."""
+    if source.is_dir() and list(source.glob("shard-*.parquet")):
         import pyarrow.parquet as pq
 
         return [t for f in sorted(source.glob("shard-*.parquet"))
                 for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
+    if source.is_dir():
+        per_file = [read_texts(f) for f in sorted(source.glob("*.jsonl"))]
+        longest = max((len(d) for d in per_file), default=0)
+        return [d[k] for k in range(longest) for d in per_file if k < len(d)]
     with source.open() as fh:
         return [json.loads(line)["text"] for line in fh if line.strip()]
 

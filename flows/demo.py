@@ -57,6 +57,8 @@ class DemoConfig(FrozenConfig):
     pipeline: PipelineConfig = Field(_demo_pipeline(False), description="the pipeline")
     max_files_per_group: int | None = Field(
         300, ge=1, description="source files sampled per (language, domain); None = all")
+    eval_docs: int = Field(8, ge=1, description="held-out documents per language evaluated")
+    eval_chars: int = Field(3000, ge=100, description="characters kept per evaluated document")
 
     @classmethod
     def make(cls, target: str = "builtin:qwen2", quick: bool = False) -> DemoConfig:
@@ -70,17 +72,28 @@ class DemoConfig(FrozenConfig):
             else pretrain_preset("teacher", tokenizer=target)
         return cls(text=text, source=source, teacher=teacher,
                    pipeline=PipelineConfig.model_validate(pipe),
-                   max_files_per_group=40 if quick else 300)
+                   max_files_per_group=40 if quick else 300,
+                   eval_docs=2 if quick else 8, eval_chars=800 if quick else 3000)
 
 
-def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any) -> PipelineConfig:
+def retarget(cfg: DemoConfig, target: str) -> DemoConfig:
+    """The demo aligned to another target: the pipeline's target and the teacher's
+    tokenizer (the teacher must share the student's new vocabulary)."""
+    data = cfg.model_dump()
+    data["pipeline"]["target_tokenizer"] = target
+    data["teacher"]["tokenizer"] = target
+    return DemoConfig.model_validate(data)
+
+
+def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any,
+                eval_texts: Any) -> PipelineConfig:
     """Point the pipeline at the demo's text corpus and pretrained source model."""
     data = cfg.model_dump()
     data["corpus"]["sources"] = [
         {**s, "path": str(Path(text_corpus.path) / "train")} if s["path"] == TEXT_CORPUS else s
         for s in data["corpus"]["sources"]]
     data["source_model"] = str(stages.model_dir(source_model))
-    data["eval_texts"] = str(Path(text_corpus.path) / "eval")
+    data["eval_texts"] = eval_texts.path
     return PipelineConfig.model_validate(data)
 
 
@@ -89,14 +102,16 @@ def demo_flow(cfg: DemoConfig = DemoConfig(), ws: Workspace = Workspace(run_dir=
               target_tokenizer: str | None = None) -> dict[str, Any]:
     """The whole system on this machine's text; returns refs, tables and the summary."""
     if target_tokenizer:
-        cfg = DemoConfig.make(target_tokenizer) if cfg == DemoConfig() else cfg
+        cfg = retarget(cfg, target_tokenizer)
     with parent_run(ws, "demo", cfg) as ws:
         r = Runner(ws)
         corpus = r.run("text-corpus", stages.text_corpus_task, cfg.text,
                        cfg.max_files_per_group)
         source = r.submit("pretrain:source", stages.pretrain_task, cfg.source, corpus)
         teacher = r.submit("pretrain:teacher", stages.pretrain_task, cfg.teacher, corpus)
-        pipe = bind_corpus(cfg.pipeline, corpus, source.result())
+        sample = r.run("eval-sample", stages.eval_sample_task, corpus, cfg.eval_docs,
+                       cfg.eval_chars)
+        pipe = bind_corpus(cfg.pipeline, corpus, source.result(), sample)
         out = run_pipeline(r, pipe, teacher=teacher.result())
         out["summary"] = publish_summary(ws, out["tables"], "demo")
         out["states"] = dict(r.states)

@@ -17,11 +17,13 @@ from tokalign_core.configs.pipeline import PipelineConfig
 
 def run_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, ArtifactRef],
                  texts: str) -> dict[str, dict[str, Any]]:
-    """``label -> evaluate_model result`` for every model, reference = source tokenizer."""
-    futures = {label: r.submit(f"evaluate:{label}", stages.eval_model_task, ref, texts,
-                               cfg.evaluate, cfg.source_tokenizer_spec, label)
-               for label, ref in models.items()}
-    return {label: f.result() for label, f in futures.items()}
+    """``label -> evaluate_model result`` for every model, reference = source tokenizer.
+
+    One model at a time: with a large target vocabulary each evaluation holds
+    [batch, window, vocab] logits, and several at once exhaust a small machine's memory."""
+    return {label: r.run(f"evaluate:{label}", stages.eval_model_task, ref, texts,
+                         cfg.evaluate, cfg.source_tokenizer_spec, label)
+            for label, ref in models.items()}
 
 
 def bpb_rows(evaluation: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

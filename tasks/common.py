@@ -7,7 +7,9 @@ Every stage task is a Prefect task with the content-hash cache policy, persisted
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -44,6 +46,25 @@ def store(ws: Workspace) -> ArtifactStore:
     return ArtifactStore(ws.artifact_root)
 
 
+_CLUSTER_LOCK = threading.Lock()
+_CLUSTERS: dict[int, Any] = {}
+
+
+def shared_local_cluster(n_workers: int) -> str:
+    """Address of one Dask LocalCluster per process and size, started on first use and
+    closed at exit: concurrent tasks (both tokenizations, both co-occurrences) share it
+    instead of each starting worker processes on the same cores."""
+    with _CLUSTER_LOCK:
+        if n_workers not in _CLUSTERS:
+            from dask.distributed import LocalCluster
+
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
+            atexit.register(cluster.close)
+            _CLUSTERS[n_workers] = cluster
+        return _CLUSTERS[n_workers].scheduler_address
+
+
 @contextmanager
 def executor(ws: Workspace, workers: int | None = None) -> Iterator[Executor]:
     """Serial, a Dask LocalCluster (``workers > 1``, threads pinned) or ``ws.dask_address``.
@@ -53,9 +74,11 @@ def executor(ws: Workspace, workers: int | None = None) -> Iterator[Executor]:
     so Prefect's task runner never ships work to Dask workers (which would start a Prefect
     server each).
     """
+    n = ws.workers if workers is None else workers
     address = ws.dask_address or os.environ.get("TOKALIGN_DASK_ADDRESS") or None
-    ex = make_executor(workers=ws.workers if workers is None else workers,
-                       address=address, progress=ws.progress)
+    if address is None and n > 1:
+        address = shared_local_cluster(n)
+    ex = make_executor(workers=n, address=address, progress=ws.progress)
     try:
         yield ex
     finally:

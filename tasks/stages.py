@@ -332,6 +332,23 @@ def text_corpus_task(ws: Workspace, cfg: Any,
     return w.ref
 
 
+@stage_task("eval-sample")
+def eval_sample_task(ws: Workspace, corpus: ArtifactRef, max_docs: int,
+                     max_chars: int) -> ArtifactRef:
+    """The first ``max_docs`` held-out documents per language of a text corpus, each cut to
+    ``max_chars`` at a space: ``<lang>.jsonl`` files for a short, bounded evaluation."""
+    from tokalign_core.textsources import read_jsonl
+
+    with store(ws).writer("texts", {"max_docs": max_docs, "max_chars": max_chars}) as w:
+        for path in sorted((Path(corpus.path) / "eval").glob("*.jsonl")):
+            docs = [d["text"] for _, d in zip(range(max_docs), read_jsonl(path), strict=False)]
+            cut = [t if len(t) <= max_chars else t[:max_chars].rsplit(" ", 1)[0] for t in docs]
+            lines = [json.dumps({"text": t}, ensure_ascii=False) for t in cut if t.strip()]
+            if lines:
+                w.path(path.name).write_text("\n".join(lines) + "\n")
+    return w.ref
+
+
 @stage_task("pretrain")
 def pretrain_task(ws: Workspace, cfg: Any, corpus: ArtifactRef) -> ArtifactRef:
     """A tiny causal LM pretrained on the text corpus (also cached by ``pretrain`` itself)."""

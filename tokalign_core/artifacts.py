@@ -127,14 +127,33 @@ class ArtifactStore:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         final = self.root / kind / digest[:24]
         final.parent.mkdir(parents=True, exist_ok=True)
+        ref = ArtifactRef(kind=kind, sha256=digest, path=str(final))
         try:
             os.rename(tmp, final)
         except OSError:
-            # Same content already committed (a concurrent or earlier writer): keep theirs.
-            if not (final / MANIFEST).exists():
+            # Same content already committed (a concurrent or earlier writer): keep theirs
+            # if it is intact, else swap the damaged copy out for our fresh one.
+            if not final.exists():
+                raise
+            try:
+                verify(ref)
+                shutil.rmtree(tmp, ignore_errors=True)
+            except CorruptArtifactError:
+                self._replace_damaged(tmp, final)
+        return ref
+
+    @staticmethod
+    def _replace_damaged(tmp: Path, final: Path) -> None:
+        """Move a damaged artifact aside, put the fresh copy in place, then delete it."""
+        graveyard = final.parent / f".damaged-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, graveyard)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():  # lost a race with another repairer: theirs is fresh
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-        return ArtifactRef(kind=kind, sha256=digest, path=str(final))
+        shutil.rmtree(graveyard, ignore_errors=True)
 
     def resolve(self, ref: ArtifactRef) -> Path:
         """The artifact's folder, refusing paths outside this store's root."""

@@ -3,28 +3,38 @@
 Minimise  J = sum over nonzero X_ij of f(X_ij) (w_i . c_j + b_i + b'_j - log X_ij)^2  with
 f(x) = min(1, (x / x_max)^alpha), by AdaGrad. The token vector is w + c ("model 2").
 
-One implementation in torch runs on CPU and CUDA (device from
-:func:`tokalign_core.backend.torch_device`). Differences from the Stanford C tool, which
-updates after every single nonzero from several Hogwild threads:
+Two engines share the initialisation, the shuffling and the update rule (``engine`` in
+:class:`GloveConfig`; "auto" = numba on CPU, torch on CUDA):
 
-* **Mini-batch AdaGrad.** Each step takes ``batch_size`` nonzeros, computes all their
-  residuals with the parameters of before the step, and scatter-adds (``index_add_``) each
-  entry's AdaGrad step and squared gradient into its rows. The AdaGrad form is the C
-  tool's: the accumulator starts at 1 and holds the squared *eta-scaled* gradients, the
-  step is ``eta*g / sqrt(accumulator before the step)``, components clipped at
-  ``grad_clip``. A row seen k times in one batch gets the k per-entry steps all scaled by
-  the accumulator of before the batch (the C tool grows it between them); with
-  ``batch_size=1`` this is exactly the C tool's sequential algorithm.
-* **Seeded.** Initialisation (uniform in [-0.5, 0.5] / dim, as the C tool) and the order of
-  the nonzeros, reshuffled at every iteration, come from ``seed``; the C tool seeds from
-  the clock and shuffles once.
-* **Cost** reported per iteration exactly as the C tool: the mean over nonzeros of
-  0.5 * f * diff^2, each term computed just before its batch's update.
+* **numba (CPU)**: the Stanford C tool's algorithm itself. Every nonzero is one AdaGrad
+  update of w_i, c_j, b_i, b'_j; both gradients use the parameters of before the update;
+  the accumulators start at 1 and hold the squared *eta-scaled* gradients; the step is
+  ``eta*g / sqrt(accumulator before the step)`` with every gradient component clipped at
+  ``grad_clip``; a non-finite residual skips the update (counted, as the C tool does
+  silently). Threads run **Hogwild** as the C tool: each takes a contiguous part of the
+  shuffled order and updates shared rows without locks, so with >1 thread the result
+  depends on timing (not reproducible). With 1 thread the run is exactly reproducible for
+  a seed. ``deterministic=True`` instead splits each pass into T strata of T blocks
+  (T = threads; rows and columns grouped by index mod T, block (r, r+s mod T) in stratum s,
+  as DSGD, Gemulla et al. 2011): blocks of one stratum share no row, so threads never race
+  and the result is bit-reproducible for a seed and thread count.
+* **torch (CPU or CUDA)**: mini-batch AdaGrad. Each step takes ``batch_size`` nonzeros,
+  computes their residuals with the parameters of before the step, and scatter-adds each
+  entry's step and squared gradient. A row seen k times in one batch gets its k steps all
+  scaled by the accumulator of before the batch (the C tool grows it between them); with
+  ``batch_size=1`` this is exactly the numba engine with 1 thread (same order, same init).
+
+Both are **seeded**: initialisation (uniform in [-0.5, 0.5] / dim, as the C tool, biases
+included) and the order of the nonzeros, reshuffled at every iteration, come from
+``numpy.random.default_rng(seed)``; the C tool seeds from the clock and shuffles once.
+**Cost** is reported per iteration as the C tool does: the mean over nonzeros of
+0.5 * f * diff^2, each term computed just before its own update.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,17 +51,23 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[int, float], None]
 
+STEP_NNZ = 1 << 20  # nonzeros per numba kernel call between progress-bar updates (Hogwild)
+
 
 @dataclass
 class GloveResult:
     """vectors: float32 [n, dim] (w + c or w); word/context: float32 [n, dim];
-    costs: mean 0.5*f*diff^2 per iteration; seconds: wall time per iteration."""
+    costs: mean 0.5*f*diff^2 per iteration; seconds: wall time per iteration;
+    skipped: updates skipped per iteration for a non-finite residual (numba engine);
+    engine: "numba" or "torch"."""
 
     vectors: np.ndarray
     word: np.ndarray
     context: np.ndarray
     costs: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    engine: str = "torch"
 
 
 def resolve_device(name: str) -> str:
@@ -63,6 +79,22 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch_cuda_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu")
     return name
+
+
+def resolve_engine(config: GloveConfig) -> tuple[str, str]:
+    """(engine, device): "auto" picks numba on CPU and torch on CUDA.
+
+    Only an explicit or auto device that resolves to CUDA touches torch; a CPU run with
+    engine "numba"/"auto" and device "cpu" never imports it.
+    """
+    if config.engine == "numba":
+        return "numba", "cpu"
+    if config.engine == "auto" and config.device == "cpu":
+        return "numba", "cpu"
+    device = resolve_device(config.device)
+    if config.engine == "auto":
+        return ("torch" if device == "cuda" else "numba"), device
+    return "torch", device
 
 
 def _check_matrix(cooc: sp.spmatrix) -> sp.coo_matrix:
@@ -79,7 +111,192 @@ def _check_matrix(cooc: sp.spmatrix) -> sp.coo_matrix:
     return sp.coo_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
 
 
-class _Trainer:
+def _data(coo: sp.coo_matrix, config: GloveConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(log X float64 [nnz], f(X) float64 [nnz]) of the nonzeros."""
+    x = coo.data.astype(np.float64)
+    return np.log(x), np.minimum(1.0, (x / config.x_max) ** config.alpha)
+
+
+def _initial_params(n: int, dim: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The C tool's init, uniform in [-0.5, 0.5] / dim for vectors and biases.
+
+    Returns float64 word [n, dim+1] and context [n, dim+1]; the last column is the bias.
+    """
+    word = (rng.random((n, dim + 1)) - 0.5) / dim
+    context = (rng.random((n, dim + 1)) - 0.5) / dim
+    return word, context
+
+
+def _order(rng: np.random.Generator, nnz: int) -> np.ndarray:
+    """A fresh random order of the nonzeros: int32 (int64 past 2^31) [nnz]."""
+    perm = rng.permutation(nnz)
+    return perm.astype(np.int32) if nnz < 2**31 else perm
+
+
+# ---------------------------------------------------------------------------------------
+# numba engine: the C tool's per-nonzero AdaGrad
+# ---------------------------------------------------------------------------------------
+
+
+def _adagrad_pass_py(order, bounds, rows, cols, logx, fx, w, c, hw, hc, eta, clip, cost,
+                     bad):
+    """Per-nonzero AdaGrad over ``order[bounds[r]:bounds[r+1]]``, one block r per thread.
+
+    order: int [m] nonzero indices; bounds: int64 [T+1]; rows/cols: int32 [nnz];
+    logx/fx: float [nnz]; w, c, hw, hc: float [n, dim+1] (last column the bias; one dtype
+    with eta and clip), updated in place; cost float64 [T] and bad int64 [T] accumulate
+    per block. Blocks run in parallel (prange) and share rows unless the caller made them
+    disjoint.
+    """
+    for r in _prange(bounds.shape[0] - 1):
+        dim = w.shape[1] - 1
+        total = 0.0
+        skipped = 0
+        for k in range(bounds[r], bounds[r + 1]):
+            e = order[k]
+            i = rows[e]
+            j = cols[e]
+            wi = w[i]
+            cj = c[j]
+            dot = eta - eta  # zero in the parameter dtype: float32 stays float32 (SIMD)
+            for b in range(dim):
+                dot += wi[b] * cj[b]
+            diff = dot + wi[dim] + cj[dim] - logx[e]
+            if not np.isfinite(diff):
+                skipped += 1
+                continue
+            fdiff = fx[e] * diff
+            total += 0.5 * fdiff * diff
+            hwi = hw[i]
+            hcj = hc[j]
+            for b in range(dim):
+                # both gradients from the parameters of before this update
+                g1 = min(max(fdiff * cj[b], -clip), clip) * eta
+                g2 = min(max(fdiff * wi[b], -clip), clip) * eta
+                wi[b] -= g1 / np.sqrt(hwi[b])
+                cj[b] -= g2 / np.sqrt(hcj[b])
+                hwi[b] += g1 * g1
+                hcj[b] += g2 * g2
+            g = min(max(fdiff, -clip), clip) * eta  # both biases have gradient fdiff
+            wi[dim] -= g / np.sqrt(hwi[dim])
+            cj[dim] -= g / np.sqrt(hcj[dim])
+            hwi[dim] += g * g
+            hcj[dim] += g * g
+        cost[r] += total
+        bad[r] += skipped
+
+
+_prange = range  # replaced by numba.prange in the compiled kernel
+
+
+def _numba_pass() -> Callable[..., Any]:
+    """The compiled kernel (cached on disk). Raises ImportError without numba."""
+    global _COMPILED
+    if _COMPILED is None:
+        import numba
+
+        globals()["_prange"] = numba.prange
+        # No 'nnan'/'ninf' fast-math flags: the non-finite check must survive.
+        flags = {"contract", "reassoc", "arcp", "nsz"}
+        _COMPILED = numba.njit(parallel=True, cache=True, nogil=True,
+                               fastmath=flags)(_adagrad_pass_py)
+    return _COMPILED
+
+
+_COMPILED: Any = None
+
+
+def _threads(config: GloveConfig) -> int:
+    """Numba threads to use: the config's, capped by what numba was started with."""
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if config.threads is not None and config.threads > most:
+        log.warning("glove: %d threads requested, numba has %d (NUMBA_NUM_THREADS); using %d",
+                    config.threads, most, most)
+    return min(config.threads or most, most)
+
+
+class _NumbaTrainer:
+    """Parameters, AdaGrad accumulators and data of one run for the numba engine (numpy)."""
+
+    def __init__(self, coo: sp.coo_matrix, config: GloveConfig, rng: np.random.Generator):
+        self.kernel = _numba_pass()
+        self.cfg, self.rng = config, rng
+        self.threads = _threads(config)
+        self.rows = coo.row.astype(np.int32)
+        self.cols = coo.col.astype(np.int32)
+        dtype = np.dtype(config.dtype)
+        # data in the parameter dtype so the float32 kernel never converts per element
+        self.logx, self.fx = (a.astype(dtype) for a in _data(coo, config))
+        word, context = _initial_params(coo.shape[0], config.dim, rng)
+        self.w, self.c = word.astype(dtype), context.astype(dtype)
+        self.hw, self.hc = np.ones_like(self.w), np.ones_like(self.c)
+        self.skipped = 0
+
+    def _schedule(self, order: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Kernel calls of one pass: (order slice, block bounds int64 [T+1]) each."""
+        t, m = self.threads, order.size
+        if self.cfg.deterministic and t > 1:
+            return self._strata(order, t)
+        calls = []
+        for start in range(0, m, STEP_NNZ):
+            part = order[start:start + STEP_NNZ]
+            calls.append((part, np.linspace(0, part.size, t + 1).astype(np.int64)))
+        return calls
+
+    def _strata(self, order: np.ndarray, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Conflict-free schedule: stratum s holds blocks (r, (r+s) % t) of rows % t and
+        cols % t, kept in shuffled order inside each block (stable radix sort on int16)."""
+        rb = self.rows[order] % t
+        s = (self.cols[order] % t - rb) % t
+        key = (s * t + rb).astype(np.int16)
+        sorted_order = order[np.argsort(key, kind="stable")]
+        sizes = np.bincount(key, minlength=t * t)
+        ends = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        calls = []
+        for stratum in range(t):
+            lo, hi = ends[stratum * t], ends[(stratum + 1) * t]
+            calls.append((sorted_order[lo:hi], ends[stratum * t:(stratum + 1) * t + 1] - lo))
+        return calls
+
+    def iteration(self, progress: bool = False) -> float:
+        """One pass over all nonzeros in a fresh seeded order; returns the C tool's cost."""
+        import numba
+        from tqdm.auto import tqdm
+
+        nnz = self.rows.size
+        cost = np.zeros(self.threads, dtype=np.float64)
+        bad = np.zeros(self.threads, dtype=np.int64)
+        eta = self.w.dtype.type(self.cfg.eta)
+        clip = self.w.dtype.type(self.cfg.grad_clip)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            with tqdm(total=nnz, disable=not progress, leave=False, desc="glove nonzeros",
+                      unit="nz", unit_scale=True) as bar:
+                for part, bounds in self._schedule(_order(self.rng, nnz)):
+                    self.kernel(part, bounds, self.rows, self.cols, self.logx, self.fx,
+                                self.w, self.c, self.hw, self.hc, eta, clip, cost, bad)
+                    bar.update(part.size)
+        finally:
+            numba.set_num_threads(previous)
+        self.skipped = int(bad.sum())
+        return float(cost.sum()) / nnz
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(word, context) float32 [n, dim] (bias columns dropped)."""
+        dim = self.cfg.dim
+        return (np.ascontiguousarray(self.w[:, :dim], dtype=np.float32),
+                np.ascontiguousarray(self.c[:, :dim], dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# torch engine: mini-batch AdaGrad (CPU or CUDA)
+# ---------------------------------------------------------------------------------------
+
+
+class _TorchTrainer:
     """Parameters, AdaGrad accumulators and the data of one GloVe run (torch tensors).
 
     Biases ride along as extra columns so one gather/scatter serves vector and bias:
@@ -87,30 +304,27 @@ class _Trainer:
     w_i . c_j + b_i + b'_j is one dot product. The constant columns get zero gradient.
     """
 
-    def __init__(self, coo: sp.coo_matrix, config: GloveConfig, device: str):
+    def __init__(self, coo: sp.coo_matrix, config: GloveConfig, rng: np.random.Generator,
+                 device: str):
         import torch
 
-        self.torch, self.cfg, self.device = torch, config, device
+        self.torch, self.cfg, self.device, self.rng = torch, config, device, rng
         dtype = getattr(torch, config.dtype)
         n, dim = coo.shape[0], config.dim
-        self.gen = torch.Generator(device="cpu").manual_seed(config.seed)
         # int64 indices: torch's CPU gathers/scatters are ~2x faster with them than int32.
         self.rows = torch.as_tensor(coo.row.astype(np.int64), device=device)
         self.cols = torch.as_tensor(coo.col.astype(np.int64), device=device)
-        x = coo.data.astype(np.float64)
-        self.logx = torch.as_tensor(np.log(x), dtype=dtype, device=device)
-        fx = np.minimum(1.0, (x / config.x_max) ** config.alpha)
+        logx, fx = _data(coo, config)
+        self.logx = torch.as_tensor(logx, dtype=dtype, device=device)
         self.fx = torch.as_tensor(fx, dtype=dtype, device=device)
-
-        def init(*shape: int) -> Any:  # the C tool's init: uniform [-0.5, 0.5] / dim
-            return (torch.rand(*shape, generator=self.gen, dtype=torch.float64) - 0.5) / dim
-
-        w, c = init(n, dim + 2), init(n, dim + 2)
-        w[:, dim + 1] = 1.0
-        c[:, dim] = 1.0
-        self.w, self.c = w.to(dtype=dtype, device=device), c.to(dtype=dtype, device=device)
+        word, context = _initial_params(n, dim, rng)
+        w = np.concatenate([word, np.ones((n, 1))], axis=1)  # [w, b, 1]
+        c = np.concatenate([context[:, :dim], np.ones((n, 1)), context[:, dim:]], axis=1)
+        self.w = torch.as_tensor(w, dtype=dtype, device=device)
+        self.c = torch.as_tensor(c, dtype=dtype, device=device)
         self.hw, self.hc = torch.ones_like(self.w), torch.ones_like(self.c)
         self.dim = dim
+        self.skipped = 0
 
     def iteration(self, progress: bool = False) -> float:
         """One pass over all nonzeros in a fresh seeded order; returns the C tool's cost."""
@@ -118,7 +332,7 @@ class _Trainer:
 
         torch = self.torch
         nnz = self.rows.numel()
-        perm = torch.randperm(nnz, generator=self.gen).to(self.device)
+        perm = torch.as_tensor(_order(self.rng, nnz).astype(np.int64), device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         bs = self.cfg.batch_size
         for start in tqdm(range(0, nnz, bs), disable=not progress, leave=False,
@@ -158,6 +372,37 @@ class _Trainer:
         return np.ascontiguousarray(w), np.ascontiguousarray(c)
 
 
+# ---------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------
+
+
+def _make_trainer(coo: sp.coo_matrix, config: GloveConfig) -> tuple[Any, str]:
+    """The trainer of the configured engine; "auto" falls back to torch (logged) without
+    numba."""
+    engine, device = resolve_engine(config)
+    rng = np.random.default_rng(config.seed)
+    if engine == "numba":
+        try:
+            return _NumbaTrainer(coo, config, rng), "numba"
+        except ImportError:
+            if config.engine == "numba":
+                raise ImportError("engine 'numba' needs numba: `pip install numba`, or set "
+                                  "engine 'torch'") from None
+            log.warning("glove: numba is not installed; falling back to the torch engine "
+                        "(mini-batch AdaGrad, batch_size %d)", config.batch_size)
+    return _TorchTrainer(coo, config, rng, device), "torch"
+
+
+def _no_grad() -> Any:
+    """torch.no_grad() when torch is already imported (torch engine), else a no-op."""
+    import contextlib
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch.no_grad() if torch is not None else contextlib.nullcontext()
+
+
 def train_glove(
     cooc: sp.spmatrix,
     config: GloveConfig = GloveConfig(),
@@ -171,30 +416,32 @@ def train_glove(
     and ``logger.log({"glove/cost": ..., "glove/seconds": ...}, step=it)`` run after every
     iteration (1-based). Returns :class:`GloveResult` with float32 vectors [n, dim].
     """
-    import torch
     from tqdm.auto import tqdm
 
     coo = _check_matrix(cooc)
-    device = resolve_device(config.device)
-    trainer = _Trainer(coo, config, device)
-    costs, seconds = [], []
-    bar = tqdm(range(1, config.iterations + 1), disable=not progress, desc="glove",
+    trainer, engine = _make_trainer(coo, config)
+    costs, seconds, skipped = [], [], []
+    bar = tqdm(range(1, config.iterations + 1), disable=not progress, desc=f"glove {engine}",
                unit="it")
-    with torch.no_grad():
+    with _no_grad():
         for it in bar:
             t0 = time.perf_counter()
             cost = trainer.iteration(progress=progress)
-            if not np.isfinite(cost):
+            if not math.isfinite(cost):
                 raise FloatingPointError(f"GloVe cost became {cost} at iteration {it}; "
                                          "lower eta or check the co-occurrence values")
             costs.append(cost)
             seconds.append(time.perf_counter() - t0)
+            skipped.append(trainer.skipped)
+            if trainer.skipped:
+                log.warning("glove iteration %d: %d updates skipped (non-finite residual)",
+                            it, trainer.skipped)
             bar.set_postfix(cost=f"{cost:.6f}")
             _report(it, cost, seconds[-1], callback, logger)
     word, context = trainer.result()
     vectors = word + context if config.vectors == "w+c" else word.copy()
     return GloveResult(vectors=vectors, word=word, context=context, costs=costs,
-                       seconds=seconds)
+                       seconds=seconds, skipped=skipped, engine=engine)
 
 
 def _report(it: int, cost: float, secs: float, callback: Callback | None, logger: Any) -> None:
@@ -225,7 +472,9 @@ def build_glove(
         "source": "glove",
         "config": config.model_dump(mode="json"),
         "config_digest": config.digest(),
-        "device": resolve_device(config.device),
+        "engine": result.engine,
+        "device": resolve_engine(config)[1],
+        "skipped_updates": result.skipped,
         "cooccur_artifact": str(folder),
         "cooccur_sha256": _read_manifest_digest(folder),
         "tokenizer": cmeta.get("tokenizer"),

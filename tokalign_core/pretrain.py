@@ -164,7 +164,7 @@ def load_training_texts(config: PretrainConfig, corpus_dir: str | Path | None = 
 
     corpus = Path(corpus_dir) if corpus_dir else DEFAULT_CORPUS
     evald = Path(eval_dir) if eval_dir else corpus.parent / "eval"
-    if not (corpus / "READY").exists() and not any(corpus.glob("*.jsonl")):
+    if not is_corpus_folder(corpus):
         return _stdlib_texts(config)
     prose_budget = int(config.train_bytes * (1 - config.code_fraction)) if config.code_langs \
         else config.train_bytes
@@ -196,6 +196,13 @@ def load_training_texts(config: PretrainConfig, corpus_dir: str | Path | None = 
         if path.exists():
             held[lang] = _take_bytes((r["text"] for r in read_jsonl(path)), config.eval_bytes)
     return TrainingTexts(train, held, "corpus")
+
+
+def is_corpus_folder(folder: Path) -> bool:
+    """A benchmark corpus: has ``READY`` or at least one ``<lang>.<domain>.jsonl`` (other
+    jsonl files, e.g. a metrics log, do not count)."""
+    return folder.is_dir() and ((folder / "READY").exists() or any(
+        p.stem.count(".") == 1 for p in folder.glob("*.jsonl")))
 
 
 def _take_bytes(texts, budget: int) -> list[str]:

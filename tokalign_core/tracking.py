@@ -40,7 +40,7 @@ class JsonlLogger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", buffering=1)
+        self._fh = open(self.path, "a", buffering=1)  # noqa: SIM115 - closed by close()
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         row = {"step": step, "time": time.time(), **_finite(metrics)}

@@ -248,7 +248,8 @@ def step(state: VecMapState, x: Any, z: Any, cfg: VecMapConfig) -> tuple[VecMapS
     keep_f, keep_b = _keep_fns(cfg, state)
     method = "csls" if cfg.csls_k > 0 else "cosine"
     fwd, bwd = retrieve_both(xc, zc, method, max(cfg.csls_k, 1), cfg.candidates,
-                             cfg.batch_size, keep_fwd=keep_f, keep_bwd=keep_b)
+                             cfg.batch_size, keep_fwd=keep_f, keep_bwd=keep_b,
+                             exact_max_keys=cfg.exact_max_keys)
     objective = _objective(fwd.best_cos, bwd.best_cos, cfg.direction)
     src, trg = _pairs(fwd.indices, bwd.indices, cfg.direction)
     if objective - state.best_objective >= cfg.threshold:

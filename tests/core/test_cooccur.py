@@ -144,6 +144,7 @@ def test_merge_is_order_independent_and_finalize_symmetrises():
     np.testing.assert_array_equal(x.toarray(), [[2.0, 2.0], [2.0, 6.0]])
 
 
+@pytest.mark.slow  # ~20 s cluster start; sharding equality is proven by the 1-vs-7 shards test
 def test_dask_two_workers_equals_serial(tmp_path):
     from tokalign_core.executor import DaskExecutor
 

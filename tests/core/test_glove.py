@@ -1,5 +1,5 @@
-"""GloVe training: cost decreases, planted clusters are recovered, seeding, the artifact,
-and clear errors."""
+"""GloVe training: both engines (numba per-nonzero AdaGrad, torch mini-batch) decrease the
+cost, recover planted clusters and agree; determinism; the artifact; clear errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.glove import build_glove, load_embeddings, train_glove
 from tokalign_core.tracking import JsonlLogger
 
-FAST = GloveConfig(dim=16, iterations=25, batch_size=64, device="cpu")
+FAST = GloveConfig(dim=16, iterations=25, batch_size=64, device="cpu", threads=1)
+ENGINES = ["numba", "torch"]
 
 
 def _two_clusters(n_per: int = 12, seed: int = 0) -> sp.csr_matrix:
@@ -30,10 +31,13 @@ def _cos(v: np.ndarray) -> np.ndarray:
     return u @ u.T
 
 
-def test_cost_decreases_and_planted_clusters_are_recovered():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cost_decreases_and_planted_clusters_are_recovered(engine):
     seen = []
-    res = train_glove(_two_clusters(), FAST, callback=lambda it, c: seen.append((it, c)),
+    cfg = FAST.model_copy(update={"engine": engine})
+    res = train_glove(_two_clusters(), cfg, callback=lambda it, c: seen.append((it, c)),
                       progress=False)
+    assert res.engine == engine and res.skipped == [0] * 25
     assert [it for it, _ in seen] == list(range(1, 26))
     assert res.costs[-1] < 0.2 * res.costs[0]
     assert all(b <= a * 1.001 for a, b in zip(res.costs[5:], res.costs[6:], strict=False))
@@ -47,9 +51,10 @@ def test_cost_decreases_and_planted_clusters_are_recovered():
     np.testing.assert_allclose(res.vectors, res.word + res.context)
 
 
-def test_same_seed_identical_other_seed_different():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_same_seed_identical_other_seed_different(engine):
     x = _two_clusters()
-    cfg = FAST.model_copy(update={"iterations": 3})
+    cfg = FAST.model_copy(update={"iterations": 3, "engine": engine})
     a = train_glove(x, cfg, progress=False)
     b = train_glove(x, cfg, progress=False)
     c = train_glove(x, cfg.model_copy(update={"seed": 1}), progress=False)
@@ -58,24 +63,64 @@ def test_same_seed_identical_other_seed_different():
     assert not np.allclose(a.vectors, c.vectors)
 
 
-def test_batch_of_one_matches_hand_computed_first_update():
+def test_deterministic_mode_with_two_threads_is_reproducible_and_close_to_sequential():
+    x = _two_clusters()
+    cfg = FAST.model_copy(update={"iterations": 8, "threads": 2, "deterministic": True})
+    a = train_glove(x, cfg, progress=False)
+    b = train_glove(x, cfg, progress=False)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert a.costs == b.costs
+    # A different (stratified) order than the 1-thread run, same algorithm: same cost level.
+    seq = train_glove(x, FAST.model_copy(update={"iterations": 8}), progress=False)
+    assert a.costs != seq.costs
+    assert a.costs[-1] == pytest.approx(seq.costs[-1], rel=0.05)
+
+
+def test_numba_one_thread_is_torch_batch_of_one_and_close_to_torch_minibatch():
+    # Same init, same order, same update rule: the numba engine with 1 thread is exactly the
+    # torch engine with batch_size=1 (up to float64 rounding in the dot products).
+    x = _two_clusters(n_per=6)
+    cfg = GloveConfig(dim=8, iterations=4, device="cpu", threads=1, dtype="float64")
+    nb = train_glove(x, cfg.model_copy(update={"engine": "numba"}), progress=False)
+    t1 = train_glove(x, cfg.model_copy(update={"engine": "torch", "batch_size": 1}),
+                     progress=False)
+    np.testing.assert_allclose(nb.costs, t1.costs, rtol=1e-10)
+    np.testing.assert_allclose(nb.vectors, t1.vectors, rtol=1e-5, atol=1e-7)
+    # Mini-batches differ in their AdaGrad scaling but reach the same cost within a few %.
+    big = _two_clusters()
+    cfg = FAST.model_copy(update={"iterations": 30})
+    costs = [train_glove(big, cfg.model_copy(update={"engine": e}), progress=False).costs[-1]
+             for e in ENGINES]
+    assert costs[0] == pytest.approx(costs[1], rel=0.05)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_first_update_matches_hand_computation(engine):
     # One nonzero X_01 = 1 (log 1 = 0, f = (1/10)^0.75), dim 1. The C tool's step:
     # diff = w0*c1 + b0 + b'1; g = eta*f*diff; w0 -= g*c1 / sqrt(1), biases -= g.
     x = sp.csr_matrix(np.array([[0.0, 1.0], [0.0, 0.0]]))
     cfg = GloveConfig(dim=1, iterations=1, batch_size=1, device="cpu", dtype="float64",
-                      vectors="w")
-    import torch
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    w = (torch.rand(2, 3, generator=gen, dtype=torch.float64) - 0.5).numpy()
-    c = (torch.rand(2, 3, generator=gen, dtype=torch.float64) - 0.5).numpy()
-    diff = w[0, 0] * c[1, 0] + w[0, 1] + c[1, 2]
+                      vectors="w", engine=engine, threads=1)
+    rng = np.random.default_rng(cfg.seed)  # the documented init: (U[0,1) - 0.5) / dim
+    w = rng.random((2, 2)) - 0.5  # columns: vector, bias
+    c = rng.random((2, 2)) - 0.5
+    diff = w[0, 0] * c[1, 0] + w[0, 1] + c[1, 1]
     f = 0.1 ** 0.75
     res = train_glove(x, cfg, progress=False)
     assert res.costs[0] == pytest.approx(0.5 * f * diff * diff, rel=1e-12)
     assert res.word[0, 0] == pytest.approx(w[0, 0] - 0.05 * f * diff * c[1, 0], rel=1e-6)
     assert res.context[1, 0] == pytest.approx(c[1, 0] - 0.05 * f * diff * w[0, 0], rel=1e-6)
     assert res.word[1, 0] == pytest.approx(w[1, 0], rel=1e-6)  # untouched row
+    assert res.engine == engine
+
+
+def test_engine_selection_and_config_errors():
+    from tokalign_core.glove import resolve_engine
+
+    assert resolve_engine(GloveConfig(device="cpu")) == ("numba", "cpu")
+    assert resolve_engine(GloveConfig(device="cpu", engine="torch")) == ("torch", "cpu")
+    with pytest.raises(ValueError, match="CPU only"):
+        GloveConfig(engine="numba", device="cuda")
 
 
 def test_embeddings_artifact_logger_and_errors(tmp_path):

@@ -151,3 +151,14 @@ def test_demo_and_register_help_explain_options():
     assert "builtin:qwen2" in demo.stdout
     reg = _cli("tokenizer", "register", "--help")
     assert reg.returncode == 0 and "PATH_OR_HUB_ID" in reg.stdout
+
+
+def test_demo_retarget_moves_pipeline_and_teacher_together():
+    from flows.demo import DemoConfig, retarget
+
+    cfg = retarget(DemoConfig.make(quick=True), "/tok/llama3")
+    assert cfg.pipeline.target_tokenizer == "/tok/llama3"
+    assert cfg.teacher.tokenizer == "/tok/llama3"
+    assert cfg.source.tokenizer == DemoConfig.make(quick=True).source.tokenizer
+    full = DemoConfig.make()
+    assert full.pipeline.adapt.total_steps > cfg.pipeline.adapt.total_steps

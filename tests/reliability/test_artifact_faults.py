@@ -166,11 +166,6 @@ def test_flipped_byte_in_a_real_alignment_is_detected(tmp_path):
         verify(w.ref)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG artifacts.ArtifactStore._commit: when the final folder of a digest already exists "
-    "it is kept without verification, so rewriting identical content cannot repair a "
-    "damaged artifact (the damaged copy is returned as the new ref). Expected: verify the "
-    "existing folder and replace it when it fails."))
 def test_rewriting_identical_content_repairs_a_damaged_artifact(tmp_path):
     store = ArtifactStore(tmp_path)
     ref = _write(store, "blob", b"y" * 100)

@@ -17,9 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train GloVe token vectors on a cooccur artifact",
         description=(
             "Train GloVe (weighted least squares on log co-occurrences, AdaGrad, vectors = "
-            "word + context) with torch on CPU or CUDA, seeded. Writes an embeddings artifact "
-            "(vectors.npy, token_ids.npy, meta.json with the cost per iteration) and prints "
-            "its path."
+            "word + context), seeded: on CPU the Stanford C tool's per-nonzero AdaGrad "
+            "compiled with numba (Hogwild threads), on CUDA torch mini-batches. "
+            "Writes an embeddings artifact (vectors.npy, token_ids.npy, meta.json with the "
+            "cost per iteration) and prints its path."
         ),
     )
     p.add_argument("cooccur", help="cooccur artifact folder (cooc.npz, token_ids.npy)")
@@ -29,8 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, help=f"AdaGrad learning rate (default {d.eta})")
     p.add_argument("--x-max", type=float, help=f"weighting cutoff x_max (default {d.x_max})")
     p.add_argument("--alpha", type=float, help=f"weighting exponent (default {d.alpha})")
+    p.add_argument("--engine", choices=["auto", "numba", "torch"],
+                   help="numba: per-nonzero AdaGrad on CPU (the C tool's algorithm); torch: "
+                   f"mini-batch AdaGrad on CPU/CUDA; auto: numba on CPU, torch on CUDA "
+                   f"(default {d.engine})")
+    p.add_argument("--threads", type=int,
+                   help="numba threads (default: all cores); >1 thread is Hogwild and not "
+                   "reproducible unless --deterministic")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="numba: conflict-free block schedule, bit-reproducible for a seed and "
+                   f"thread count (default {d.deterministic})")
     p.add_argument("--batch-size", type=int,
-                   help=f"nonzeros per AdaGrad step (default {d.batch_size})")
+                   help=f"torch engine: nonzeros per AdaGrad step (default {d.batch_size})")
     p.add_argument("--vectors", choices=["w+c", "w"], help=f"output (default {d.vectors})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help=f"torch device; auto = CUDA when available (default {d.device})")
@@ -50,7 +61,9 @@ def config_from_args(args: argparse.Namespace):
     base = GloveConfig.load(args.config).model_dump() if args.config else {}
     flags = {"dim": args.dim, "iterations": args.iterations, "eta": args.eta,
              "x_max": args.x_max, "alpha": args.alpha, "batch_size": args.batch_size,
-             "vectors": args.vectors, "device": args.device, "seed": args.seed}
+             "vectors": args.vectors, "device": args.device, "seed": args.seed,
+             "engine": args.engine, "threads": args.threads,
+             "deterministic": args.deterministic}
     base.update({k: v for k, v in flags.items() if v is not None})
     return GloveConfig(**base)
 

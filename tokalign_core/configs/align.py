@@ -38,7 +38,12 @@ class VecMapConfig(FrozenConfig):
     singular values for x / z), ``src_dewhiten``/``trg_dewhiten`` (``none``, ``src`` or
     ``trg``: whose whitening to undo): the final step. ``candidates``: cosine candidates
     kept per row before the exact CSLS check (a speed knob; results are exact for any
-    value). ``batch_size``: rows per similarity batch (memory O(batch x cutoff)).
+    value). ``exact_max_keys``: while stochastic dropout is on, key sets up to this size
+    use the exact two-pass retrieval (dropout defeats the candidate short lists; see
+    ``tokalign_core.retrieval``); larger ones and dropout-free iterations use the
+    one-pass candidate mode. Results are the same either way, only the speed differs.
+    ``batch_size``: kept for compatibility; the retrieval runs on fixed 2048-row tiles
+    (memory O(2048 x cutoff)) so it has no effect on results or memory.
     """
 
     normalize: tuple[NormStep, ...] = ("unit", "center", "unit")
@@ -58,6 +63,7 @@ class VecMapConfig(FrozenConfig):
     src_dewhiten: Literal["none", "src", "trg"] = "src"
     trg_dewhiten: Literal["none", "src", "trg"] = "trg"
     candidates: int = Field(64, ge=1)
+    exact_max_keys: int = Field(32768, ge=0)
     batch_size: int = Field(4096, ge=1)
     seed: int = 0
     backend: Literal["auto", "numpy", "cupy"] = "numpy"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tokalign_core.config import FrozenConfig
 
@@ -18,9 +18,15 @@ class GloveConfig(FrozenConfig):
     """``dim``: vector size. ``x_max``/``alpha``: the weighting f(x) = min(1, (x/x_max)^alpha).
     ``eta``: AdaGrad learning rate. ``iterations``: passes over the nonzeros (each pass in a
     new seeded order). ``seed``: initialisation and shuffling (the C tool uses the clock).
-    ``batch_size``: nonzeros per mini-batch step (the C tool updates after every entry;
-    smaller is closer to it, larger is faster). ``grad_clip``: clip each gradient component
-    to [-grad_clip, grad_clip] (the C tool's 100). ``vectors``: "w+c" (model 2) or "w".
+    ``engine``: "numba" (the C tool's per-nonzero AdaGrad, CPU, Hogwild threads), "torch"
+    (mini-batch AdaGrad, CPU or CUDA) or "auto" (numba on CPU, torch on CUDA).
+    ``threads``: numba threads (None: numba's default, all cores); ignored by torch.
+    ``deterministic``: numba only; with >1 thread, schedule the nonzeros in conflict-free
+    blocks (no two threads touch the same row) so the result is bit-reproducible for a seed
+    and thread count. Off: Hogwild (lock-free races, as the C tool), reproducible only with
+    1 thread. ``batch_size``: torch only, nonzeros per mini-batch step (1 = the C tool's
+    sequential algorithm). ``grad_clip``: clip each gradient component to
+    [-grad_clip, grad_clip] (the C tool's 100). ``vectors``: "w+c" (model 2) or "w".
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". ``dtype``: parameter dtype.
     """
 
@@ -30,8 +36,18 @@ class GloveConfig(FrozenConfig):
     eta: float = Field(0.05, gt=0)
     iterations: int = Field(15, ge=1)
     seed: int = 0
+    engine: Literal["auto", "numba", "torch"] = "auto"
+    threads: int | None = Field(None, ge=1, le=1024)
+    deterministic: bool = False
     batch_size: int = Field(8192, ge=1)
     grad_clip: float = Field(100.0, gt=0)
     vectors: Literal["w+c", "w"] = "w+c"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="after")
+    def _engine_fits_device(self) -> GloveConfig:
+        if self.engine == "numba" and self.device == "cuda":
+            raise ValueError("engine 'numba' runs on the CPU only; use engine 'torch' (or "
+                             "'auto') with device 'cuda', or device 'cpu'")
+        return self
