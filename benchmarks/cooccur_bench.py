@@ -1,13 +1,15 @@
 """Co-occurrence counting benchmark: tokens/s and peak memory, 1 and 2 workers.
 
-Real text (a jsonl with a "text" field per document, or a corpus artifact folder of
-parquet shards) is tokenized with a 32k byte-level BPE trained on part of it, then the
-first N tokens (cut at a document boundary) are written as a tokens artifact of 2 shards
-and counted with window 15. Each measurement runs in a fresh process so its peak RSS is
-its own. Results are appended to ``.cache/bench/cooccur/results.jsonl``.
+Real text (a jsonl with a "text" field per document, a folder of such files such as
+``.cache/bench/corpus``, or a corpus artifact folder of parquet shards) is tokenized with a
+32k byte-level BPE trained on part of it, then the first N tokens (cut at a document
+boundary) are written as a tokens artifact of 2 shards and counted with window 15. Each
+measurement runs in a fresh process so its peak RSS is its own. Besides wall time it
+records this process's CPU seconds, a figure much less sensitive to a shared machine's
+load. Results are appended to ``.cache/bench/cooccur/results.jsonl``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cooccur_bench.py \
-        --text .cache/bench/tokenize/mix-45500000.jsonl --sizes 1e6 1e7 2e7
+        --text .cache/bench/corpus --sizes 1e6 1e7 2e7
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def make_tokens(full: Path, n_tokens: int, n_shards: int = 2) -> tuple[Path, boo
     tiled = [offsets[:-1] + r * ids.size for r in range(reps)] + [[reps * ids.size]]
     all_off = np.concatenate(tiled) if repeated else offsets
     n_docs = int(np.searchsorted(all_off, n_tokens, side="left"))
-    folder = OUT / f"tokens-{n_tokens}"
+    folder = OUT / f"tokens-{full.name}-{n_tokens}"
     folder.mkdir(parents=True, exist_ok=True)
     cuts = np.linspace(0, n_docs, n_shards + 1).astype(int)
     counts = np.zeros(vocab, dtype=np.int64)
@@ -113,9 +115,10 @@ def measure(tokens: str, workers: int) -> dict:
     t_setup = time.time()
     ex = make_executor(workers) if workers > 1 else SerialExecutor()
     setup = time.time() - t_setup
-    t0 = time.time()
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    t0, cpu0 = time.time(), time.process_time()
     ref = build_cooccur(tokens, CooccurConfig(), ArtifactStore(OUT / "store"), ex)
-    secs = time.time() - t0
+    secs, cpu = time.time() - t0, time.process_time() - cpu0
     worker_rss = []
     if workers > 1:
         worker_rss = list(ex.client.run(_rss_mb).values())
@@ -124,6 +127,11 @@ def measure(tokens: str, workers: int) -> dict:
     return {"workers": workers, "n_tokens": meta["n_tokens"], "seconds": round(secs, 2),
             "cluster_start_s": round(setup, 2),
             "tokens_per_s": round(meta["n_tokens"] / secs), "nnz": meta["nnz"],
+            # this process's CPU seconds: robust to the shared machine's load; with Dask
+            # workers the counting runs elsewhere, so only the 1-worker figure is complete
+            "cpu_seconds_main": round(cpu, 2),
+            "tokens_per_cpu_s": round(meta["n_tokens"] / cpu) if workers == 1 else None,
+            "loadavg_before": load_before,
             "n_kept": meta["n_kept"], "peak_rss_mb_main": _rss_mb(),
             "peak_rss_mb_workers": worker_rss, "artifact": ref.path,
             "loadavg": open("/proc/loadavg").read().split()[:3]}

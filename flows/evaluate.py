@@ -27,16 +27,14 @@ def run_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, ArtifactRef],
 
 
 def bpb_rows(evaluation: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model: mean bits per byte, normalised PPL and per-group bits per byte."""
+    """One row per model: bits per byte and source-normalised perplexity, averaged over the
+    text groups (per-group values are in each stage's MLflow run and Prefect artifact)."""
     rows = []
     for label, result in evaluation.items():
         macro = result.get("macro", {})
-        row: dict[str, Any] = {"model": label,
-                               "bits_per_byte": macro.get("bits_per_byte", float("nan")),
-                               "norm_ppl": macro.get("norm_ppl", float("nan"))}
-        for group, m in sorted(result.get("groups", {}).items()):
-            row[f"bpb:{group}"] = m.get("bits_per_byte", float("nan"))
-        rows.append(row)
+        rows.append({"model": label,
+                     "bits_per_byte": macro.get("bits_per_byte", float("nan")),
+                     "norm_ppl": macro.get("norm_ppl", float("nan"))})
     return rows
 
 

@@ -17,8 +17,9 @@ Training is a plain single-process torch loop: AdamW, linear warm-up then cosine
 through :mod:`tokalign_core.tracking`. The result is a ``model`` artifact (an HF
 ``save_pretrained`` folder with safetensors, the tokenizer, ``meta.json`` and a README
 model card) written atomically through :class:`~tokalign_core.artifacts.ArtifactStore`
-and cached by content: the key hashes the training texts, the config, the code of this
-module and of ``toy.py``, and the torch/transformers versions. A second call with the same
+and cached by content: the key hashes the training texts, the config, the source of the
+functions that train and save the model (:func:`code_digest`), and the
+torch/transformers/tokenizers versions. A second call with the same
 inputs returns the cached artifact after checking its manifest.
 """
 
@@ -43,7 +44,7 @@ from tokalign_core.artifacts import (
     verify,
 )
 from tokalign_core.config import FrozenConfig
-from tokalign_core.hashing import sha256_file
+from tokalign_core.toy import train_bytelevel_bpe
 from tokalign_core.tracking import MetricsLogger, NullLogger
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,13 @@ PRESETS: dict[str, PretrainConfig] = {
                               hidden=256, layers=6, heads=8, seq_len=256, batch_size=16,
                               steps=3000, lr=1e-3, warmup_steps=150,
                               train_bytes=24_000_000),
+    # The Qwen2 vocabulary (151,643 rows) makes the output softmax the whole cost: keep
+    # the batch small (4 x 128 positions x 151k logits per step).
     "teacher": PretrainConfig(preset="teacher", tokenizer="builtin:qwen2", hidden=64,
                               layers=2, heads=4, tie_embeddings=True, seq_len=128,
-                              batch_size=8, steps=400, lr=2e-3, warmup_steps=40,
-                              train_bytes=4_000_000),
+                              batch_size=4, steps=200, lr=3e-3, warmup_steps=20,
+                              train_bytes=2_000_000, eval_bytes=50_000,
+                              eval_batch_size=4),
 }
 
 
@@ -242,17 +246,19 @@ def texts_digest(train: list[str], held: dict[str, list[str]]) -> str:
 
 
 def code_digest() -> str:
-    """Hash of the code that determines the model: this module, toy.py (the BPE trainer)
-    and the torch/transformers/tokenizers versions. Narrower than
-    :func:`tokalign_core.hashing.code_hash` on purpose: an edit elsewhere in the library
-    must not force a multi-minute retrain of the source model."""
+    """Hash of the code that turns (texts, config) into a model: the source of the
+    tokenizer/model builders, the training loop, the evaluation and the artifact writer
+    in this module, of ``toy.train_bytelevel_bpe``, plus the torch / transformers /
+    tokenizers versions. Function-level on purpose: editing a loader, the CLI or another
+    module must not force a multi-minute retrain (the texts are hashed separately)."""
+    import inspect
+
     import tokenizers
     import torch
     import transformers
 
-    here = Path(__file__).parent
-    parts = [sha256_file(here / "pretrain.py"), sha256_file(here / "toy.py"),
-             torch.__version__, transformers.__version__, tokenizers.__version__]
+    parts = [inspect.getsource(obj) for obj in _training_code()]
+    parts += [torch.__version__, transformers.__version__, tokenizers.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -325,8 +331,6 @@ def build_tokenizer(config: PretrainConfig, texts: list[str]):
         from tokalign_core.tokenizers_io import load_tokenizer
 
         return load_tokenizer(config.tokenizer)
-    from tokalign_core.toy import train_bytelevel_bpe
-
     return train_bytelevel_bpe(_take_bytes(texts, config.bpe_train_bytes),
                                vocab_size=config.vocab_size)
 
@@ -552,6 +556,17 @@ def load_pretrained(ref: ArtifactRef | str | Path):
                                 "run `tokalign pretrain` first")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def _training_code() -> tuple[Any, ...]:
+    """The objects whose source is the "code" part of the cache key, bound when this
+    module is imported (a test monkeypatching one of them does not change the key)."""
+    return _TRAINING_CODE
+
+
+_TRAINING_CODE = (PretrainConfig, build_tokenizer, build_model, token_stream, cosine_lr,
+                  train_loop, bits_per_byte, pretrain, model_card, _eos_id,
+                  train_bytelevel_bpe)
 
 
 __all__ = ["PRESETS", "PretrainConfig", "PretrainResult", "TrainingTexts", "bits_per_byte",

@@ -151,7 +151,12 @@ class _ColumnTopK:
         cols = torch.nonzero(block.amax(dim=0) > worst).squeeze(1)
         if cols.numel() == 0:
             return
-        sub = block.index_select(1, cols).T.contiguous()  # [c, t]
+        if 2 * cols.numel() > block.shape[1]:  # most columns: one transposing copy
+            sub = block.T.contiguous()
+            if cols.numel() < block.shape[1]:
+                sub = sub.index_select(0, cols)
+        else:  # few columns: gather them, then transpose the small result
+            sub = block.index_select(1, cols).T.contiguous()  # [c, t]
         new_vals, new_pos = torch.topk(sub, min(self.k, sub.shape[1]), dim=1, sorted=False)
         # Running entries first: on equal values topk keeps the earlier (lower) query ids.
         all_vals = torch.cat([self.vals[cols], new_vals], dim=1)

@@ -25,7 +25,11 @@ copy): the objective is the mean best cosine in both directions (deterministic, 
 the retrieval pass); dropped similarity entries are excluded (-inf) rather than set to 0
 (a zero can beat every kept negative CSLS score and then wins by index); the dropout mask
 is a pure hash of (seed, iteration, row, column) so it does not depend on batching;
-CSLS argmaxes are exact but computed from a candidate pass (see ``retrieval``).
+CSLS argmaxes are exact: while dropout is on, the ``vocab_cutoff`` x ``vocab_cutoff``
+retrieval runs in ``retrieval``'s exact mode (one pass for the neighbour means, one over
+the CSLS blocks with the mask evaluated on short lists), afterwards in its one-pass
+candidate mode. Per iteration the rest is small: a d x d SVD (Procrustes), two
+cutoff x d x d products, and a unique over the dictionary.
 
 The loop is :func:`init_state` + :func:`step` + a per-iteration callback; :func:`fit` wires
 them together. Every array op goes through the array namespace of the inputs (NumPy or

@@ -114,3 +114,57 @@ def test_top_neighbours_matches_dense_row():
 def test_dimension_mismatch_is_an_error():
     with pytest.raises(ValueError, match="dims"):
         R.retrieve(_rand(3, 4, 0), _rand(3, 5, 0))
+
+
+@pytest.mark.parametrize("method", ["csls", "cosine"])
+def test_exact_mode_equals_candidate_mode_without_dropout(method):
+    # Two different algorithms (one pass + proof vs two passes over the CSLS blocks)
+    # must pick the same keys in both directions, and agree with the dense formula.
+    x, z = _rand(2500, 16, 12), _rand(2300, 16, 13)
+    ex = R.retrieve_both(x, z, method, 10, mode="exact")
+    ca = R.retrieve_both(x, z, method, 10, candidates=16, mode="candidates")
+    assert ex[0].mode == "exact" and ca[0].mode == "candidates"
+    for a, c in zip(ex, ca, strict=True):
+        np.testing.assert_array_equal(a.indices, c.indices)
+        np.testing.assert_allclose(a.scores, c.scores, atol=1e-5)
+        np.testing.assert_array_equal(a.best_cos, c.best_cos)
+        np.testing.assert_array_equal(a.r_queries, c.r_queries)
+    dense = R.csls_matrix(x, z, 10) if method == "csls" else (
+        R.normalize_rows(x) @ R.normalize_rows(z).T)
+    np.testing.assert_array_equal(ex[0].indices, dense.argmax(1))
+    np.testing.assert_array_equal(ex[1].indices, dense.argmax(0))
+
+
+def test_auto_mode_picks_exact_for_small_key_sets_with_dropout():
+    x, z = _rand(300, 8, 14), _rand(280, 8, 15)
+    keep = R.hash_keep(3, 0.2)
+    assert R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep)[0].mode == "exact"
+    big = R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep, exact_max_keys=100)
+    assert big[0].mode == "candidates"
+    assert R.retrieve_both(x, z)[0].mode == "candidates"  # no dropout: one pass
+    # both modes honour the same mask with the same answer
+    np.testing.assert_array_equal(big[0].indices, R.retrieve_both(
+        x, z, keep_fwd=keep, keep_bwd=keep)[0].indices)
+
+
+def test_lazy_list_size_from_keep_probability():
+    assert R.lazy_list_size(R.hash_keep(0, 0.1), 20000) == 88  # 0.9^88 < 1e-4 < 0.9^87
+    assert R.lazy_list_size(R.hash_keep(0, 0.5), 20000) == 14
+    assert R.lazy_list_size(None, 20000) == 2
+    assert R.lazy_list_size(R.hash_keep(0, 0.1), 50) == 50
+
+
+def test_exact_mode_full_row_fallback_matches_dense(monkeypatch):
+    # Short lists of 2 with keep 0.1: most rows have no kept entry in their list and go
+    # through the full-row recompute; the answer must still be the masked dense argmax.
+    monkeypatch.setattr(R, "LAZY_MISS", 0.81)
+    x, z = _rand(400, 10, 16), _rand(350, 10, 17)
+    kf, kb = R.hash_keep(21, 0.1), R.hash_keep(22, 0.1)
+    assert R.lazy_list_size(kf, 350) == 2
+    fwd, bwd = R.retrieve_both(x, z, "csls", 10, keep_fwd=kf, keep_bwd=kb, mode="exact")
+    dense = R.csls_matrix(x, z, 10)
+    mf = kf(np.arange(400), np.broadcast_to(np.arange(350), (400, 350)))
+    mb = kb(np.arange(350), np.broadcast_to(np.arange(400), (350, 400)))
+    np.testing.assert_array_equal(fwd.indices, np.where(mf, dense, -np.inf).argmax(1))
+    np.testing.assert_array_equal(bwd.indices, np.where(mb, dense.T, -np.inf).argmax(1))
+    assert fwd.n_recomputed > 200 and bwd.n_recomputed > 200

@@ -73,8 +73,11 @@ def run_chain(root: Path, texts: list[str], src_tok, tgt_tok, n_shards: int,
         out[f"{side}/cooc.npz"] = _digest(cooc.dir / "cooc.npz")
         if stop_after == "cooccur":
             continue
+        # GloVe's default numba engine runs Hogwild threads (not reproducible, as the C
+        # tool); the pipeline's determinism promise needs the conflict-free schedule.
         vec = build_glove(cooc, GloveConfig(dim=8, iterations=3, device="cpu",
-                                            batch_size=512), store, progress=False)
+                                            batch_size=512, threads=2, deterministic=True),
+                          store, progress=False)
         out[f"{side}/vectors.npy"] = _digest(vec.dir / "vectors.npy")
         emb[side] = Embeddings.load(vec.dir)
     if stop_after == "cooccur":
