@@ -17,6 +17,21 @@ from tokalign_core.configs.pipeline import PipelineConfig
 log = logging.getLogger(__name__)
 
 
+def warm_imports() -> None:
+    """Import transformers' lazy attributes once, in this thread, before tasks run in
+    parallel threads: its lazy module loader is not thread-safe, and two tasks resolving
+    ``AutoTokenizer`` at the same moment can fail with ImportError."""
+    try:
+        from transformers import (  # noqa: F401
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            PreTrainedTokenizerFast,
+        )
+    except ImportError as exc:  # a broken install fails later with the stage's own error
+        log.warning("could not pre-import transformers: %s", exc)
+
+
 class Runner:
     """Submit tasks with the workspace's result storage; remember each stage's final state
     name (``Completed`` or ``Cached``) for the summary and the benchmarks."""
@@ -24,6 +39,7 @@ class Runner:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self.states: dict[str, str] = {}
+        warm_imports()
 
     def bind(self, task: Task) -> Task:
         # Results (small refs) live in the run folder, so a rerun in a new process or a

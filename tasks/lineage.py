@@ -118,9 +118,28 @@ class Lineage:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    @contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Serialise the first use of a SQLite store across processes: two flow runs
+        starting together (an event triggers align and pipeline at once) would otherwise
+        both run MLflow's schema migrations on the same file and one would fail."""
+        if not self.uri.startswith("sqlite:"):
+            yield
+            return
+        import fcntl
+
+        self.ws.root.mkdir(parents=True, exist_ok=True)
+        with open(self.ws.root / ".mlflow.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def experiment_id(self) -> str | None:
         if self._experiment_id is None:
-            self._experiment_id = self._call("experiment", self._get_or_create_experiment)
+            with self._store_lock():
+                self._experiment_id = self._call("experiment", self._get_or_create_experiment)
         return self._experiment_id
 
     def _get_or_create_experiment(self) -> str:

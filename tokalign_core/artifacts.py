@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide files from teammates
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -74,6 +76,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
@@ -94,6 +112,23 @@ class ArtifactStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep_dead_writers()
+
+    def _sweep_dead_writers(self) -> None:
+        """Delete temp folders left by writers of this host that were killed (kill -9).
+
+        Temp folders are named ``<kind>@<host>@<pid>@...``; a folder of a live process, or
+        of another host sharing the file system, is left alone.
+        """
+        tmp_root = self.root / ".tmp"
+        if not tmp_root.is_dir():
+            return
+        host = socket.gethostname()
+        for entry in tmp_root.iterdir():
+            parts = entry.name.split("@")
+            ours = len(parts) >= 4 and parts[1] == host and parts[2].isdigit()
+            if ours and not _pid_alive(int(parts[2])):
+                shutil.rmtree(entry, ignore_errors=True)
 
     @contextmanager
     def writer(self, kind: str, meta: dict[str, Any] | None = None) -> Iterator[_Writer]:
@@ -103,7 +138,9 @@ class ArtifactStore:
             raise ValueError(f"artifact kind {kind!r} must be alphanumeric (with - or _)")
         tmp_root = self.root / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        w = _Writer(Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp_root)))
+        prefix = f"{kind}@{socket.gethostname()}@{os.getpid()}@"
+        w = _Writer(Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root)))
+        os.chmod(w.dir, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
         try:
             if meta is not None:
                 (w.dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

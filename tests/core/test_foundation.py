@@ -170,3 +170,35 @@ def test_cli_help_lists_commands():
 
     text = build_parser().format_help()
     assert "tokalign" in text and "vocabulary" in text
+
+
+def test_killed_writer_leftovers_are_swept_but_live_ones_kept(tmp_path):
+    import os
+    import socket
+
+    store = ArtifactStore(tmp_path)
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / ".tmp" / f"demo@{host}@{dead}@abc").mkdir(parents=True)
+    live = tmp_path / ".tmp" / f"demo@{host}@{os.getpid()}@def"
+    live.mkdir()
+    other_host = tmp_path / ".tmp" / f"demo@elsewhere@{dead}@ghi"
+    other_host.mkdir()
+    ArtifactStore(tmp_path)
+    names = sorted(p.name for p in (tmp_path / ".tmp").iterdir())
+    assert names == sorted([live.name, other_host.name])
+    del store
+
+
+def test_artifact_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        ref = _write(ArtifactStore(tmp_path), b"shared")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(ref.dir.stat().st_mode) == 0o755
+    assert stat.S_IMODE((ref.dir / "data.bin").stat().st_mode) & 0o044 == 0o044
