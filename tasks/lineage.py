@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,11 +112,10 @@ class Lineage:
     def client(self) -> Any:
         if self._client is None:
             import mlflow
-            from mlflow import MlflowClient
 
             self.ws.root.mkdir(parents=True, exist_ok=True)
             mlflow.set_tracking_uri(self.uri)
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = _client_for(self.uri)
         return self._client
 
     @contextmanager
@@ -245,6 +245,21 @@ class Lineage:
         if run_id:
             env["MLFLOW_RUN_ID"] = run_id
         return env
+
+
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client_for(uri: str) -> Any:
+    """One MlflowClient per tracking URI and process: a new client on SQLite opens a new
+    engine and re-checks the schema (~0.5 s), which dominated cached reruns."""
+    with _CLIENTS_LOCK:
+        if uri not in _CLIENTS:
+            from mlflow import MlflowClient
+
+            _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+        return _CLIENTS[uri]
 
 
 def _is_number(value: Any) -> bool:

@@ -300,8 +300,20 @@ def _package_resource(spec: str, info: dict[str, Any]) -> Path:
     return path
 
 
+# Files one of which a save_pretrained tokenizer folder always holds.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model", "vocab.txt", "merges.txt")
+
+
 def _load_path(spec, path: Path, trust_remote_code, pattern, special_tokens):
     if path.is_dir():
+        if not any((path / name).exists() for name in _TOKENIZER_FILES):
+            # Fail fast: transformers would probe every tokenizer class (10-25 s) and end
+            # with a misleading message about sentencepiece.
+            raise TokenizerLoadError(
+                f"tokenizer folder {spec!r} holds none of {', '.join(_TOKENIZER_FILES[:4])}, "
+                f"...: it is not a saved tokenizer; {_HINT}"
+            )
         return _load_pretrained(spec, str(path), trust_remote_code)
     if path.suffix == ".tiktoken" or (path.suffix != ".json" and _sniff_tiktoken(path)):
         return tiktoken_to_fast(path, pattern or CL100K_PATTERN, special_tokens or ())

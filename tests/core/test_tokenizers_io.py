@@ -153,3 +153,10 @@ def test_errors_name_the_spec(tmp_path):
         load_tokenizer("no-such-org/no-such-tokenizer")
     with pytest.raises(TokenizerLoadError, match="builtin:qwen2"):
         load_tokenizer("builtin:nope")
+
+
+def test_empty_folder_fails_fast_with_a_clear_message(tmp_path):
+    from tokalign_core.tokenizers_io import TokenizerLoadError, load_tokenizer
+
+    with pytest.raises(TokenizerLoadError, match="not a saved tokenizer"):
+        load_tokenizer(str(tmp_path))
