@@ -156,6 +156,11 @@ def retrieved_views(align_dir: Path, top: int = 10) -> dict:
     return out
 
 
+def vecmap_cap(method: str, cap: int | None) -> list[str]:
+    """``--max-iterations`` for the VecMap methods when capped (time-boxed runs)."""
+    return ["--max-iterations", str(cap)] if cap and "vecmap" in METHODS[method] else []
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
 
@@ -205,6 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=300, help="GloVe dimensions (paper: 300)")
     p.add_argument("--iterations", type=int, default=15, help="GloVe passes (paper: 15)")
     p.add_argument("--glove-engine", default="numba", help="GloVe engine (numba on CPU)")
+    p.add_argument("--max-iterations", type=int, default=None,
+                   help="cap on VecMap self-learning iterations (default: the library's)")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="share of byte-matched shared pairs hidden from the seed (P@1)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
@@ -281,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         res = r.run(f"align:{method}", [
             *TOKALIGN, "align", "--source-emb", s_emb, "--target-emb", t_emb,
             "--source-tokenizer", src_tok, "--target-tokenizer", args.target_tokenizer,
-            "--out", str(out), *METHODS[method], "--holdout", str(args.holdout),
+            "--out", str(out), *METHODS[method], *vecmap_cap(method, args.max_iterations),
+            "--holdout", str(args.holdout),
             "--seed", str(args.seed), "--no-progress"])
         metrics_path = work / f"eval_m{i}.json"
         ev = r.run(f"eval:{method}", [

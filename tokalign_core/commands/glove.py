@@ -35,11 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"mini-batch AdaGrad on CPU/CUDA; auto: numba on CPU, torch on CUDA "
                    f"(default {d.engine})")
     p.add_argument("--threads", type=int,
-                   help="numba threads (default: all cores); >1 thread is Hogwild and not "
-                   "reproducible unless --deterministic")
-    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="numba threads (default: all cores)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="numba: conflict-free block schedule, bit-reproducible for a seed and "
-                   f"thread count (default {d.deterministic})")
+                   "thread count; --no-deterministic = Hogwild like the C tool (faster, "
+                   f"not reproducible with >1 thread) (default {d.deterministic})")
     p.add_argument("--batch-size", type=int,
                    help=f"torch engine: nonzeros per AdaGrad step (default {d.batch_size})")
     p.add_argument("--vectors", choices=["w+c", "w"], help=f"output (default {d.vectors})")

@@ -23,8 +23,10 @@ class GloveConfig(FrozenConfig):
     ``threads``: numba threads (None: numba's default, all cores); ignored by torch.
     ``deterministic``: numba only; with >1 thread, schedule the nonzeros in conflict-free
     blocks (no two threads touch the same row) so the result is bit-reproducible for a seed
-    and thread count. Off: Hogwild (lock-free races, as the C tool), reproducible only with
-    1 thread. ``batch_size``: torch only, nonzeros per mini-batch step (1 = the C tool's
+    and thread count; on by default so that equal inputs give byte-identical vectors and
+    alignments (cached reruns and audits depend on it). Off: Hogwild (lock-free races, as
+    the C tool; somewhat faster), reproducible only with 1 thread.
+    ``batch_size``: torch only, nonzeros per mini-batch step (1 = the C tool's
     sequential algorithm). ``grad_clip``: clip each gradient component to
     [-grad_clip, grad_clip] (the C tool's 100). ``vectors``: "w+c" (model 2) or "w".
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". ``dtype``: parameter dtype.
@@ -38,7 +40,7 @@ class GloveConfig(FrozenConfig):
     seed: int = 0
     engine: Literal["auto", "numba", "torch"] = "auto"
     threads: int | None = Field(None, ge=1, le=1024)
-    deterministic: bool = False
+    deterministic: bool = True
     batch_size: int = Field(8192, ge=1)
     grad_clip: float = Field(100.0, gt=0)
     vectors: Literal["w+c", "w"] = "w+c"
