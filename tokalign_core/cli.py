@@ -13,6 +13,25 @@ import sys
 from tokalign_core import __version__, commands
 
 
+class _RunAwareFormatter(logging.Formatter):
+    """Plain log lines that keep Prefect's run names ("task 'glove-source': Finished ...");
+    Prefect puts them on the record, and the default format would drop them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for attr, label in (("task_run_name", "task"), ("flow_run_name", "flow")):
+            name = getattr(record, attr, None)
+            if name:
+                return line.replace(f"{record.name}: ", f"{record.name}: {label} {name!r}: ", 1)
+        return line
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_RunAwareFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 class UserError(Exception):
     """A bad input the user can fix: printed without a traceback, exit code 2."""
 
@@ -40,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
