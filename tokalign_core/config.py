@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 T = TypeVar("T", bound="FrozenConfig")
 
 # Keys whose values never leave the process in logs or MLflow params.
-SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
+SECRET_WORDS = {"secret", "password", "passwd", "credential", "credentials", "auth"}
+COUNT_WORDS = {"per", "max", "min", "num", "n", "eos", "bos", "pad", "unk", "sep", "special"}
 
 
 class FrozenConfig(BaseModel):
@@ -61,11 +63,21 @@ class FrozenConfig(BaseModel):
 
 
 def is_secret_key(key: str) -> bool:
-    """True when a (flattened) key names a secret, e.g. ``hf_token`` or ``mlflow.password``."""
-    leaf = key.rsplit(".", 1)[-1].lower()
-    return any(marker in leaf for marker in SECRET_MARKERS) and not leaf.endswith(
-        ("tokenizer", "tokens", "_token_id", "token_ids")
-    ) and leaf not in {"max_tokens", "tokens_per_step", "token_budget"}
+    """True when a (flattened) key names a secret: ``hf_token``, ``access_token``,
+    ``mlflow.password``, ``api_key``, ``aws_secret_access_key``, ``db_credentials``.
+
+    Matching is by whole words of the last key part, so settings that merely mention tokens
+    (``tokenize_batch_size``, ``bytes_per_token``, ``max_tokens``) stay visible; ``token``
+    counts only as the last word and not after ``per``/``max``/``min``/``num``.
+    """
+    words = [w for w in re.split(r"[_\-.]+", key.rsplit(".", 1)[-1].lower()) if w]
+    if not words:
+        return False
+    if any(w in SECRET_WORDS for w in words) or "apikey" in words:
+        return True
+    if "api" in words and "key" in words:
+        return True
+    return words[-1] == "token" and (len(words) == 1 or words[-2] not in COUNT_WORDS)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -202,3 +202,15 @@ def test_artifact_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(ref.dir.stat().st_mode) == 0o755
     assert stat.S_IMODE((ref.dir / "data.bin").stat().st_mode) & 0o044 == 0o044
+
+
+@pytest.mark.parametrize("key,secret", [
+    ("hf_token", True), ("mlflow.access_token", True), ("api_key", True),
+    ("db.password", True), ("aws_secret_access_key", True),
+    ("tokenize_batch_size", False), ("corpus.bytes_per_token", False), ("max_tokens", False),
+    ("eos_token", False), ("target_tokenizer", False), ("token_budget", False),
+])
+def test_secret_detection_is_by_whole_words(key, secret):
+    from tokalign_core.config import is_secret_key
+
+    assert is_secret_key(key) is secret
