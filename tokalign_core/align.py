@@ -216,16 +216,23 @@ def represent(source: Embeddings, target: Embeddings, pairs: tuple[np.ndarray, n
 # ---------------------------------------------------------------- fallbacks
 
 
-def _frequency_pick(candidates: Sequence[int], s_rows: np.ndarray) -> int | None:
-    """Most frequent (lowest row) source id among ``candidates`` that exist; ids without a
-    vector rank last, then by position. None when no candidate is a valid id."""
+def _specific_pick(candidates: Sequence[int], s_rows: np.ndarray) -> int | None:
+    """The rarest source id among ``candidates`` that has a vector (highest frequency row),
+    as the most specific piece of the target token's text.
+
+    Why the rarest, not the most frequent: frequent pieces are shared by thousands of
+    targets (for CJK text under an English byte-level BPE the most frequent piece is a UTF-8
+    lead byte such as 0xE5), so picking them turns a few source tokens into hubs. Ids
+    without a vector rank after those with one (then by position); None when no candidate
+    is a valid id. The model initialiser uses the FVT mean of all pieces for these rows.
+    """
     best, best_key = None, None
     for pos, sid in enumerate(candidates):
         sid = int(sid)
         if not 0 <= sid < len(s_rows):
             continue
         row = int(s_rows[sid])
-        key = (row if row >= 0 else len(s_rows) + pos, pos)
+        key = (0, -row, pos) if row >= 0 else (1, 0, pos)
         if best_key is None or key < best_key:
             best, best_key = sid, key
     return best
@@ -243,7 +250,7 @@ def fill_fallbacks(source_ids: np.ndarray, missing: np.ndarray, trained: np.ndar
     for tid in missing.tolist():
         pick = None
         if cfg.fallback == "tokenization" and tokenized is not None and tid in tokenized:
-            pick = _frequency_pick(tokenized[tid], s_rows)
+            pick = _specific_pick(tokenized[tid], s_rows)
         if pick is None:
             still.append(tid)
         else:

@@ -74,12 +74,12 @@ def test_no_padding_row_and_counted_seeded_fallback(tmp_path):
     assert np.array_equal(other.source_ids[~fb], ali.source_ids[~fb])
 
 
-def test_tokenization_fallback_prefers_most_frequent():
+def test_tokenization_fallback_prefers_the_most_specific_piece():
     source, target, _ = spaces(2)
     tok = {110: [50, 5, 60], 111: [115, 30], 112: [119], 113: [500]}
     ali = build_alignment(source, target, None, T_SIZE, S_SIZE,
                           AlignConfig(method="cosine"), fallback_source_ids=tok).alignment
-    assert ali.source_ids[110] == 5  # lowest row = most frequent
+    assert ali.source_ids[110] == 60  # highest row = rarest = most specific piece
     assert ali.source_ids[111] == 30  # ids with a vector beat ids without
     assert ali.source_ids[112] == 119  # a real token id of the tokenizer, kept
     assert ali.meta["fallback_counts"] == {"tokenization": 3, "random": 17}
