@@ -9,6 +9,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+from typing import Any
 
 from tokalign_core import __version__, commands
 
@@ -34,6 +35,19 @@ def _configure_logging(verbose: bool) -> None:
 
 class UserError(Exception):
     """A bad input the user can fix: printed without a traceback, exit code 2."""
+
+
+def config_from(cls: Any, path: str | None, flags: dict[str, Any], stage: str) -> Any:
+    """A stage config: ``path`` (JSON/YAML, optional) overlaid with the flags that were
+    given (None = not given). Invalid values become a :class:`UserError` naming the stage."""
+    from pydantic import ValidationError
+
+    base = cls.load(path).model_dump() if path else {}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return cls(**base)
+    except ValidationError as exc:
+        raise UserError(f"invalid {stage} settings: {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,30 +48,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """CooccurConfig from --config plus the flags that were given."""
+    from tokalign_core.cli import config_from
     from tokalign_core.configs.cooccur import CooccurConfig
 
-    base = CooccurConfig.load(args.config).model_dump() if args.config else {}
     flags = {"window": args.window, "min_count": args.min_count, "max_vocab": args.max_vocab,
              "dense_table_mb": args.dense_table_mb, "buffer_pairs": args.buffer_pairs,
              "value_dtype": args.value_dtype}
-    base.update({k: v for k, v in flags.items() if v is not None})
     if args.keep_rare_positions:
-        base["skip_rare"] = False
-    return CooccurConfig(**base)
+        flags["skip_rare"] = False
+    return config_from(CooccurConfig, args.config, flags, "cooccur")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.cli import UserError
     from tokalign_core.cooccur import build_cooccur
     from tokalign_core.executor import make_executor
 
-    try:
-        config = config_from_args(args)
-    except ValidationError as exc:
-        raise UserError(f"invalid cooccur settings: {exc}") from exc
+    config = config_from_args(args)
     if not Path(args.tokens).is_dir():
         raise UserError(f"tokens artifact {args.tokens} does not exist; run `tokalign tokenize`")
     executor = make_executor(args.workers, args.dask_address, progress=True)

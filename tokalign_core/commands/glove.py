@@ -56,30 +56,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """GloveConfig from --config plus the flags that were given."""
+    from tokalign_core.cli import config_from
     from tokalign_core.configs.glove import GloveConfig
 
-    base = GloveConfig.load(args.config).model_dump() if args.config else {}
     flags = {"dim": args.dim, "iterations": args.iterations, "eta": args.eta,
              "x_max": args.x_max, "alpha": args.alpha, "batch_size": args.batch_size,
              "vectors": args.vectors, "device": args.device, "seed": args.seed,
              "engine": args.engine, "threads": args.threads,
              "deterministic": args.deterministic}
-    base.update({k: v for k, v in flags.items() if v is not None})
-    return GloveConfig(**base)
+    return config_from(GloveConfig, args.config, flags, "glove")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.cli import UserError
     from tokalign_core.glove import build_glove
     from tokalign_core.tracking import default_logger
 
-    try:
-        config = config_from_args(args)
-    except ValidationError as exc:
-        raise UserError(f"invalid glove settings: {exc}") from exc
+    config = config_from_args(args)
     if not Path(args.cooccur).is_dir():
         raise UserError(f"cooccur artifact {args.cooccur} does not exist; run `tokalign cooccur`")
     logger = default_logger(args.metrics, prefix="")
