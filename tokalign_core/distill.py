@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tokalign_core.artifacts import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -203,18 +202,10 @@ class TeacherCache:
 
 def _write_cache(folder: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays + meta into a temp folder and rename it into place (atomic)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

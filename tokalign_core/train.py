@@ -51,7 +51,6 @@ import random
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from tokalign_core.artifacts import atomic_dir
 from tokalign_core.configs.train import StageConfig, TrainConfig
 from tokalign_core.data import (
     BlockSampler,
@@ -816,8 +816,7 @@ def save_final_model(ctx: Context, module: Any, state_dict: dict | None, steps: 
     """``out_dir/model``: safetensors + tokenizer + model card, renamed into place."""
     out = Path(ctx.cfg.out_dir)
     final = out / "model"
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out))
-    try:
+    with atomic_dir(final) as tmp:
         for p in module.parameters():
             p.requires_grad_(True)
         module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
@@ -826,12 +825,6 @@ def save_final_model(ctx: Context, module: Any, state_dict: dict | None, steps: 
         (tmp / "training.json").write_text(json.dumps(
             {"config": ctx.cfg.model_dump(mode="json"), "config_digest": ctx.cfg.digest(),
              "steps": steps, **final_eval}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

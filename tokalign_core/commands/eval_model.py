@@ -76,17 +76,14 @@ def _register_lm_eval(subparsers) -> None:
 
 
 def build_eval_config(args: argparse.Namespace):
+    from tokalign_core.cli import config_from
     from tokalign_core.configs.evaluate import EvalConfig
 
-    base = EvalConfig.load(args.config).model_dump() if args.config else {}
-    overrides = {"window": args.window, "stride": args.stride, "batch_size": args.batch_size,
-                 "max_docs_per_group": args.max_docs, "txt_split": args.txt_split}
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    if args.no_bos:
-        base["add_bos"] = False
-    if args.trust_remote_code:
-        base["trust_remote_code"] = True
-    return EvalConfig.model_validate(base)
+    flags = {"window": args.window, "stride": args.stride, "batch_size": args.batch_size,
+             "max_docs_per_group": args.max_docs, "txt_split": args.txt_split,
+             "add_bos": False if args.no_bos else None,
+             "trust_remote_code": True if args.trust_remote_code else None}
+    return config_from(EvalConfig, args.config, flags, "eval-model")
 
 
 def run_eval(args: argparse.Namespace) -> int:

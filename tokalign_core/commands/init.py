@@ -52,17 +52,13 @@ def register(subparsers) -> None:
 
 def build_config(args: argparse.Namespace) -> InitConfig:
     """The InitConfig from --config plus explicit overrides."""
-    base = InitConfig.load(args.config).model_dump() if args.config else {}
-    overrides = {
-        "method": args.method, "fallback": args.fallback,
-        "pad_to_multiple_of": args.pad_to_multiple_of, "seed": args.seed,
-    }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    if args.no_reuse_shared:
-        base["reuse_shared"] = False
-    if args.trust_remote_code:
-        base["trust_remote_code"] = True
-    return InitConfig.model_validate(base)
+    from tokalign_core.cli import config_from
+
+    flags = {"method": args.method, "fallback": args.fallback,
+             "pad_to_multiple_of": args.pad_to_multiple_of, "seed": args.seed,
+             "reuse_shared": False if args.no_reuse_shared else None,
+             "trust_remote_code": True if args.trust_remote_code else None}
+    return config_from(InitConfig, args.config, flags, "init")
 
 
 def run(args: argparse.Namespace) -> int:
