@@ -13,6 +13,8 @@
     .venv/bin/python benchmarks/adapt_bench.py compare --tokens ART --model tokalign++=DIR \
         --model fvt=DIR --steps 400 --eval-every 50
     .venv/bin/python benchmarks/adapt_bench.py distill
+    .venv/bin/python benchmarks/adapt_bench.py distill --teacher ADAPTED --student INIT \
+        --tokens ART --steps 60
 
 Results print as JSON and go to .cache/bench/adapt/*.json. Figures under shared load are
 noisy: record `cat /proc/loadavg` with them.
@@ -26,6 +28,8 @@ import os
 import shutil
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,12 +105,34 @@ def _eval_curve(metrics: Path) -> list[dict]:
              "bits_per_token": r["eval_bits_per_token"]} for r in rows if "eval_loss" in r]
 
 
+def heldout_bytes_per_token(model_dir: str, tokens: str, seq_len: int,
+                            n_blocks: int) -> tuple[int, int]:
+    """(predicted tokens, their UTF-8 bytes) of the held-out blocks the training loop
+    scores: every token's bytes from the canonical vocabulary (special tokens: 0 bytes),
+    so bits/byte = bits/token * tokens / bytes is exact, not a decode-and-count estimate."""
+    from tokalign_core.data import heldout_blocks
+    from tokalign_core.init_model import load_tokenizer
+    from tokalign_core.vocab import build_vocab
+
+    tok = load_tokenizer(model_dir)
+    vocab = build_vocab(tok)
+    width = np.array([len(b) if b is not None else 0 for b in vocab.token_bytes], np.int64)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+    blocks = heldout_blocks(tokens, eos, seq_len, n_blocks)[:, 1:]
+    return int(blocks.size), int(width[blocks].sum())
+
+
 def compare(args: argparse.Namespace) -> dict:
     """Adapt each initialised model with the same config; eval curves + a plot."""
     from tokalign_core.configs.train import TrainConfig
     from tokalign_core.train import run_training
 
     out = {"loadavg_before": _loadavg(), "curves": {}}
+    first = args.model[0].split("=", 1)[1]
+    if not args.heldout_bytes:  # every model shares the target tokenizer: count once
+        args.heldout_tokens, args.heldout_bytes = heldout_bytes_per_token(
+            first, args.tokens, args.seq_len, args.eval_blocks)
+    out["heldout"] = {"tokens": args.heldout_tokens, "bytes": args.heldout_bytes}
     for spec in args.model:
         name, folder = spec.split("=", 1)
         cfg = TrainConfig(model=folder, tokens=args.tokens, out_dir=str(CACHE / "compare" / name),
@@ -137,10 +163,13 @@ def _plot(curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, c in curves.items():
         axes[0].plot(*zip(*c["train_loss"], strict=True), label=name)
-        axes[1].plot([e["step"] for e in c["eval"]], [e["bits_per_token"] for e in c["eval"]],
+        key = "bits_per_byte" if all("bits_per_byte" in e for e in c["eval"]) \
+            else "bits_per_token"
+        axes[1].plot([e["step"] for e in c["eval"]], [e[key] for e in c["eval"]],
                      marker="o", label=name)
+        axes[1].set_ylabel(f"held-out {key.replace('_', ' ')}")
     axes[0].set(xlabel="step", ylabel="train loss (nats/token)", title="training loss")
-    axes[1].set(xlabel="step", ylabel="held-out bits/token", title="held-out")
+    axes[1].set(xlabel="step", title="held-out")
     for ax in axes:
         ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,8 +177,51 @@ def _plot(curves: dict, path: Path) -> None:
     fig.savefig(path)
 
 
+def distill_given(args: argparse.Namespace) -> dict:
+    """Students = one initialised model (e.g. the TokAlign++ init of the bake-off source
+    model for the Qwen2 vocabulary), teacher = a model that shares its vocabulary (e.g.
+    the same init after adaptation); CE only vs token-level vs sentence-level, each with
+    the same steps and tokens per step. Held-out bits/token and bits/byte."""
+    from tokalign_core.configs.distill import DistillConfig
+    from tokalign_core.configs.train import TrainConfig
+    from tokalign_core.train import run_training
+
+    work = CACHE / "distill-given"
+    n_tok, n_bytes = heldout_bytes_per_token(args.student, args.tokens, args.seq_len,
+                                             args.eval_blocks)
+    common = dict(model=args.student, tokens=args.tokens, engine="torch",
+                  seq_len=args.seq_len, micro_batch_size=args.micro_batch,
+                  tokens_per_step=args.seq_len * args.micro_batch, checkpoint_every=10**6,
+                  eval_blocks=args.eval_blocks, eval_every=args.steps, progress=True,
+                  total_steps=args.steps, resume=False, save_final=False)
+    out = {"loadavg_before": _loadavg(), "teacher": args.teacher, "student": args.student,
+           "heldout": {"tokens": n_tok, "bytes": n_bytes}, "students": {}}
+    for name, mode, extra in [("ce-only", "adapt", {}), ("token-level", "distill", {}),
+                              ("sentence-level", "sentence-distill", {"prompt_len": 16})]:
+        d = None if mode == "adapt" else DistillConfig(teacher=args.teacher, **extra)
+        shutil.rmtree(work / name, ignore_errors=True)
+        t0 = time.perf_counter()
+        r = run_training(TrainConfig(out_dir=str(work / name), mode=mode, distill=d,
+                                     **common))
+        curve = _eval_curve(r.metrics_path)
+        for c in curve:
+            c["bits_per_byte"] = c["bits_per_token"] * n_tok / n_bytes
+        out["students"][name] = {"start": curve[0], "end": curve[-1],
+                                 "wall_s": time.perf_counter() - t0}
+        log_progress(name, out["students"][name])
+    out["loadavg_after"] = _loadavg()
+    return out
+
+
+def log_progress(name: str, row: dict) -> None:
+    print(json.dumps({name: row}), flush=True)
+
+
 def distill_bench(args: argparse.Namespace) -> dict:
-    """Teacher: a bigger tiny model trained on the data; students: token vs sentence."""
+    """Teacher: a bigger tiny model trained on the data; students: token vs sentence.
+    With ``--teacher``/``--student``/``--tokens``: :func:`distill_given` instead."""
+    if args.teacher:
+        return distill_given(args)
     import torch
 
     from tokalign_core import toy
@@ -216,6 +288,14 @@ def main() -> None:
     dp = sub.add_parser("distill", help="token-level vs sentence-level distillation")
     dp.add_argument("--teacher-steps", type=int, default=150, help="default 150")
     dp.add_argument("--steps", type=int, default=60, help="student steps (default 60)")
+    dp.add_argument("--teacher", default=None,
+                    help="teacher model folder sharing the student's vocabulary (with "
+                         "--student and --tokens: distil a given model instead of toys)")
+    dp.add_argument("--student", default=None, help="initialised student model folder")
+    dp.add_argument("--tokens", default=None, help="tokens artifact of the shared tokenizer")
+    dp.add_argument("--seq-len", type=int, default=128, help="default 128")
+    dp.add_argument("--micro-batch", type=int, default=4, help="default 4")
+    dp.add_argument("--eval-blocks", type=int, default=32, help="default 32")
     args = p.parse_args()
     fn = {"throughput": throughput, "compare": compare, "distill": distill_bench}[args.cmd]
     result = fn(args)

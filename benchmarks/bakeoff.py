@@ -1,7 +1,7 @@
 """Initialisation bake-off: every init method, no tuning, scored on held-out text.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bakeoff.py \
-        [--preset bakeoff] [--steps N] [--target builtin:qwen2] \
+        [--preset bakeoff] [--steps N] [--tokenizer SPEC] [--target builtin:qwen2] \
         [--alignment NAME=DIR ...] [--max-docs 16] [--max-chars 1500] [--out .cache/bakeoff]
 
 1. Source model: a small GPT-NeoX with an English-centric byte-level BPE, pretrained here by
@@ -29,6 +29,7 @@ sub-packages (the fallback pretraining only reads top-level stdlib modules). Res
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokalign_core.alignment import Alignment  # noqa: E402
+from tokalign_core.alignment import Alignment, Provenance  # noqa: E402
 from tokalign_core.artifacts import atomic_write_text  # noqa: E402
 from tokalign_core.configs.evaluate import EvalConfig  # noqa: E402
 from tokalign_core.configs.init import InitConfig  # noqa: E402
@@ -58,9 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="bakeoff",
-                   help="pretrain preset of the source model (default: bakeoff, ~14M params)")
+                   help="pretrain preset of the source model (default: bakeoff, ~10.7M params)")
     p.add_argument("--steps", type=int, default=None,
                    help="override the preset's training steps (default: the preset's)")
+    p.add_argument("--tokenizer", default=None,
+                   help="source tokenizer of the pretrained model: 'train-bpe' or a spec "
+                        "(e.g. another model folder, to share the tokenizer of alignments "
+                        "computed for it); default: the preset's")
     p.add_argument("--artifacts", default=str(ROOT / ".cache" / "artifacts"),
                    help="artifact store of the pretrained model (default: .cache/artifacts)")
     p.add_argument("--bench", default=str(ROOT / ".cache" / "bench"),
@@ -173,14 +178,91 @@ def hidden_alignments(model, src_tok, tgt_tok, args) -> dict[str, Alignment]:
     return out
 
 
-def given_alignments(specs: list[str]) -> dict[str, Alignment]:
+def given_alignments(specs: list[str]) -> dict[str, Path]:
+    """NAME -> alignment folder (loaded only when that method runs, so a resumed run does
+    not read alignments it already scored)."""
     out = {}
     for spec in specs:
         if "=" not in spec:
             raise SystemExit(f"--alignment expects NAME=DIR, got {spec!r}")
         name, folder = spec.split("=", 1)
-        out[name] = Alignment.load(folder)
+        if not (Path(folder) / "alignment.npz").exists():
+            raise SystemExit(f"--alignment {name}: {folder} holds no alignment.npz; run "
+                             "`tokalign align` first or fix the path")
+        out[name] = Path(folder)
     return out
+
+
+def cached_hidden_alignments(path: Path, src_tok, tgt_tok, args) -> dict[str, Path]:
+    """:func:`hidden_alignments` saved under ``<out>/hidden/<model digest>/<name>`` and
+    reused by later runs on the same source model."""
+    from tokalign_core.init_model import load_model
+
+    folder = Path(args.out) / "hidden" / path.name
+    names = ("hidden-csls", "hidden-relative")
+    if not all((folder / n / "meta.json").exists() for n in names):  # written last
+        for name, ali in hidden_alignments(load_model(str(path)), src_tok, tgt_tok,
+                                           args).items():
+            ali.save(folder / name)
+    return {n: folder / n for n in names}
+
+
+def part_key(name: str, path: Path, alignment: Path | None, groups: dict, args) -> str:
+    """What one method's scores depend on: the source model, the method, the alignment
+    file's bytes, the evaluation texts and the scoring settings."""
+    h = hashlib.sha256()
+    for part in (str(path), name, args.target, str(args.window), str(args.batch_size),
+                 str(args.seed)):
+        h.update(part.encode() + b"\0")
+    if alignment is not None:
+        h.update(hashlib.sha256((alignment / "alignment.npz").read_bytes()).digest())
+    for lang in sorted(groups):
+        for doc in groups[lang]:
+            h.update(lang.encode() + b"\0" + doc.encode() + b"\0")
+    return h.hexdigest()
+
+
+def run_cached(name: str, path: Path, alignment: Path | None, groups: dict, args,
+               compute) -> dict:
+    """One method's result from ``<out>/parts`` when its key matches, else ``compute()``
+    (written atomically): an interrupted bake-off resumes at the next method, and adding
+    an ``--alignment`` later scores only the new one."""
+    key = part_key(name, path, alignment, groups, args)
+    file = Path(args.out) / "parts" / f"{key[:24]}.json"
+    if file.exists():
+        log.info("%s: from %s", name, file)
+        return json.loads(file.read_text())["result"]
+    res = compute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(file, json.dumps({"name": name, "key": key, "result": res},
+                                       default=str))
+    return res
+
+
+def piece_agreement(alignment: Alignment, src_tok, tgt_tok, groups: dict) -> dict:
+    """Why an alignment helps or hurts the LM head, measured without a model: over the
+    target-token occurrences of the evaluation texts whose token is not shared, the share
+    whose aligned source token is the FIRST piece of the token's source tokenization (the
+    piece the source model predicts at that position, so the copied head row scores the
+    right token) and the share aligned to ANY of its pieces. Also the mean number of
+    target ids that share the chosen source row (copies split that row's probability)."""
+    import numpy as np
+
+    from tokalign_core.baselines import fvt_pieces
+
+    occ = np.concatenate([np.asarray(ids, np.int64) for docs in groups.values() for ids in
+                          tgt_tok(docs, add_special_tokens=False)["input_ids"]])
+    src_ids = np.asarray(alignment.source_ids)
+    shared = np.asarray(alignment.provenance) == Provenance.SHARED
+    occ = occ[~shared[occ]]
+    pieces, _ = fvt_pieces(tgt_tok, src_tok, target_ids=np.unique(occ).tolist())
+    first = np.array([pieces[t][0] == src_ids[t] if t in pieces else False for t in occ])
+    anyp = np.array([src_ids[t] in pieces[t] if t in pieces else False for t in occ])
+    copies = np.bincount(src_ids, minlength=len(src_tok))
+    return {"non_shared_occurrences": int(len(occ)),
+            "first_piece": float(first.mean()) if len(occ) else 0.0,
+            "any_piece": float(anyp.mean()) if len(occ) else 0.0,
+            "row_copies": float(copies[src_ids[occ]].mean()) if len(occ) else 0.0}
 
 
 # ------------------------------------------------------------------------ runs
@@ -245,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cfg = pretrain.preset(args.preset, steps=args.steps, threads=args.threads)
+    cfg = pretrain.preset(args.preset, steps=args.steps, threads=args.threads,
+                          tokenizer=args.tokenizer)
     pre = pretrain.pretrain(cfg, args.artifacts, corpus_dir=Path(args.bench) / "corpus",
                             progress=not args.no_progress)
     path = Path(pre.ref.path)
@@ -257,17 +340,27 @@ def main(argv: list[str] | None = None) -> int:
 
     alignments = given_alignments(args.alignment)
     if not args.no_hidden:
-        alignments.update(hidden_alignments(load_model(str(path)), src_tok, tgt_tok, args))
+        alignments.update(cached_hidden_alignments(path, src_tok, tgt_tok, args))
     results: dict[str, dict] = {}
-    t0 = time.time()
-    results["source model (own vocab)"] = score(load_model(str(path)), src_tok, src_tok,
-                                                groups, args)
-    results["source model (own vocab)"]["eval_seconds"] = round(time.time() - t0, 1)
+
+    def own_vocab() -> dict:
+        t0 = time.time()
+        res = score(load_model(str(path)), src_tok, src_tok, groups, args)
+        return {**res, "eval_seconds": round(time.time() - t0, 1)}
+
+    results["source model (own vocab)"] = run_cached("source model (own vocab)", path,
+                                                     None, groups, args, own_vocab)
     for name in [m for m in args.methods.split(",") if m]:
-        results[name] = run_method(name, path, src_tok, tgt_tok, None, groups, args)
-    for name, ali in alignments.items():
-        results[name] = run_method(name, path, src_tok, tgt_tok, ali, groups, args)
-    report = {"machine": machine(), "source_model": str(path), "pretrain_cached": pre.cached,
+        results[name] = run_cached(name, path, None, groups, args, lambda n=name: run_method(
+            n, path, src_tok, tgt_tok, None, groups, args))
+    for name, folder in alignments.items():
+        results[name] = run_cached(name, path, folder, groups, args, lambda n=name, f=folder:
+                                   run_method(n, path, src_tok, tgt_tok, Alignment.load(f),
+                                              groups, args))
+    diagnosis = {name: piece_agreement(Alignment.load(folder), src_tok, tgt_tok, groups)
+                 for name, folder in alignments.items()}
+    report = {"machine": machine(), "piece_agreement": diagnosis, "source_model": str(path),
+              "pretrain_cached": pre.cached,
               "pretrain_config": cfg.model_dump(mode="json"),
               "pretrain_metrics": pre.metrics, "target": args.target,
               "eval_text": text_source, "docs": {k: len(v) for k, v in groups.items()},
@@ -281,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     target_rows = [v for k, v in results.items() if not k.startswith("source model")]
     if target_rows:  # every target-vocabulary run tokenizes the same way: show one row
         print(table({f"{args.target} vs source": target_rows[0]}, "length_change"))
+    if diagnosis:
+        print("\n## Aligned source row vs the target token's source pieces "
+              "(non-shared target tokens of the evaluation text)\n")
+        print("| alignment | first piece | any piece | target ids per copied row |")
+        print("|---|---|---|---|")
+        for name, d in diagnosis.items():
+            print(f"| {name} | {d['first_piece']:.1%} | {d['any_piece']:.1%} | "
+                  f"{d['row_copies']:.0f} |")
     print(f"\nmachine: {report['machine']}")
     return 0
 

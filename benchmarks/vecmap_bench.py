@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--max-iterations", type=int, default=8, help="cap (default 8)")
     ap.add_argument("--interval", type=int, default=50, help="stochastic_interval (50)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--dense-max-bytes", type=int, default=None,
+                    help="VecMapConfig.dense_max_bytes (default: the config's, 2 GiB; 0 = the "
+                         "two-pass exact retrieval instead of the stored similarity matrix)")
     args = ap.parse_args()
 
     import torch
@@ -60,11 +63,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x, z, truth = synthetic(args.n, args.dim, args.noise)
     cfg = VecMapConfig(init=args.init, init_size=args.init_size, vocab_cutoff=args.cutoff,
-                       max_iterations=args.max_iterations, stochastic_interval=args.interval)
+                       max_iterations=args.max_iterations, stochastic_interval=args.interval,
+                       **({} if args.dense_max_bytes is None
+                          else {"dense_max_bytes": args.dense_max_bytes}))
     seeds = np.arange(0, args.n, 50)
     iters = []
 
+    cpu = [time.process_time()]
+
     def log(stats):
+        # CPU seconds of this process per iteration: less sensitive than wall time to
+        # other jobs on a shared machine (both threads' time counts).
+        now = time.process_time()
+        stats.cpu_seconds, cpu[0] = round(now - cpu[0], 2), now
         iters.append(vars(stats))
         print(json.dumps({**vars(stats), "loadavg": _loadavg().split()[:3]}),
               flush=True)
@@ -80,6 +91,8 @@ def main() -> None:
         "iterations": len(iters), "stop_reason": res.meta["stop_reason"],
         "seconds_total_fit": round(total, 1),
         "seconds_per_iteration_median": round(float(np.median(per_it)), 2) if per_it else None,
+        "cpu_seconds_per_iteration_median": round(float(np.median(
+            [i["cpu_seconds"] for i in iters])), 2) if iters else None,
         "seconds_init_and_final": round(total - sum(per_it), 1),
         "recomputed_per_iteration": [i["recomputed"] for i in iters],
         "p_at_1": float((r.indices == truth).mean()),

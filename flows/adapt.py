@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import Runner, markdown_table, publish_markdown, publish_table
-from flows.evaluate import bpb_rows, run_evaluate
+from flows.evaluate import bpb_rows, collect, submit_evaluate
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
@@ -17,29 +17,53 @@ from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.pipeline import PipelineConfig
 
 
-def run_init(r: Runner, cfg: PipelineConfig, source_model: Any,
-             alignment: ArtifactRef) -> dict[str, ArtifactRef]:
-    """``aligned`` plus every baseline initialisation, in parallel."""
-    futures = {
+def submit_inits(r: Runner, cfg: PipelineConfig, source_model: Any,
+                 alignment: ArtifactRef) -> dict[str, Any]:
+    """Start ``aligned`` plus every baseline initialisation, in parallel: method -> tracked
+    future of the model artifact."""
+    return {
         method: r.submit(f"init:{method}", stages.init_task, source_model,
                          cfg.source_tokenizer_spec, cfg.target_tokenizer,
                          cfg.init_config(method), alignment if method == "aligned" else None)
         for method in ("aligned", *cfg.baselines)
     }
-    return {m: f.result() for m, f in futures.items()}
+
+
+def run_init(r: Runner, cfg: PipelineConfig, source_model: Any,
+             alignment: ArtifactRef) -> dict[str, ArtifactRef]:
+    """``aligned`` plus every baseline initialisation, in parallel, waiting for all."""
+    return collect(submit_inits(r, cfg, source_model, alignment))
+
+
+def start_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: ArtifactRef,
+                target_tokens: ArtifactRef, texts: str) -> dict[str, Any]:
+    """Init (aligned + baselines) -> two-stage training of the aligned model, without
+    waiting for more than the cores need: training starts once the aligned init exists
+    (the baselines finish next to it), every initialisation is evaluated while it trains
+    (the training subprocess uses one core), and the adapted model's evaluation is started
+    last. Returns ``inits``, ``models`` and ``pending`` (label -> evaluation future;
+    :func:`flows.evaluate.collect` them)."""
+    started = submit_inits(r, cfg, source_model, alignment)
+    training = None if cfg.adapt is None else r.submit(
+        "adapt", stages.train_task, started["aligned"].result(), target_tokens, cfg.adapt)
+    pending = submit_evaluate(r, cfg, {f"{m} (init)": f for m, f in started.items()}, texts)
+    inits = collect(started)
+    models: dict[str, Any] = {f"{m} (init)": ref for m, ref in inits.items()}
+    if training is not None:
+        models["aligned (adapted)"] = training.result()
+        last = list(pending.values())[-1]
+        pending.update(submit_evaluate(r, cfg, {"aligned (adapted)": models["aligned (adapted)"]},
+                                       texts, after=last))
+    return {"inits": inits, "models": models, "pending": pending}
 
 
 def run_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: ArtifactRef,
               target_tokens: ArtifactRef, texts: str) -> dict[str, Any]:
-    """Init (aligned + baselines) -> two-stage training of the aligned model -> evaluation
-    of every initialisation and of the adapted model."""
-    inits = run_init(r, cfg, source_model, alignment)
-    models = {f"{m} (init)": ref for m, ref in inits.items()}
-    if cfg.adapt is not None:
-        models["aligned (adapted)"] = r.run("adapt", stages.train_task, inits["aligned"],
-                                            target_tokens, cfg.adapt)
-    evaluation = run_evaluate(r, cfg, models, texts)
-    return {"inits": inits, "models": models, "evaluation": evaluation}
+    """:func:`start_adapt`, waiting for the evaluation of every initialisation and of the
+    adapted model (``evaluation``: label -> result)."""
+    out = start_adapt(r, cfg, source_model, alignment, target_tokens, texts)
+    return {"inits": out["inits"], "models": out["models"],
+            "evaluation": collect(out.pop("pending"))}
 
 
 @flow(name="adapt", log_prints=True)

@@ -1,11 +1,15 @@
 """Helpers the flows share: bind tasks to a workspace's result storage, run them while
-recording which were served from the cache, and publish Prefect artifacts."""
+recording which were served from the cache, and publish Prefect artifacts.
+
+Transformers is imported by the first stage that executes (:func:`tasks.common.warm_imports`),
+not here: a fully cached run never needs it."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from prefect import Task
@@ -17,21 +21,6 @@ from tokalign_core.configs.pipeline import PipelineConfig
 log = logging.getLogger(__name__)
 
 
-def warm_imports() -> None:
-    """Import transformers' lazy attributes once, in this thread, before tasks run in
-    parallel threads: its lazy module loader is not thread-safe, and two tasks resolving
-    ``AutoTokenizer`` at the same moment can fail with ImportError."""
-    try:
-        from transformers import (  # noqa: F401
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoTokenizer,
-            PreTrainedTokenizerFast,
-        )
-    except ImportError as exc:  # a broken install fails later with the stage's own error
-        log.warning("could not pre-import transformers: %s", exc)
-
-
 class Runner:
     """Submit tasks with the workspace's result storage; remember each stage's final state
     name (``Completed`` or ``Cached``) for the summary and the benchmarks."""
@@ -39,12 +28,15 @@ class Runner:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self.states: dict[str, str] = {}
-        warm_imports()
+        self._bound: dict[int, tuple[Task, Task]] = {}  # id(task) -> (task, bound copy)
 
     def bind(self, task: Task) -> Task:
         # Results (small refs) live in the run folder, so a rerun in a new process or a
-        # served deployment finds them wherever its Prefect home is.
-        return task.with_options(result_storage=self.ws.results_dir)
+        # served deployment finds them wherever its Prefect home is. One copy per task:
+        # with_options rebuilds the whole task (~5-10 ms), and evaluate runs six times.
+        if id(task) not in self._bound:
+            self._bound[id(task)] = (task, task.with_options(result_storage=self.ws.results_dir))
+        return self._bound[id(task)][1]
 
     def submit(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
         return _Tracked(self, label, self.bind(task).submit(self.ws, *args, **kwargs))
@@ -69,18 +61,19 @@ class _Tracked:
         return value
 
 
-def record_cached(ws: Workspace, label: str, value: Any) -> None:
+def record_cached(ws: Workspace, label: str, value: Any) -> Future:
     """A nested MLflow run for a stage served from the cache, tagged with the artifacts it
-    reused, so every parent run shows its full lineage."""
+    reused, so every parent run shows its full lineage.
+
+    Written in the background (:meth:`tasks.lineage.Lineage.record_finished`); the parent
+    run waits for it before it ends. Returns the future of the run id."""
     from tasks.caching import artifact_refs
     from tasks.lineage import Lineage, ref_tags
 
-    lineage = Lineage(ws)
     refs = {f"{i}": ref for i, ref in enumerate(artifact_refs(value))}
-    run_id = lineage.start_run(label, parent_run_id=ws.parent_run_id,
-                               tags={"tokalign.stage": label, "tokalign.cached": "true",
-                                     **ref_tags("output", refs)})
-    lineage.end_run(run_id)
+    return Lineage(ws).record_finished(
+        label, ws.parent_run_id,
+        {"tokalign.stage": label, "tokalign.cached": "true", **ref_tags("output", refs)})
 
 
 def resolve(value: Any) -> Any:

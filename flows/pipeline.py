@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.adapt import run_adapt
+from flows.adapt import start_adapt
 from flows.align import alignment_rows, run_align
 from flows.common import (
     Runner,
@@ -19,7 +19,7 @@ from flows.common import (
     with_target,
 )
 from flows.distill import run_distill, teacher_of
-from flows.evaluate import bpb_rows, compression_rows
+from flows.evaluate import bpb_rows, collect, compression_rows, submit_evaluate
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, parent_run
@@ -42,15 +42,19 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
     source_model = source_model or cfg.source_model
     aligned = run_align(r, cfg, source_model)
     texts = texts or eval_texts(r, cfg, aligned["corpus"])
-    adapted = run_adapt(r, cfg, source_model, aligned["alignment"],
-                        aligned["tokens"]["target"], texts)
-    evaluation = dict(adapted["evaluation"])
+    # Evaluations run one after another in the background, next to the single-core
+    # training subprocesses (adapt, then distill); the flow waits for them at the end.
+    adapted = start_adapt(r, cfg, source_model, aligned["alignment"],
+                          aligned["tokens"]["target"], texts)
+    pending = adapted["pending"]
     teacher = teacher or teacher_of(cfg)
     if teacher is not None and cfg.distill is not None:
         student = adapted["models"].get("aligned (adapted)", adapted["inits"]["aligned"])
-        distilled = run_distill(r, cfg, student, teacher, aligned["tokens"]["target"], texts)
-        evaluation.update(distilled.get("evaluation", {}))
+        distilled = run_distill(r, cfg, student, teacher, aligned["tokens"]["target"], None)
         adapted["models"]["distilled"] = distilled["model"]
+        pending.update(submit_evaluate(r, cfg, {"distilled": distilled["model"]}, texts,
+                                       after=list(pending.values())[-1]))
+    evaluation = collect(pending)
     return {**aligned, "texts": texts, "models": adapted["models"], "evaluation": evaluation,
             "tables": summary_tables(aligned["metrics"], evaluation)}
 

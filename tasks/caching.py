@@ -38,6 +38,7 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from tasks.locking import COMPUTE_LOCKS
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef, CorruptArtifactError, verify
 from tokalign_core.config import FrozenConfig
@@ -240,7 +241,10 @@ class ContentHashPolicy(CachePolicy):
         return first_trusted_key(key, task_ctx.result_store)
 
 
-CONTENT_HASH = ContentHashPolicy()
+# SERIALIZABLE: a cache miss takes the key's compute lock (tasks/locking.py), re-checks the
+# store, then computes or reuses; so of two identical concurrent runs one computes each
+# stage and the other is served from its record. Locks die with their process.
+CONTENT_HASH = ContentHashPolicy(isolation_level="SERIALIZABLE", lock_manager=COMPUTE_LOCKS)
 
 
 # ---------------------------------------------------------------------------------- retries

@@ -8,6 +8,7 @@ Every stage task is a Prefect task with the content-hash cache policy, persisted
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -22,8 +23,39 @@ from tokalign_core.executor import Executor, make_executor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger(__name__)
+
 RETRIES = 2
 RETRY_DELAY_SECONDS = 5
+
+
+_WARM_LOCK = threading.Lock()
+_WARM = False
+
+
+def warm_imports() -> None:
+    """Import transformers' lazy attributes once per process, under a lock.
+
+    Its lazy module loader is not thread-safe: two stages resolving ``AutoTokenizer`` at the
+    same moment in Prefect's worker threads can fail with ImportError. Called when a stage
+    really executes (:func:`tasks.lineage.stage_run`), never for one served from the cache:
+    a fully cached rerun does not import transformers or torch at all (3-6 s here)."""
+    global _WARM
+    if _WARM:
+        return
+    with _WARM_LOCK:
+        if _WARM:
+            return
+        try:
+            from transformers import (  # noqa: F401
+                AutoConfig,
+                AutoModelForCausalLM,
+                AutoTokenizer,
+                PreTrainedTokenizerFast,
+            )
+        except ImportError as exc:  # a broken install fails later with the stage's own error
+            log.warning("could not pre-import transformers: %s", exc)
+        _WARM = True
 
 
 def stage_task(name: str, **options: Any) -> Callable[[F], F]:

@@ -11,6 +11,13 @@ Only the thread-safe ``MlflowClient`` API is used (no fluent ``active_run`` stac
 Prefect runs submitted tasks in worker threads. MLflow is imported lazily. If the tracking
 server is unreachable, or goes away mid-run, the run keeps going: every lineage event is
 also appended to ``<run_dir>/logs/lineage.jsonl`` and a single warning says so.
+
+Writes nobody waits for (the nested run of a stage served from the cache) go to one
+background thread per process, in order, and :func:`parent_run` waits for them before it
+ends the parent run, so a cached rerun does not spend two SQLite commits per stage on its
+critical path. :func:`prewarm` starts importing MLflow and opening the store on that thread
+while Prefect's temporary server starts; the client and the experiment id are shared by
+every :class:`Lineage` of a process.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
+from tasks.common import warm_imports
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.config import FrozenConfig
@@ -137,10 +146,23 @@ class Lineage:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def experiment_id(self) -> str | None:
+        """The experiment's id, looked up (or created) once per process and store."""
         if self._experiment_id is None:
-            with self._store_lock():
-                self._experiment_id = self._call("experiment", self._get_or_create_experiment)
+            key = (self.uri, self.ws.experiment)
+            with _EXPERIMENTS_LOCK:
+                if key not in _EXPERIMENTS:
+                    with self._store_lock():
+                        found = self._call("experiment", self._get_or_create_experiment)
+                    if found is None:  # MLflow is down: nothing to remember
+                        return None
+                    _EXPERIMENTS[key] = found
+                self._experiment_id = _EXPERIMENTS[key]
         return self._experiment_id
+
+    def _forget_experiment(self) -> None:
+        self._experiment_id = None
+        with _EXPERIMENTS_LOCK:
+            _EXPERIMENTS.pop((self.uri, self.ws.experiment), None)
 
     def _get_or_create_experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.ws.experiment)
@@ -155,19 +177,56 @@ class Lineage:
             return self.client.get_experiment_by_name(self.ws.experiment).experiment_id
 
     # ------------------------------------------------------------------ runs
+    @staticmethod
+    def run_tags(parent_run_id: str | None, tags: dict[str, str] | None) -> dict[str, str]:
+        """Code hash + Prefect ids of the calling context + ``tags`` (+ the parent link).
+
+        Call it in the thread that runs the stage: Prefect's run context is thread-local."""
+        all_tags = {"tokalign.code_hash": hashing.code_hash(), **prefect_ids(), **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        return all_tags
+
     def start_run(
         self, name: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None
     ) -> str | None:
         """Create a run (nested under ``parent_run_id``); its id, or None when MLflow is down."""
-        all_tags = {"tokalign.code_hash": hashing.code_hash(), **prefect_ids(), **(tags or {})}
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+        return self._create_run(name, parent_run_id, self.run_tags(parent_run_id, tags))
+
+    def _create_run(self, name: str, parent_run_id: str | None,
+                    all_tags: dict[str, str]) -> str | None:
         self._record("start_run", name=name, parent=parent_run_id, tags=all_tags)
         exp = self.experiment_id()
         if exp is None:
             return None
-        run = self._call("create_run", self.client.create_run, exp, run_name=name, tags=all_tags)
+        try:
+            run = self.client.create_run(exp, run_name=name, tags=all_tags)
+        except Exception:  # noqa: BLE001 - retried once below, then absorbed by _call
+            # The remembered experiment id may be stale (the store was recreated under the
+            # same URI since): look it up again, once; a dead server fails in _call as before.
+            self._forget_experiment()
+            exp = self.experiment_id()
+            if exp is None:
+                return None
+            run = self._call("create_run", self.client.create_run, exp, run_name=name,
+                             tags=all_tags)
         return None if run is None else run.info.run_id
+
+    def record_finished(self, name: str, parent_run_id: str | None,
+                        tags: dict[str, str]) -> Future:
+        """A finished run (e.g. a stage served from the cache), written in the background.
+
+        The tags are taken now, in the caller's thread; the two MLflow writes (create,
+        terminate) run on the lineage thread. :func:`flush` (called by :func:`parent_run`)
+        waits for them. Returns the future of the new run's id."""
+        all_tags = self.run_tags(parent_run_id, tags)
+
+        def write() -> str | None:
+            run_id = self._create_run(name, parent_run_id, all_tags)
+            self.end_run(run_id)
+            return run_id
+
+        return defer(write)
 
     def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
         self._record("end_run", run_id=run_id, status=status)
@@ -249,6 +308,45 @@ class Lineage:
 
 _CLIENTS: dict[str, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id
+_EXPERIMENTS_LOCK = threading.Lock()
+_WRITER: ThreadPoolExecutor | None = None
+_WRITER_LOCK = threading.Lock()
+
+
+def defer(fn: Callable[[], Any]) -> Future:
+    """Run ``fn`` on the process's single lineage thread, after every earlier deferred call.
+
+    An exception is logged, never raised into the pipeline (lineage is best effort; MLflow
+    errors are already absorbed by :meth:`Lineage._call`)."""
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None:
+            # Its worker is joined at interpreter exit, so queued writes are not lost.
+            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokalign-lineage")
+        return _WRITER.submit(_logged, fn)
+
+
+def _logged(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - a lineage bug must not fail the pipeline
+        log.exception("deferred lineage write failed")
+        return None
+
+
+def flush() -> None:
+    """Wait until every deferred lineage write queued so far has been made."""
+    if _WRITER is not None:
+        defer(lambda: None).result()  # one worker: runs after everything queued before it
+
+
+def prewarm(ws: Workspace) -> Future:
+    """Start importing MLflow, opening ``ws``'s store and resolving its experiment on the
+    lineage thread, so that cost overlaps whatever the caller does next (e.g. Prefect
+    starting its temporary server) instead of delaying the flow's first MLflow write."""
+    lineage = Lineage(ws)
+    return defer(lineage.experiment_id)
 
 
 def _client_for(uri: str) -> Any:
@@ -304,7 +402,11 @@ def stage_run(
     config: FrozenConfig | None = None,
     inputs: dict[str, Any] | None = None,
 ) -> Iterator[StageRun]:
-    """A nested MLflow run under ``ws.parent_run_id`` for one stage, ended FAILED on error."""
+    """A nested MLflow run under ``ws.parent_run_id`` for one stage, ended FAILED on error.
+
+    Entered only by a stage that really executes, so it also warms transformers' lazy
+    imports for the stage (:func:`tasks.common.warm_imports`)."""
+    warm_imports()
     lineage = Lineage(ws)
     tags = {"tokalign.stage": stage, **ref_tags("input", inputs or {})}
     run_id = lineage.start_run(stage, parent_run_id=ws.parent_run_id, tags=tags)
@@ -333,6 +435,8 @@ def parent_run(ws: Workspace, name: str, config: FrozenConfig | None = None) -> 
     try:
         yield ws.model_copy(update={"parent_run_id": run_id})
     except BaseException:
+        flush()  # the cached stages' runs, before the parent is closed
         lineage.end_run(run_id, "FAILED")
         raise
+    flush()
     lineage.end_run(run_id, "FINISHED")

@@ -85,12 +85,14 @@ def encode_bytes(tokenizer: Any, data: Sequence[bytes]) -> list[list[int] | None
     (byte-level sources) or as ``<0xNN>`` tokens (byte-fallback sources)."""
     out: list[list[int] | None] = [None] * len(data)
     texts, where = [], []
+    scheme = None  # detected once, on the first invalid string: it reads the whole vocab
     for i, b in enumerate(data):
         try:
             texts.append(b.decode("utf-8"))
             where.append(i)
         except UnicodeDecodeError:
-            out[i] = _encode_invalid_utf8(tokenizer, b)
+            scheme = scheme or _scheme(tokenizer)
+            out[i] = _encode_invalid_utf8(tokenizer, b, *scheme)
     if texts:
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         for i, seq in zip(where, ids, strict=True):
@@ -98,10 +100,17 @@ def encode_bytes(tokenizer: Any, data: Sequence[bytes]) -> list[list[int] | None
     return out
 
 
-def _encode_invalid_utf8(tokenizer: Any, data: bytes) -> list[int] | None:
-    from tokalign_core.vocab import Scheme, bytes_to_bytelevel, detect_scheme, tokenizer_json
+def _scheme(tokenizer: Any) -> tuple[Any, bool]:
+    """(vocabulary scheme, byte_fallback) of a fast tokenizer (seconds for a large vocab)."""
+    from tokalign_core.vocab import detect_scheme, tokenizer_json
 
-    scheme, byte_fallback = detect_scheme(tokenizer_json(tokenizer))
+    return detect_scheme(tokenizer_json(tokenizer))
+
+
+def _encode_invalid_utf8(tokenizer: Any, data: bytes, scheme: Any,
+                         byte_fallback: bool) -> list[int] | None:
+    from tokalign_core.vocab import Scheme, bytes_to_bytelevel
+
     if scheme == Scheme.BYTE_LEVEL:
         pieces = tokenizer.backend_tokenizer.model.tokenize(bytes_to_bytelevel(data))
         return [t.id for t in pieces] or None
@@ -298,12 +307,29 @@ def materialize(plan: RowPlan, src, seed: int = 0):
     copy = torch.from_numpy(plan.copy_from)
     rows = copy >= 0
     out[rows] = src[copy[rows]]
-    for t, ids in plan.fvt_pieces.items():
-        out[t] = src[torch.from_numpy(ids)].mean(0)
+    if plan.fvt_pieces:
+        targets, means = _piece_means(plan.fvt_pieces, src)
+        out[targets] = means
     fill = torch.from_numpy(plan.fill_rows())
     if len(fill):
         out[fill] = _fill_rows(plan, src, len(fill), seed)
     return out
+
+
+def _piece_means(pieces: dict[int, np.ndarray], src):
+    """(target ids int64 [m], mean source row of each one's pieces float32 [m, d]).
+
+    One segment sum over all pieces (index_add_) instead of a Python loop of m small
+    means: 125k FVT rows of a 151k vocabulary take seconds that way."""
+    import torch
+
+    targets = torch.tensor(list(pieces), dtype=torch.long)
+    lengths = torch.tensor([len(v) for v in pieces.values()], dtype=torch.long)
+    flat = torch.from_numpy(np.concatenate(list(pieces.values())).astype(np.int64))
+    segment = torch.repeat_interleave(torch.arange(len(targets)), lengths)
+    sums = torch.zeros(len(targets), src.shape[1], dtype=torch.float32)
+    sums.index_add_(0, segment, src[flat])
+    return targets, sums / lengths[:, None].to(torch.float32)
 
 
 def _fill_rows(plan: RowPlan, src, k: int, seed: int):

@@ -19,6 +19,13 @@ scores all its tokens; each next window starts ``stride`` tokens later and score
 tokens the previous windows did not, with up to ``window - stride`` tokens of context
 (Hugging Face's strided perplexity). Every token is scored exactly once. Logits are cut to
 ``len(tokenizer)`` before the softmax: padding rows of the embedding matrix are not tokens.
+
+Cost: scoring a token runs the whole output layer (hidden x vocabulary: 151k rows for
+Qwen2), so it dominates evaluation with a large target vocabulary; compression needs only
+the tokenizers. ``EvalConfig.score_groups`` limits scoring to a few groups while
+compression still covers every group; unscored groups carry no NLL metrics. Windows are
+batched by length (little padding) and each row's NLL is ``logsumexp - logit[target]``
+over row chunks, so no second [batch, window, vocab] log-softmax tensor is allocated.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ log = logging.getLogger(__name__)
 # Upper bound on logits materialised per forward pass (float32 elements, ~1 GB): a 151k
 # vocabulary at window 2048 is 0.3e9 per window, so the batch shrinks to fit.
 MAX_LOGIT_ELEMENTS = 250_000_000
+# Logit rows reduced at once by ``nll_sum``: [32, 151k] float32 is ~19 MB of temporaries,
+# about 3x faster on CPU than one log-softmax over a whole [window, vocab] slice.
+NLL_CHUNK_ROWS = 32
+# Metrics that need the model's NLL (absent for groups outside ``score_groups``).
+NLL_KEYS = ("n_scored", "nll", "ppl", "norm_ppl", "bits_per_byte")
 
 
 @dataclass
@@ -50,10 +62,13 @@ class GroupStats:
     n_ref_tokens: int = 0
     n_scored: int = 0
     nll: float = 0.0
+    scored: bool = True
 
     def metrics(self) -> dict[str, float | int]:
-        """The sums plus ppl, norm_ppl, bits_per_byte and compression."""
+        """The sums plus ppl, norm_ppl, bits_per_byte and compression (compression and the
+        counts only when the group was not scored)."""
         out: dict[str, float | int] = asdict(self)
+        del out["scored"]
         out["ppl"] = math.exp(self.nll / self.n_scored) if self.n_scored else float("nan")
         out["norm_ppl"] = (
             math.exp(self.nll / self.n_ref_tokens) if self.n_ref_tokens else float("nan")
@@ -64,6 +79,9 @@ class GroupStats:
         out["length_change"] = (
             self.n_tokens / self.n_ref_tokens - 1 if self.n_ref_tokens else float("nan")
         )
+        if not self.scored:
+            for key in NLL_KEYS:
+                del out[key]
         return out
 
 
@@ -190,6 +208,9 @@ def score_documents(
     ids, _ = document_ids(tokenizer, docs, cfg.add_bos)
     jobs = [(d, b, e, k) for d, seq in enumerate(ids) for b, e, k in windows(len(seq), window,
                                                                              stride)]
+    # Longest windows first, so each batch pads to about its own length (a doc's NLL is a
+    # sum over its windows: the order does not matter).
+    jobs.sort(key=lambda j: j[2] - j[1], reverse=True)
     nll = [0.0] * len(docs)
     scored = [0] * len(docs)
     vocab = len(tokenizer)
@@ -220,14 +241,28 @@ def _score_batch(model: Any, seqs: list[list[int]], n_scored: list[int], vocab: 
         inp[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits
-    logp = torch.log_softmax(logits[..., :vocab].float(), dim=-1)
     out = []
     for i, s in enumerate(seqs):
-        k = n_scored[i]
-        pos = torch.arange(len(s) - 1 - k, len(s) - 1, device=device)
-        tgt = inp[i, pos + 1].to(device)
-        out.append(float(-logp[i, pos, tgt].double().sum()))
+        # Logit rows n-1-k .. n-2 predict the last k tokens (positions n-k .. n-1).
+        n, k = len(s), n_scored[i]
+        out.append(nll_sum(logits[i, n - 1 - k: n - 1, :vocab], inp[i, n - k: n].to(device)))
     return out
+
+
+def nll_sum(logits: Any, targets: Any, chunk: int = NLL_CHUNK_ROWS) -> float:
+    """Total -log softmax(logits)[target] in nats.
+
+    ``logits`` float [k, V] (any float dtype; reduced in float32), ``targets`` int64 [k].
+    Rows are reduced ``chunk`` at a time as ``logsumexp(row) - row[target]``: the same value
+    as a log-softmax, with [chunk, V] temporaries instead of a second [k, V] tensor."""
+    import torch
+
+    total = 0.0
+    for a in range(0, logits.shape[0], chunk):
+        rows = logits[a:a + chunk].float()
+        picked = rows.gather(1, targets[a:a + chunk, None])[:, 0]
+        total += float((torch.logsumexp(rows, dim=-1) - picked).double().sum())
+    return total
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -238,13 +273,16 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def evaluate_group(
     model: Any, tokenizer: Any, ref_tokenizer: Any, docs: list[str], cfg: EvalConfig,
-    label: str = "", progress: bool = True,
+    label: str = "", progress: bool = True, score: bool = True,
 ) -> GroupStats:
-    """Sum NLL, token counts and bytes over one group's documents."""
-    stats = GroupStats(n_docs=len(docs))
+    """Token counts and bytes over one group's documents, plus their NLL when ``score``
+    (otherwise the model is not run: compression only)."""
+    stats = GroupStats(n_docs=len(docs), scored=score)
     stats.n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     _, stats.n_tokens = document_ids(tokenizer, docs, add_bos=False)
     _, stats.n_ref_tokens = document_ids(ref_tokenizer, docs, add_bos=False)
+    if not score:
+        return stats
     for nll, k in score_documents(model, tokenizer, docs, cfg, f"scoring {label}", progress):
         stats.nll += nll
         stats.n_scored += k
@@ -256,25 +294,51 @@ def evaluate_model(
     cfg: EvalConfig | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics per group plus their unweighted mean over groups (``macro``), as the papers
-    average normalised perplexity over languages. ``ref_tokenizer`` defaults to the
-    model's own tokenizer (then ``norm_ppl`` equals ``ppl`` when BOS prefixing is on)."""
+    average normalised perplexity over languages: NLL metrics over the scored groups
+    (``cfg.score_groups``, listed in ``scored_groups``), compression over every group.
+    ``ref_tokenizer`` defaults to the model's own tokenizer (then ``norm_ppl`` equals
+    ``ppl`` when BOS prefixing is on)."""
     cfg = cfg or EvalConfig()
     ref_tokenizer = tokenizer if ref_tokenizer is None else ref_tokenizer
     if cfg.add_bos and prefix_id(tokenizer) is None:
         log.warning("tokenizer has no BOS/EOS: the first token of each document is not scored")
+    scored = scored_groups(list(groups), cfg.score_groups)
     model.eval()
     results = {
-        label: evaluate_group(model, tokenizer, ref_tokenizer, docs, cfg, label, progress)
-        .metrics() for label, docs in groups.items()
+        label: evaluate_group(model, tokenizer, ref_tokenizer, docs, cfg, label, progress,
+                              score=label in scored).metrics()
+        for label, docs in groups.items()
     }
-    return {"groups": results, "macro": _macro(results), "config": cfg.model_dump()}
+    return {"groups": results, "macro": _macro(results), "scored_groups": scored,
+            "config": cfg.model_dump()}
+
+
+def scored_groups(labels: list[str], wanted: tuple[str, ...] | None) -> list[str]:
+    """The labels to score: all of them (``labels`` order) when ``wanted`` is None, else
+    the wanted ones the texts have, in ``wanted`` order (the summary's column order).
+
+    Wanted groups the texts lack are skipped with a warning (the demo's corpus depends on
+    the machine's packages); none of them present is an error."""
+    if wanted is None:
+        return list(labels)
+    missing = [g for g in wanted if g not in labels]
+    if len(missing) == len(wanted):
+        raise ValueError(f"none of score_groups {list(wanted)} is a text group; the texts "
+                         f"have {sorted(labels)}")
+    if missing:
+        log.warning("score_groups %s are not among the text groups: not scored", missing)
+    return [g for g in wanted if g in labels]
 
 
 def _macro(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Unweighted means over the groups that have each metric (NLL ones: scored groups)."""
     keys = ("norm_ppl", "bits_per_byte", "ppl", "tokens_per_byte", "length_change")
-    if not results:
-        return {}
-    return {k: sum(float(r[k]) for r in results.values()) / len(results) for k in keys}
+    out = {}
+    for k in keys:
+        values = [float(r[k]) for r in results.values() if k in r]
+        if values:
+            out[k] = sum(values) / len(values)
+    return out
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -284,7 +348,8 @@ def format_table(results: dict[str, Any]) -> str:
     head = f"{'group':<16}" + "".join(f"{c:>16}" for c in cols)
     lines = [head, "-" * len(head)]
     for label, m in sorted(results["groups"].items()):
-        lines.append(f"{label[:16]:<16}" + "".join(_cell(m[c]) for c in cols))
+        lines.append(f"{label[:16]:<16}" + "".join(_cell(m[c]) if c in m else f"{'-':>16}"
+                                                   for c in cols))
     macro = results.get("macro") or {}
     if macro:
         lines.append(f"{'(mean)':<16}" + "".join(_cell(macro[c]) if c in macro else f"{'':>16}"

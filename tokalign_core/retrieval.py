@@ -25,6 +25,11 @@ modes, both exact (ties go to the lowest index):
   evaluated on those M entries: the first kept one is the argmax over all kept entries.
   M is chosen from the keep probability so that "none of the M kept" has probability
   1e-4; such rows (and boundary ties) are recomputed over the full row.
+- **dense** (dropout on and the n_queries x n_keys float32 matrix fits in
+  ``dense_max_bytes``, e.g. VecMap's 20k x 20k = 1.6 GB): ONE GEMM pass stores the cosine
+  matrix; the neighbour means and both masked CSLS argmaxes are then read from it (the
+  backward direction through tiled transposes), so the GEMM and the transposes run once
+  per call instead of once per pass. Top-M lists and the lazy mask as in exact mode.
 
 Determinism: the GEMM always runs on fixed tiles of :data:`GEMM_ROWS` rows (the last one
 zero-padded) through torch's kernels (MKL on CPU: a tile row's result does not depend on
@@ -55,10 +60,13 @@ LAZY_MISS = 1e-4
 # Key sets up to this size use the exact two-pass mode (see the module docstring).
 EXACT_MAX_KEYS = 32768
 
+# With dropout, a query x key cosine matrix up to this size is stored (dense mode).
+DENSE_MAX_BYTES = 2 * 1024**3
+
 # keep(query_rows int [b], key_ids int [b, m]) -> bool [b, m]: stochastic dropout.
 KeepFn = Callable[[Any, Any], Any]
 
-Mode = Literal["auto", "exact", "candidates"]
+Mode = Literal["auto", "exact", "candidates", "dense"]
 
 
 def normalize_rows(x: Any) -> Any:
@@ -470,11 +478,109 @@ def _exact_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
     return fwd, one(cols.vals, cols.idx, keep_bwd, cos_z, r_z, r_x, za, xa)
 
 
+def _dense_walk(sim: Any, transposed: bool, k: int, a: float, r_keys: Any | None,
+                m: int) -> tuple[Any | None, Any | None, Any | None]:
+    """Walk the stored ``sim`` [n_x, n_z] by :data:`GEMM_ROWS` tiles of its rows (or,
+    ``transposed``, of its columns, copied row-major: a blocked transpose).
+
+    Per row: the sorted top ``k`` plain similarities (float32 [n, k], for the neighbour
+    means; skipped when ``k`` = 0); then, when ``m`` > 0, the top ``m`` of ``a * sim -
+    r_keys`` (float32 [n, m] values, int64 [n, m] key ids)."""
+    import torch
+
+    n_rows = sim.shape[1] if transposed else sim.shape[0]
+    n_keys = sim.shape[0] if transposed else sim.shape[1]
+    m = min(m, n_keys)
+    dev = sim.device
+    tops = torch.empty((n_rows, min(k, n_keys)), dtype=torch.float32, device=dev) if k \
+        else None
+    vals = torch.empty((n_rows, m), dtype=torch.float32, device=dev) if m else None
+    idx = torch.empty((n_rows, m), dtype=torch.int64, device=dev) if m else None
+    work = torch.empty((GEMM_ROWS, n_keys), dtype=torch.float32, device=dev)
+    for start in range(0, n_rows, GEMM_ROWS):
+        stop = min(start + GEMM_ROWS, n_rows)
+        buf = work[: stop - start]
+        if transposed:
+            buf.copy_(sim[:, start:stop].T)
+        if tops is not None:
+            tops[start:stop] = torch.topk(buf if transposed else sim[start:stop],
+                                          tops.shape[1], dim=1).values
+        if m:
+            torch.mul(buf if transposed else sim[start:stop], a, out=buf)
+            buf.sub_(r_keys[None, :])
+            vals[start:stop], idx[start:stop] = _row_topk(buf, m)
+    return tops, vals, idx
+
+
+def _dense_recompute(sim: Any, rows: Any, transposed: bool, a: float, r_q: Any,
+                     r_k: Any, keep_fn: KeepFn | None, xp: Any) -> tuple[Any, Any]:
+    """Exact masked argmax over every key for the query ``rows`` int64 [m], read from the
+    stored ``sim``. Returns (index int64 [m], score float32 [m])."""
+    import torch
+
+    full = (sim[:, rows].T if transposed else sim[rows]).clone()
+    score = a * full - r_k[None, :] - r_q[rows][:, None]
+    if keep_fn is not None:
+        all_keys = torch.arange(score.shape[1], device=score.device)
+        keep = _keep_mask(keep_fn, rows, all_keys.expand(rows.shape[0], -1), xp)
+        score = score.masked_fill(~keep, -math.inf)
+    best, arg = score.max(dim=1)  # the first maximal index: ties -> lowest id
+    return arg, best.to(torch.float32)
+
+
+def _dense_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
+                keep_fwd: KeepFn | None, keep_bwd: KeepFn | None, xp: Any,
+                progress: bool) -> tuple[tuple, tuple | None]:
+    """One GEMM pass storing cos [n_x, n_z] (with each row's top k on the way: r_x), one
+    transposing walk (r_z and the backward top-M lists, which need only r_x), one row walk
+    (the forward top-M lists, which need r_z); masked argmaxes as in exact mode."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n_x, n_z = x.shape[0], z.shape[0]
+    kk = min(k, n_z)
+    sim = torch.empty((n_x, n_z), dtype=torch.float32, device=x.device)
+    row_tops = torch.empty((n_x, kk), dtype=torch.float32, device=x.device)
+    bar = tqdm(total=n_x, desc="similarity", disable=not progress, unit="row")
+    for start, stop, block in _blocks(x, z):
+        sim[start:stop] = block
+        row_tops[start:stop] = torch.topk(block, kk, dim=1).values
+        bar.update(stop - start)
+    bar.close()
+    a = 2.0 if csls else 1.0
+    zeros = torch.zeros  # cosine retrieval: no penalties
+    r_x = neighbour_means(row_tops, k) if csls else zeros(n_x, device=x.device)
+    m_b = lazy_list_size(keep_bwd, n_x) if backward else 0
+    col_tops, b_vals, b_idx = _dense_walk(sim, True, k, a, r_x, m_b)
+    r_z = neighbour_means(col_tops, k) if csls else zeros(n_z, device=x.device)
+    _, f_vals, f_idx = _dense_walk(sim, False, 0, a, r_z, lazy_list_size(keep_fwd, n_z))
+
+    def one(vals: Any, idx: Any, transposed: bool, keep_fn: KeepFn | None, r_q: Any,
+            r_k: Any, best_cos: Any) -> tuple:
+        score = vals - r_q[:, None]
+        bound = None if vals.shape[1] >= r_k.shape[0] else score.amin(dim=1)
+        rows = torch.arange(vals.shape[0], device=vals.device)
+        keep = _keep_mask(keep_fn, rows, idx, xp) if keep_fn is not None else None
+        choice, best, settled = _choose(score, idx, bound, keep)
+        redo = torch.nonzero(~settled).squeeze(1)
+        if redo.numel():
+            choice[redo], best[redo] = _dense_recompute(sim, redo, transposed, a, r_q, r_k,
+                                                        keep_fn, xp)
+        return choice, best, best_cos, r_q, r_k, int(redo.numel())
+
+    fwd = one(f_vals, f_idx, False, keep_fwd, r_x, r_z, row_tops[:, 0].clone())
+    if not backward:
+        return fwd, None
+    return fwd, one(b_vals, b_idx, True, keep_bwd, r_z, r_x, col_tops[:, 0].clone())
+
+
 def retrieve_both(x: Any, z: Any, method: Literal["csls", "cosine"] = "csls", k: int = 10,
                   candidates: int = 64, batch_size: int = 4096, backward: bool = True,
                   keep_fwd: KeepFn | None = None, keep_bwd: KeepFn | None = None,
                   progress: bool = False, mode: Mode = "auto",
-                  exact_max_keys: int = EXACT_MAX_KEYS) -> tuple[Retrieval, Retrieval | None]:
+                  exact_max_keys: int = EXACT_MAX_KEYS,
+                  dense_max_bytes: int = DENSE_MAX_BYTES) -> tuple[Retrieval,
+                                                                  Retrieval | None]:
     """For every row of ``x`` its best row of ``z`` (forward) and, with ``backward``, for
     every row of ``z`` its best row of ``x``.
 
@@ -482,8 +588,10 @@ def retrieve_both(x: Any, z: Any, method: Literal["csls", "cosine"] = "csls", k:
     ``csls`` (penalty k) or ``cosine``. ``keep_*``: optional stochastic dropout masks
     (VecMap's stochastic dictionary induction); dropped entries are never chosen.
     ``mode``: ``candidates`` (one pass, best for large key sets without dropout),
-    ``exact`` (two passes, immune to dropout) or ``auto``: exact when a dropout mask is
-    given and both sides have at most ``exact_max_keys`` rows, else candidates.
+    ``exact`` (two passes, immune to dropout), ``dense`` (one GEMM pass into a stored
+    n_x x n_z matrix, immune to dropout) or ``auto``: with a dropout mask, dense when that
+    matrix fits in ``dense_max_bytes``, else exact when both sides have at most
+    ``exact_max_keys`` rows; without one, candidates.
     ``candidates``: cosine short-list length in candidates mode. ``batch_size``: accepted
     for API stability, no effect (fixed :data:`GEMM_ROWS` tiles). Results are identical
     in every mode up to float rounding of the scores.
@@ -493,16 +601,21 @@ def retrieve_both(x: Any, z: Any, method: Literal["csls", "cosine"] = "csls", k:
         raise ValueError(f"queries have {x.shape[1]} dims but keys have {z.shape[1]}")
     if k < 1 and method == "csls":
         raise ValueError("CSLS needs k >= 1 neighbours")
-    if mode not in ("auto", "exact", "candidates"):
-        raise ValueError(f"mode must be 'auto', 'exact' or 'candidates', got {mode!r}")
+    if mode not in ("auto", "exact", "candidates", "dense"):
+        raise ValueError(f"mode must be 'auto', 'exact', 'candidates' or 'dense', got "
+                         f"{mode!r}")
     xp = array_namespace(x)
     xt, zt = _t(normalize_rows(x)), _t(normalize_rows(z))
     csls = method == "csls"
     if mode == "auto":
         small = max(xt.shape[0], zt.shape[0]) <= exact_max_keys
         dropout = keep_fwd is not None or (backward and keep_bwd is not None)
-        mode = "exact" if small and dropout else "candidates"
-    if mode == "exact":
+        fits = 4 * xt.shape[0] * zt.shape[0] <= dense_max_bytes
+        mode = ("dense" if fits else "exact" if small else "candidates") if dropout \
+            else "candidates"
+    if mode == "dense":
+        fwd, bwd = _dense_mode(xt, zt, csls, k, backward, keep_fwd, keep_bwd, xp, progress)
+    elif mode == "exact":
         fwd, bwd = _exact_mode(xt, zt, csls, k, backward, keep_fwd, keep_bwd, xp, progress)
     else:
         fwd, bwd = _candidate_mode(xt, zt, csls, k, candidates, backward, keep_fwd,

@@ -26,9 +26,10 @@ the retrieval pass); dropped similarity entries are excluded (-inf) rather than 
 (a zero can beat every kept negative CSLS score and then wins by index); the dropout mask
 is a pure hash of (seed, iteration, row, column) so it does not depend on batching;
 CSLS argmaxes are exact: while dropout is on, the ``vocab_cutoff`` x ``vocab_cutoff``
-retrieval runs in ``retrieval``'s exact mode (one pass for the neighbour means, one over
-the CSLS blocks with the mask evaluated on short lists), afterwards in its one-pass
-candidate mode. Per iteration the rest is small: a d x d SVD (Procrustes), two
+retrieval runs in ``retrieval``'s dense mode (one GEMM into a stored similarity matrix that
+serves the neighbour means and both directions, the mask evaluated on short lists; the
+exact two-pass mode when the matrix exceeds ``dense_max_bytes``), afterwards in its
+one-pass candidate mode. Per iteration the rest is small: a d x d SVD (Procrustes), two
 cutoff x d x d products, and a unique over the dictionary.
 
 The loop is :func:`init_state` + :func:`step` + a per-iteration callback; :func:`fit` wires
@@ -253,7 +254,8 @@ def step(state: VecMapState, x: Any, z: Any, cfg: VecMapConfig) -> tuple[VecMapS
     method = "csls" if cfg.csls_k > 0 else "cosine"
     fwd, bwd = retrieve_both(xc, zc, method, max(cfg.csls_k, 1), cfg.candidates,
                              cfg.batch_size, keep_fwd=keep_f, keep_bwd=keep_b,
-                             exact_max_keys=cfg.exact_max_keys)
+                             exact_max_keys=cfg.exact_max_keys,
+                             dense_max_bytes=cfg.dense_max_bytes)
     objective = _objective(fwd.best_cos, bwd.best_cos, cfg.direction)
     src, trg = _pairs(fwd.indices, bwd.indices, cfg.direction)
     if objective - state.best_objective >= cfg.threshold:

@@ -166,6 +166,19 @@ def _plan(fill: str, k: int, std: float | None = None) -> RowPlan:
     return RowPlan(np.full(k, -1, dtype=np.int64), {}, fill, std)  # type: ignore[arg-type]
 
 
+def test_fvt_rows_are_the_means_of_pieces_of_any_length():
+    gen = torch.Generator().manual_seed(1)
+    src = torch.randn(50, 6, generator=gen)
+    pieces = {0: np.array([3]), 2: np.array([4, 4, 9]), 5: np.array([1, 2, 3, 4, 5, 6, 7]),
+              3: np.array([49, 0])}
+    copy = np.array([-1, 7, -1, -1, -1, -1, 8], dtype=np.int64)
+    rows = materialize(RowPlan(copy, pieces, "mean"), src)
+    for t, ids in pieces.items():
+        assert torch.allclose(rows[t], src[torch.from_numpy(ids)].mean(0), atol=1e-6), t
+    assert torch.equal(rows[1], src[7]) and torch.equal(rows[6], src[8])
+    assert torch.allclose(rows[4], src.mean(0), atol=1e-6)  # neither: the mean fill
+
+
 def test_random_rows_have_zero_mean_and_the_source_std():
     gen = torch.Generator().manual_seed(0)
     src = torch.randn(3000, 8, generator=gen) * 0.3 + 1.0

@@ -12,10 +12,12 @@ import torch
 from tokalign_core import cli, toy
 from tokalign_core.configs.evaluate import EvalConfig
 from tokalign_core.evaluate import (
+    NLL_KEYS,
     GroupStats,
     evaluate_model,
     format_table,
     load_texts,
+    nll_sum,
     score_documents,
     windows,
 )
@@ -111,6 +113,62 @@ def test_group_stats_metrics_hand_check():
     assert s["bits_per_byte"] == pytest.approx(0.5) and s["length_change"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 32, 100])
+def test_nll_sum_equals_cross_entropy_for_every_chunk_size(chunk):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 50, generator=gen) * 4
+    targets = torch.randint(0, 50, (7,), generator=gen)
+    expected = torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum")
+    assert nll_sum(logits, targets, chunk) == pytest.approx(float(expected), rel=1e-6)
+    # A non-contiguous slice of padded logits (the cut to len(tokenizer)) gives the same.
+    padded = torch.cat([logits, torch.full((7, 5), 30.0)], dim=1)
+    assert nll_sum(padded[:, :50], targets, chunk) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_score_groups_limits_nll_metrics_and_keeps_compression_everywhere(
+        source_model, bpe_tok, sp_tok):
+    groups = {"code": DOCS[:1], "en": DOCS[1:2], "de": DOCS[2:]}
+    full = evaluate_model(source_model, bpe_tok, groups, sp_tok, EvalConfig(window=64))
+    part = evaluate_model(source_model, bpe_tok, groups, sp_tok,
+                          EvalConfig(window=64, score_groups=("de", "code")))
+    assert part["scored_groups"] == ["de", "code"] and full["scored_groups"] == list(groups)
+    for g in ("code", "de"):  # scored exactly as without the restriction
+        assert part["groups"][g] == full["groups"][g]
+    en = part["groups"]["en"]
+    assert not set(NLL_KEYS) & set(en)
+    for key in ("n_tokens", "n_ref_tokens", "n_bytes", "tokens_per_byte", "length_change"):
+        assert en[key] == full["groups"]["en"][key]
+    # NLL means over the scored groups only; compression means over every group.
+    bpb = (full["groups"]["code"]["bits_per_byte"] + full["groups"]["de"]["bits_per_byte"]) / 2
+    assert part["macro"]["bits_per_byte"] == pytest.approx(bpb)
+    assert part["macro"]["length_change"] == pytest.approx(full["macro"]["length_change"])
+    assert "-" in format_table(part).splitlines()[-2]  # en: no NLL cells
+
+
+def test_score_groups_skips_missing_groups_and_rejects_none_present(
+        source_model, bpe_tok, caplog):
+    groups = {"en": DOCS[1:2], "de": DOCS[2:]}
+    res = evaluate_model(source_model, bpe_tok, groups, None,
+                         EvalConfig(window=64, score_groups=("ja", "de")))
+    assert res["scored_groups"] == ["de"] and "bits_per_byte" not in res["groups"]["en"]
+    assert "ja" in caplog.text
+    with pytest.raises(ValueError, match="none of score_groups"):
+        evaluate_model(source_model, bpe_tok, groups, None, EvalConfig(score_groups=("ja",)))
+
+
+def test_cfg_rejects_empty_or_duplicate_score_groups():
+    with pytest.raises(ValueError, match="score_groups is empty"):
+        EvalConfig(score_groups=())
+    with pytest.raises(ValueError, match="duplicates"):
+        EvalConfig(score_groups=("en", "en"))
+
+
+def test_unscored_group_stats_have_no_nll_metrics():
+    s = GroupStats(n_docs=1, n_bytes=8, n_tokens=4, n_ref_tokens=2, scored=False).metrics()
+    assert not set(NLL_KEYS) & set(s) and "scored" not in s
+    assert s["tokens_per_byte"] == pytest.approx(0.5) and s["length_change"] == 1.0
+
+
 def test_load_texts_groups_by_label(tmp_path):
     (tmp_path / "en.txt").write_text("first para\nstill first\n\nsecond para\n\n\n")
     (tmp_path / "mixed.jsonl").write_text(
@@ -144,6 +202,15 @@ def test_cli_eval_model_writes_json(source_model, bpe_tok, tmp_path, capsys):
     assert res["groups"]["de"]["norm_ppl"] == pytest.approx(res["groups"]["de"]["ppl"])
     assert "norm_ppl" in capsys.readouterr().out
     assert "code" in format_table(res)
+    rc = cli.main(["eval-model", str(tmp_path / "m"), "--texts", str(tmp_path / "texts"),
+                   "--window", "32", "--output", str(out), "--no-progress",
+                   "--score-groups", " de, "])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["scored_groups"] == ["de"]
+    assert "bits_per_byte" not in res["groups"]["code"]
+    assert cli.main(["eval-model", str(tmp_path / "m"), "--texts", str(tmp_path / "texts"),
+                     "--score-groups", " , "]) == 2
+    assert "--score-groups is empty" in capsys.readouterr().err
 
 
 def test_lm_eval_missing_extra_is_a_clear_error(monkeypatch, capsys):

@@ -135,16 +135,38 @@ def test_exact_mode_equals_candidate_mode_without_dropout(method):
     np.testing.assert_array_equal(ex[1].indices, dense.argmax(0))
 
 
-def test_auto_mode_picks_exact_for_small_key_sets_with_dropout():
+def test_auto_mode_picks_dense_then_exact_then_candidates_with_dropout():
     x, z = _rand(300, 8, 14), _rand(280, 8, 15)
     keep = R.hash_keep(3, 0.2)
-    assert R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep)[0].mode == "exact"
-    big = R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep, exact_max_keys=100)
+    dense = R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep)
+    assert dense[0].mode == "dense"  # 300 x 280 floats fit the default budget
+    exact = R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep, dense_max_bytes=0)
+    assert exact[0].mode == "exact"
+    big = R.retrieve_both(x, z, keep_fwd=keep, keep_bwd=keep, exact_max_keys=100,
+                          dense_max_bytes=4 * 300 * 280 - 1)
     assert big[0].mode == "candidates"
     assert R.retrieve_both(x, z)[0].mode == "candidates"  # no dropout: one pass
-    # both modes honour the same mask with the same answer
-    np.testing.assert_array_equal(big[0].indices, R.retrieve_both(
-        x, z, keep_fwd=keep, keep_bwd=keep)[0].indices)
+    # every mode honours the same mask with the same answer
+    for other in (exact, big):
+        for a, b in zip(dense, other, strict=True):
+            np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("method", ["csls", "cosine"])
+def test_dense_mode_equals_exact_mode_with_dropout(method):
+    # Several GEMM tiles on both axes; the stored-matrix walks must reproduce the two-pass
+    # exact mode: same keys, same neighbour means and best cosines, scores to rounding.
+    x, z = _rand(4500, 16, 30), _rand(2300, 16, 31)
+    kf, kb = R.hash_keep(5, 0.1), R.hash_keep(6, 0.1)
+    de = R.retrieve_both(x, z, method, 10, keep_fwd=kf, keep_bwd=kb, mode="dense")
+    ex = R.retrieve_both(x, z, method, 10, keep_fwd=kf, keep_bwd=kb, mode="exact")
+    assert de[0].mode == "dense" and ex[0].mode == "exact"
+    for a, b in zip(de, ex, strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        np.testing.assert_array_equal(a.best_cos, b.best_cos)
+        np.testing.assert_array_equal(a.r_queries, b.r_queries)
+        np.testing.assert_array_equal(a.r_keys, b.r_keys)
 
 
 def test_lazy_list_size_from_keep_probability():
@@ -154,14 +176,15 @@ def test_lazy_list_size_from_keep_probability():
     assert R.lazy_list_size(R.hash_keep(0, 0.1), 50) == 50
 
 
-def test_exact_mode_full_row_fallback_matches_dense(monkeypatch):
+@pytest.mark.parametrize("mode", ["exact", "dense"])
+def test_full_row_fallback_matches_dense_formula(monkeypatch, mode):
     # Short lists of 2 with keep 0.1: most rows have no kept entry in their list and go
     # through the full-row recompute; the answer must still be the masked dense argmax.
     monkeypatch.setattr(R, "LAZY_MISS", 0.81)
     x, z = _rand(400, 10, 16), _rand(350, 10, 17)
     kf, kb = R.hash_keep(21, 0.1), R.hash_keep(22, 0.1)
     assert R.lazy_list_size(kf, 350) == 2
-    fwd, bwd = R.retrieve_both(x, z, "csls", 10, keep_fwd=kf, keep_bwd=kb, mode="exact")
+    fwd, bwd = R.retrieve_both(x, z, "csls", 10, keep_fwd=kf, keep_bwd=kb, mode=mode)
     dense = R.csls_matrix(x, z, 10)
     mf = kf(np.arange(400), np.broadcast_to(np.arange(350), (400, 350)))
     mb = kb(np.arange(350), np.broadcast_to(np.arange(400), (350, 400)))

@@ -86,14 +86,14 @@ def test_random_init_does_not_recover():
     # recovery above is the method's doing.
     x, _, _ = synthetic(seed=0)
     _, z, truth = synthetic(seed=5)
-    res = vecmap.fit(x, z, VecMapConfig(**FAST, max_iterations=10))
+    res = vecmap.fit(x, z, VecMapConfig(**FAST, init="unsupervised", max_iterations=10))
     r = retrieve(res.x_mapped, res.z_mapped, "csls", 10)
     assert (r.indices == truth).mean() < 0.1
 
 
 def test_deterministic_and_capped():
     x, z, _ = synthetic(n=300, d=20, seed=6)
-    cfg = VecMapConfig(init_size=300, vocab_cutoff=300, max_iterations=3)
+    cfg = VecMapConfig(init="unsupervised", init_size=300, vocab_cutoff=300, max_iterations=3)
     a, b = vecmap.fit(x, z, cfg), vecmap.fit(x, z, cfg)
     assert a.x_mapped.tobytes() == b.x_mapped.tobytes()
     assert a.z_mapped.tobytes() == b.z_mapped.tobytes()

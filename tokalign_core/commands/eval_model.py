@@ -39,6 +39,9 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default 8)")
     p.add_argument("--max-docs", type=int, default=None,
                    help="at most this many documents per group (default: all)")
+    p.add_argument("--score-groups", default=None, metavar="G1,G2",
+                   help="comma-separated groups whose NLL metrics are computed (the model "
+                   "runs on them); the others get compression only (default: every group)")
     p.add_argument("--txt-split", choices=("paragraph", "line", "file"), default=None,
                    help=".txt documents: blank-line paragraphs, lines or whole file "
                    "(default paragraph)")
@@ -81,6 +84,7 @@ def build_eval_config(args: argparse.Namespace):
 
     flags = {"window": args.window, "stride": args.stride, "batch_size": args.batch_size,
              "max_docs_per_group": args.max_docs, "txt_split": args.txt_split,
+             "score_groups": parse_groups(args.score_groups),
              "add_bos": False if args.no_bos else None,
              "trust_remote_code": True if args.trust_remote_code else None}
     return config_from(EvalConfig, args.config, flags, "eval-model")
@@ -104,6 +108,16 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_text(Path(args.output), json.dumps(results, indent=2))
     return 0
+
+
+def parse_groups(text: str | None) -> tuple[str, ...] | None:
+    """'en, python' -> ('en', 'python'); None stays None (score every group)."""
+    if text is None:
+        return None
+    groups = tuple(g.strip() for g in text.split(",") if g.strip())
+    if not groups:
+        raise ValueError("--score-groups is empty; pass e.g. --score-groups en,python")
+    return groups
 
 
 def parse_tasks(text: str) -> list[str]:

@@ -2,7 +2,9 @@
 
 Perplexity normalised to a reference tokenizer (Wei et al. 2023:
 total NLL of a text divided by the *reference* tokenizer's token count), bits per byte and
-compression, per language/domain group.
+compression, per language/domain group. Compression needs only the tokenizers; the NLL
+metrics run the model, whose output layer dominates the cost with a large target
+vocabulary, so ``score_groups`` can restrict them to a few groups.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class EvalConfig(FrozenConfig):
     max_docs_per_group: int | None = Field(
         None, ge=1, description="score at most this many documents per group (first ones)"
     )
+    score_groups: tuple[str, ...] | None = Field(
+        None,
+        description="groups whose NLL metrics (bits per byte, perplexities) are computed by "
+        "running the model; the other groups get compression only (tokenizers, cheap). "
+        "None = every group",
+    )
     txt_split: Literal["paragraph", "line", "file"] = Field(
         "paragraph",
         description=".txt files: one document per blank-line-separated paragraph, per line, "
@@ -50,4 +58,10 @@ class EvalConfig(FrozenConfig):
                 f"stride ({self.stride}) must not exceed window ({self.window}): tokens between "
                 "windows would never be scored"
             )
+        if self.score_groups is not None:
+            if not self.score_groups:
+                raise ValueError("score_groups is empty: list at least one group, or None to "
+                                 "score every group")
+            if len(set(self.score_groups)) != len(self.score_groups):
+                raise ValueError(f"score_groups has duplicates: {list(self.score_groups)}")
         return self
