@@ -75,6 +75,9 @@ def run_demo(args: argparse.Namespace) -> int:
     out = demo_flow(DemoConfig.make(args.target, quick=args.quick), ws)
     took = time.perf_counter() - start
     cached = sum(v == "Cached" for v in out["states"].values())
+    # The flow's own print goes to Prefect's log (stderr, and the UI for served runs); the
+    # command's promise is the three tables on stdout.
+    print(out["summary"])
     print(f"\ndemo finished in {took:.0f} s ({cached}/{len(out['states'])} stages from the "
           f"cache); results in {run_dir}\nbrowse them:\n{browse_commands(run_dir)}")
     return 0
