@@ -548,11 +548,11 @@ def _dense_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
         bar.update(stop - start)
     bar.close()
     a = 2.0 if csls else 1.0
-    zeros = torch.zeros  # cosine retrieval: no penalties
-    r_x = neighbour_means(row_tops, k) if csls else zeros(n_x, device=x.device)
+    # Cosine retrieval: no penalties (scores are the similarities themselves).
+    r_x = neighbour_means(row_tops, k) if csls else torch.zeros(n_x, device=x.device)
     m_b = lazy_list_size(keep_bwd, n_x) if backward else 0
     col_tops, b_vals, b_idx = _dense_walk(sim, True, k, a, r_x, m_b)
-    r_z = neighbour_means(col_tops, k) if csls else zeros(n_z, device=x.device)
+    r_z = neighbour_means(col_tops, k) if csls else torch.zeros(n_z, device=x.device)
     _, f_vals, f_idx = _dense_walk(sim, False, 0, a, r_z, lazy_list_size(keep_fwd, n_z))
 
     def one(vals: Any, idx: Any, transposed: bool, keep_fn: KeepFn | None, r_q: Any,

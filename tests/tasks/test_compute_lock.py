@@ -80,6 +80,18 @@ def test_policy_is_serializable_with_the_compute_locks():
     assert CONTENT_HASH.lock_manager is locking.COMPUTE_LOCKS
 
 
+def _start(task: Any, ws: Any, src: Path, states: dict[str, Any],
+           name: str) -> threading.Thread:
+    """Run the gated ``task`` on ``src`` in a thread; its final state lands in
+    ``states[name]``."""
+    def run() -> None:
+        states[name] = task(ws, src, True, return_state=True)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
 def test_twin_runs_one_computes_the_other_is_cached(setup, tmp_path):
     """Run 1 computes and is held inside its compute; its twin (same key) blocks on the
     lock and reports the holder; a run with another key completes meanwhile; once run 1
@@ -89,20 +101,14 @@ def test_twin_runs_one_computes_the_other_is_cached(setup, tmp_path):
     src.write_text("hello")
     other.write_text("other")
     states: dict[str, Any] = {}
-
-    def run(name: str) -> None:
-        states[name] = task(ws, src, True, return_state=True)
-
-    first = threading.Thread(target=run, args=("first",))
-    first.start()
+    first = _start(task, ws, src, states, "first")
     assert GATE["inside"].wait(120)
     lock_files = list((ws.results_dir / locking.LOCK_DIR).glob("*.lock"))
     assert len(lock_files) == 1
     holder = locks.read_holder(lock_files[0])
     assert holder.pid == os.getpid() and "toy-gated" in holder.label
 
-    twin = threading.Thread(target=run, args=("twin",))
-    twin.start()
+    twin = _start(task, ws, src, states, "twin")
     wait_for(lambda: waits, "the twin to wait for the lock")
     assert waits[0].startswith(f"waiting for PID {os.getpid()} computing stage 'toy-gated'")
     assert str(lock_files[0]) in waits[0]
@@ -130,17 +136,11 @@ def test_a_failed_holder_lets_the_twin_compute(setup, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("abc")
     states: dict[str, Any] = {}
-
-    def run(name: str) -> None:
-        states[name] = task(ws, src, True, return_state=True)
-
-    first = threading.Thread(target=run, args=("first",))
-    first.start()
+    first = _start(task, ws, src, states, "first")
     assert GATE["inside"].wait(120)
     GATE["fail"] = threading.Event()
     GATE["fail"].set()
-    twin = threading.Thread(target=run, args=("twin",))
-    twin.start()
+    twin = _start(task, ws, src, states, "twin")
     wait_for(lambda: waits, "the twin to wait for the lock")
     GATE["go"].set()
     first.join(120)
