@@ -9,6 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
+	@bash scripts/install_text_packages.sh --when-allowed
 	$(PY) -m tokalign_core demo
 
 test: setup

@@ -50,11 +50,19 @@ def run_align(r: Runner, cfg: PipelineConfig, source_model: Any = None) -> dict[
             "metrics": metrics, "overlap": overlap.result()}
 
 
-def alignment_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Flat ``metric -> value`` rows of the alignment metrics (for tables)."""
+# BLEU's internals (brevity penalty, lengths, raw precision) and bookkeeping: in the
+# evaluate-alignment stage's MLflow run, not in the printed summary.
+DETAIL_SUFFIXES = (".bp", ".hyp_len", ".ref_len", ".precision", "hubness_top", "n_docs_bleu")
+
+
+def alignment_rows(metrics: dict[str, Any], brief: bool = False) -> list[dict[str, Any]]:
+    """Flat ``metric -> value`` rows of the alignment metrics (for tables); ``brief`` drops
+    :data:`DETAIL_SUFFIXES`."""
     from tasks.stages import _numbers
 
-    return [{"metric": k, "value": v} for k, v in sorted(_numbers(metrics).items())]
+    flat = sorted(_numbers(metrics).items())
+    return [{"metric": k, "value": v} for k, v in flat
+            if not (brief and k.endswith(DETAIL_SUFFIXES))]
 
 
 @flow(name="align", log_prints=True)

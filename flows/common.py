@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -113,11 +112,19 @@ def _publish(fn_name: str, **kwargs: Any) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A GitHub markdown table (floats with 4 significant digits)."""
+    """A GitHub markdown table (counts as integers, other floats with 4 significant digits)."""
     if not rows:
         return "(no rows)"
     cols = columns or list(rows[0])
-    fmt: Callable[[Any], str] = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """``20710.0 -> '20710'`` (counts come back from JSON as floats), ``0.13662 -> '0.1366'``."""
+    if isinstance(value, float):
+        if value.is_integer() and 1000 <= abs(value) < 1e12:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)

@@ -21,7 +21,7 @@ from tasks.lineage import parent_run
 from tokalign_core.config import FrozenConfig
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.glove import GloveConfig
-from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.configs.pipeline import BASELINES, PipelineConfig
 from tokalign_core.pretrain import PretrainConfig
 from tokalign_core.pretrain import preset as pretrain_preset
 from tokalign_core.textsources import TextCorpusConfig
@@ -51,6 +51,8 @@ def _demo_pipeline(quick: bool) -> PipelineConfig:
     base["distill"].update(train)
     base["evaluate"]["max_docs_per_group"] = 5 if quick else 20
     base["evaluate"]["score_groups"] = SCORE_GROUPS
+    # All five baselines of the papers (the tiny preset keeps three for the tests' speed).
+    base["baselines"] = BASELINES
     return PipelineConfig.model_validate(base)
 
 

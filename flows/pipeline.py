@@ -4,6 +4,8 @@ summary tables published as Prefect artifacts."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,7 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
 def summary_tables(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, list]:
     return {"bits_per_byte": bpb_rows(evaluation),
             "compression": compression_rows(evaluation),
-            "alignment": alignment_rows(metrics)}
+            "alignment": alignment_rows(metrics, brief=True)}
 
 
 def summary_markdown(tables: dict[str, list]) -> str:
@@ -83,24 +85,77 @@ def publish_summary(ws: Workspace, tables: dict[str, list], name: str) -> str:
     publish_markdown(f"{name}-summary", text, f"{name} summary")
     lineage = Lineage(ws)
     lineage.log_text(ws.parent_run_id, text, "summary.md")
-    fig = bpb_figure(tables["bits_per_byte"])
-    if fig is not None:
-        lineage.log_figure(ws.parent_run_id, fig, "bits_per_byte.png")
+    # The headline numbers on the parent run too, so MLflow's run comparison lines up
+    # whole runs (a cached rerun's nested runs only point at the artifacts).
+    lineage.log_metrics(ws.parent_run_id, summary_metrics(tables))
+    for name, fig in (("bits_per_byte.png", bpb_figure(tables["bits_per_byte"])),
+                      ("compression.png", compression_figure(tables["compression"]))):
+        if fig is not None:
+            lineage.log_figure(ws.parent_run_id, fig, name)
     return text
+
+
+def slug(label: str) -> str:
+    """An MLflow-safe metric name part: ``"aligned (init)" -> "aligned_init"``."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", label).strip("_") or "_"
+
+
+def summary_metrics(tables: dict[str, list]) -> dict[str, float]:
+    """The summary tables as flat metrics: ``bpb.<model>``, ``norm_ppl.<model>``,
+    ``bpb.<model>.<group>``, ``length_change.<group>`` and ``length_change.mean``, and
+    ``alignment.<metric>``. NaNs (a group a model was not scored on) are left out."""
+    out: dict[str, float] = {}
+    for row in tables.get("bits_per_byte", []):
+        model = slug(row["model"])
+        for key, value in row.items():
+            if key == "model":
+                continue
+            name = {"bits_per_byte": f"bpb.{model}", "norm_ppl": f"norm_ppl.{model}"}.get(
+                key, f"bpb.{model}.{slug(key)}")
+            out[name] = value
+    changes = {slug(row["group"]): row["length_change"] for row in tables.get("compression", [])}
+    out.update({f"length_change.{group}": change for group, change in changes.items()})
+    finite = [c for c in changes.values() if isinstance(c, (int, float)) and math.isfinite(c)]
+    if finite:
+        out["length_change.mean"] = sum(finite) / len(finite)
+    for row in tables.get("alignment", []):
+        out[f"alignment.{row['metric']}"] = row["value"]
+    return {k: float(v) for k, v in out.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _axes(height: float) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, height))
 
 
 def bpb_figure(rows: list[dict[str, Any]]) -> Any:
     """A bar chart of mean bits per byte by model (matplotlib, Agg); None without rows."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _axes(3.5)
     ax.barh([r["model"] for r in rows], [r["bits_per_byte"] for r in rows])
     ax.set_xlabel("bits per byte (lower is better)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def compression_figure(rows: list[dict[str, Any]]) -> Any:
+    """Token count change per group, target vs source tokenizer (%; negative = fewer
+    target tokens), largest saving first; None without rows."""
+    rows = sorted((r for r in rows if math.isfinite(r.get("length_change", math.nan))),
+                  key=lambda r: r["length_change"])
+    if not rows:
+        return None
+    fig, ax = _axes(max(2.5, 0.28 * len(rows) + 1))
+    ax.barh([r["group"] for r in rows], [100 * r["length_change"] for r in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("token count change with the target tokenizer (%)")
     ax.invert_yaxis()
     fig.tight_layout()
     return fig

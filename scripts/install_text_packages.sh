@@ -3,6 +3,12 @@
 # benchmark corpus (benchmarks/make_corpus.py, tokalign_core/textsources.py).
 #
 # Usage: sudo bash scripts/install_text_packages.sh [extra-package ...]
+#        bash scripts/install_text_packages.sh --when-allowed   (what `make demo` runs)
+#
+# --when-allowed never fails and never prompts: it does nothing when the packages are
+# already there, when TOKALIGN_TEXT_PACKAGES=0, or when it cannot install without a
+# password (not root and no passwordless sudo) or without apt-get. The demo then uses the
+# text the machine already has (fewer languages) and says so.
 #
 # Runs `apt-get update` once, then installs each package on its own so that one
 # package missing from the mirror does not abort the rest. Prints the packages
@@ -23,7 +29,34 @@ PACKAGES=(
   # English documentation
   python3-doc debian-handbook
 )
+when_allowed=0
+if [ "${1:-}" = "--when-allowed" ]; then
+  when_allowed=1
+  shift
+fi
 PACKAGES+=("$@")
+
+missing() {  # the packages dpkg does not list as installed
+  for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || echo "$pkg"
+  done
+}
+
+if [ "$when_allowed" -eq 1 ]; then
+  skip() { echo "text packages: $1; the demo uses the text already on this machine" >&2; exit 0; }
+  [ "${TOKALIGN_TEXT_PACKAGES:-1}" != "0" ] || skip "skipped (TOKALIGN_TEXT_PACKAGES=0)"
+  command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1 \
+    || skip "no apt-get here"
+  todo=$(missing)
+  # Installed earlier (manpages-ko is missing from some mirrors: one leftover is fine).
+  [ "$(echo "$todo" | grep -c .)" -gt 1 ] || exit 0
+  if [ "$(id -u)" -ne 0 ] && ! { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; then
+    skip "not installed (needs root or passwordless sudo: sudo bash $0)"
+  fi
+  echo "text packages: installing $(echo "$todo" | grep -c .) Debian packages of real multilingual text (~2 min, once; TOKALIGN_TEXT_PACKAGES=0 skips)" >&2
+  bash "$0" "$@" >&2 || skip "apt-get failed"
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   SUDO=sudo

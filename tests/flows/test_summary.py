@@ -1,0 +1,94 @@
+"""The summary the pipeline and the demo print and put on the MLflow parent run: the
+tables' formatting, the headline metrics and the two plots."""
+
+from __future__ import annotations
+
+import math
+
+from flows.align import alignment_rows
+from flows.common import markdown_table
+from flows.pipeline import compression_figure, publish_summary, slug, summary_metrics
+
+TABLES = {
+    "bits_per_byte": [
+        {"model": "aligned (init)", "bits_per_byte": 3.9, "norm_ppl": 1098.0, "en": 2.5,
+         "zh": math.nan},
+        {"model": "mean (init)", "bits_per_byte": 3.5, "norm_ppl": 579.6, "en": 2.3,
+         "zh": 4.0},
+    ],
+    "compression": [
+        {"group": "en", "tokens_per_byte": 0.22, "length_change": -0.10},
+        {"group": "ru", "tokens_per_byte": 0.19, "length_change": -0.80},
+        {"group": "c++", "tokens_per_byte": 0.25, "length_change": 0.30},
+    ],
+    "alignment": [{"metric": "bleu1.t2s.bleu1", "value": 43.5},
+                  {"metric": "counts.aligned", "value": 20710.0}],
+}
+
+
+def test_slug_is_mlflow_safe():
+    assert slug("aligned (adapted)") == "aligned_adapted"
+    assert slug("c++") == "c"
+    assert slug("()") == "_"
+
+
+def test_summary_metrics_flatten_every_table_and_drop_nan():
+    m = summary_metrics(TABLES)
+    assert m["bpb.aligned_init"] == 3.9 and m["norm_ppl.mean_init"] == 579.6
+    assert m["bpb.mean_init.zh"] == 4.0 and "bpb.aligned_init.zh" not in m
+    assert m["length_change.ru"] == -0.80
+    assert math.isclose(m["length_change.mean"], (-0.10 - 0.80 + 0.30) / 3)
+    assert m["alignment.counts.aligned"] == 20710.0
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_alignment_rows_brief_drops_bleu_internals_only():
+    metrics = {"bleu1": {"t2s": {"bleu1": 43.5, "bp": 0.64, "hyp_len": 22540, "ref_len": 32470,
+                                 "precision": 67.5}},
+               "coverage": {"aligned": 0.14}, "hubness": 0.14, "hubness_top": 10}
+    brief = {r["metric"] for r in alignment_rows(metrics, brief=True)}
+    assert brief == {"bleu1.t2s.bleu1", "coverage.aligned", "hubness"}
+    assert len(alignment_rows(metrics)) == 8
+
+
+def test_markdown_table_prints_counts_as_integers():
+    table = markdown_table([{"metric": "counts.fallback", "value": 124400.0},
+                            {"metric": "hubness", "value": 0.14302},
+                            {"metric": "bp", "value": 1.0}])
+    assert "| counts.fallback | 124400 |" in table
+    assert "| hubness | 0.143 |" in table and "| bp | 1 |" in table
+
+
+def test_compression_figure_orders_largest_saving_first():
+    fig = compression_figure(TABLES["compression"])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["ru", "en", "c++"]
+    assert compression_figure([]) is None
+
+
+def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import flows.pipeline
+    from tasks.caching import Workspace
+    from tasks.lineage import parent_run
+
+    published: list[str] = []  # Prefect artifacts (outside a flow Prefect would start a server)
+    monkeypatch.setattr(flows.pipeline, "publish_table", lambda key, *a: published.append(key))
+    monkeypatch.setattr(flows.pipeline, "publish_markdown",
+                        lambda key, *a: published.append(key))
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ws = Workspace(run_dir=str(tmp_path / "run"), tracking_uri=uri)
+    with parent_run(ws, "pipeline") as pws:
+        text = publish_summary(pws, TABLES, "pipeline")
+    assert "## Compression per language" in text and "| ru |" in text
+    assert published == ["pipeline-bits_per_byte", "pipeline-compression",
+                         "pipeline-alignment", "pipeline-summary"]
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(pws.parent_run_id)
+    assert run.data.metrics["bpb.mean_init"] == 3.5
+    assert run.data.metrics["length_change.en"] == -0.10
+    plots = {a.path for a in client.list_artifacts(pws.parent_run_id, "plots")}
+    assert plots == {"plots/bits_per_byte.png", "plots/compression.png"}
+    assert "summary.md" in {a.path for a in client.list_artifacts(pws.parent_run_id)}
