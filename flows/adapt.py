@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import Runner, markdown_table, publish_markdown, publish_table
-from flows.evaluate import bpb_rows, collect, submit_evaluate
+from flows.evaluate import SOURCE_LABEL, bpb_rows, collect, source_first, submit_evaluate
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
@@ -39,14 +39,17 @@ def start_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: Ar
                 target_tokens: ArtifactRef, texts: str) -> dict[str, Any]:
     """Init (aligned + baselines) -> two-stage training of the aligned model, without
     waiting for more than the cores need: training starts once the aligned init exists
-    (the baselines finish next to it), every initialisation is evaluated while it trains
+    (the baselines finish next to it), every initialisation (and the source model with its
+    own tokenizer, :data:`flows.evaluate.SOURCE_LABEL`) is evaluated while it trains
     (the training subprocess uses one core), and the adapted model's evaluation is started
     last. Returns ``inits``, ``models`` and ``pending`` (label -> evaluation future;
     :func:`flows.evaluate.collect` them)."""
     started = submit_inits(r, cfg, source_model, alignment)
     training = None if cfg.adapt is None else r.submit(
         "adapt", stages.train_task, started["aligned"].result(), target_tokens, cfg.adapt)
-    pending = submit_evaluate(r, cfg, {f"{m} (init)": f for m, f in started.items()}, texts)
+    # The source model with its own tokenizer last: the reference row, cheap (small head).
+    pending = submit_evaluate(r, cfg, {**{f"{m} (init)": f for m, f in started.items()},
+                                       SOURCE_LABEL: source_model}, texts)
     inits = collect(started)
     models: dict[str, Any] = {f"{m} (init)": ref for m, ref in inits.items()}
     if training is not None:
@@ -63,7 +66,7 @@ def run_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: Arti
     adapted model (``evaluation``: label -> result)."""
     out = start_adapt(r, cfg, source_model, alignment, target_tokens, texts)
     return {"inits": out["inits"], "models": out["models"],
-            "evaluation": collect(out.pop("pending"))}
+            "evaluation": source_first(collect(out.pop("pending")))}
 
 
 @flow(name="adapt", log_prints=True)

@@ -46,7 +46,10 @@ def _demo_pipeline(quick: bool) -> PipelineConfig:
         glove=GloveConfig(dim=16 if quick else 64, iterations=3 if quick else 10,
                           device="cpu").model_dump(),
     )
-    train = {"total_steps": 4 if quick else 24, "seq_len": 64 if quick else 128}
+    # A checkpoint (~450 MB with the 151k-row target matrices) mid-run and at the end:
+    # still resumable, without writing one every 4 steps.
+    train = {"total_steps": 4 if quick else 24, "seq_len": 64 if quick else 128,
+             "checkpoint_every": 2 if quick else 12}
     base["adapt"].update(train)
     base["distill"].update(train)
     base["evaluate"]["max_docs_per_group"] = 5 if quick else 20

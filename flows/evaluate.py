@@ -36,6 +36,16 @@ def submit_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, Any], text
     return futures
 
 
+# The label of the source model's own evaluation (its tokenizer, before any change): the
+# reference every initialisation tries to keep (bits per byte compare across tokenizers).
+SOURCE_LABEL = "source (own tokenizer)"
+
+
+def source_first(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``evaluation`` with the :data:`SOURCE_LABEL` entry (if any) moved to the front."""
+    return dict(sorted(evaluation.items(), key=lambda kv: kv[0] != SOURCE_LABEL))
+
+
 def collect(futures: dict[str, Any]) -> dict[str, Any]:
     """``label -> result`` of tracked futures, in their order (raises the first failure)."""
     return {label: f.result() for label, f in futures.items()}

@@ -21,7 +21,14 @@ from flows.common import (
     with_target,
 )
 from flows.distill import run_distill, teacher_of
-from flows.evaluate import bpb_rows, collect, compression_rows, submit_evaluate
+from flows.evaluate import (
+    SOURCE_LABEL,
+    bpb_rows,
+    collect,
+    compression_rows,
+    source_first,
+    submit_evaluate,
+)
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, parent_run
@@ -56,14 +63,17 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
         adapted["models"]["distilled"] = distilled["model"]
         pending.update(submit_evaluate(r, cfg, {"distilled": distilled["model"]}, texts,
                                        after=list(pending.values())[-1]))
-    evaluation = collect(pending)
+    evaluation = source_first(collect(pending))
     return {**aligned, "texts": texts, "models": adapted["models"], "evaluation": evaluation,
             "tables": summary_tables(aligned["metrics"], evaluation)}
 
 
 def summary_tables(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, list]:
+    """Bits per byte by model (the source reference first when present), compression of
+    the target tokenizer (from a target-vocabulary model) and the brief alignment metrics."""
+    target_side = {k: v for k, v in evaluation.items() if k != SOURCE_LABEL}
     return {"bits_per_byte": bpb_rows(evaluation),
-            "compression": compression_rows(evaluation),
+            "compression": compression_rows(target_side),
             "alignment": alignment_rows(metrics, brief=True)}
 
 

@@ -260,15 +260,16 @@ def train_task(ws: Workspace, model: ArtifactRef, tokens: ArtifactRef,
 
 
 @stage_task("evaluate-model")
-def eval_model_task(ws: Workspace, model: ArtifactRef, texts: str, cfg: EvalConfig,
+def eval_model_task(ws: Workspace, model: ModelSpec, texts: str, cfg: EvalConfig,
                     reference_tokenizer: ModelSpec | None = None,
                     label: str = "model") -> dict[str, Any]:
-    """Bits per byte, source-normalised perplexity and compression per text group."""
+    """Bits per byte, source-normalised perplexity and compression per text group of a
+    model artifact, or of a model folder / hub id (the source model, as the reference)."""
     from tokalign_core.evaluate import evaluate_model, format_table, load_texts
     from tokalign_core.init_model import load_model
 
     with stage_run(ws, f"evaluate:{label}", cfg, {"model": model}) as run:
-        path = model_dir(model)
+        path = model_dir(model) if isinstance(model, ArtifactRef) else model
         ref_tok = _tok(reference_tokenizer) if reference_tokenizer is not None else None
         result = evaluate_model(load_model(str(path)), _tok(str(path)),
                                 load_texts(texts, cfg.txt_split, cfg.max_docs_per_group),

@@ -108,23 +108,28 @@ def test_evaluations_run_one_at_a_time_next_to_training(prefect_api, fakes, monk
     log = fakes()
     inits = ["aligned (init)", "random (init)", "mean (init)", "fvt (init)"]
     labels = [*inits, "aligned (adapted)", "distilled"]
-    assert list(out["evaluation"]) == labels
+    source = pipeline.SOURCE_LABEL
+    # The source model with its own tokenizer is listed first (the reference) and is
+    # evaluated after the initialisations, while the aligned model trains.
+    assert list(out["evaluation"]) == [source, *labels]
+    assert out["evaluation"][source]["model"] == "src"
     assert out["evaluation"]["distilled"]["model"] == "model:aligned+adapt+distill"
     assert "overlap:True" in log.events, log.events  # init evaluations ran during training
     assert "fvt-overlap:True" in log.events, log.events  # a baseline built during training
     assert log.max_running == 1, "evaluations must not overlap each other"
     order = [e for e in log.events if e.startswith(("eval:", "train:"))]
-    assert [e for e in order if e.startswith("eval:")] == [f"eval:{x}" for x in labels]
+    assert [e for e in order if e.startswith("eval:")] == [
+        f"eval:{x}" for x in [*inits, source, *labels[4:]]]
     assert order.index("eval:aligned (adapted)") > order.index("train:adapt:end")
     assert order.index("eval:distilled") > order.index("train:distill:end")
     assert all(out["states"][f"evaluate:{x}"] == "Completed" for x in labels)
 
     rows = out["tables"]["bits_per_byte"]
-    assert [r["model"] for r in rows] == labels
+    assert [r["model"] for r in rows] == [source, *labels]
     assert out["tables"]["compression"][0]["group"] == "de"
-    assert rows[0] == {"model": "aligned (init)", "bits_per_byte": 1.5, "norm_ppl": 9.0,
+    assert rows[1] == {"model": "aligned (init)", "bits_per_byte": 1.5, "norm_ppl": 9.0,
                        "en": 1.0, "de": 2.0}  # unscored ja: no column
-    assert list(rows[0])[3:] == ["en", "de"]  # in score_groups order
+    assert list(rows[1])[3:] == ["en", "de"]  # in score_groups order
 
 
 def test_bpb_rows_drop_group_columns_when_too_many_groups():

@@ -92,3 +92,19 @@ def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monk
     plots = {a.path for a in client.list_artifacts(pws.parent_run_id, "plots")}
     assert plots == {"plots/bits_per_byte.png", "plots/compression.png"}
     assert "summary.md" in {a.path for a in client.list_artifacts(pws.parent_run_id)}
+
+
+def test_summary_tables_list_the_source_first_but_take_compression_from_the_target():
+    from flows.pipeline import SOURCE_LABEL, summary_tables
+
+    def result(bpb: float, change: float) -> dict:
+        return {"macro": {"bits_per_byte": bpb, "norm_ppl": 2 ** bpb},
+                "groups": {"en": {"bits_per_byte": bpb, "tokens_per_byte": 0.2,
+                                  "length_change": change}},
+                "scored_groups": ["en"]}
+
+    tables = summary_tables({}, {SOURCE_LABEL: result(1.9, 0.0),
+                                 "aligned (init)": result(2.6, -0.2)})
+    assert [r["model"] for r in tables["bits_per_byte"]] == [SOURCE_LABEL, "aligned (init)"]
+    assert tables["compression"] == [{"group": "en", "tokens_per_byte": 0.2,
+                                      "length_change": -0.2}]
