@@ -51,7 +51,9 @@ def _demo_pipeline(quick: bool) -> PipelineConfig:
     train = {"total_steps": 4 if quick else 24, "seq_len": 64 if quick else 128,
              "checkpoint_every": 2 if quick else 12}
     base["adapt"].update(train)
-    base["distill"].update(train)
+    # Distillation (teacher and student through the 151k-row head) is the longest serial
+    # stage, and only one short evaluation runs next to it: both cores go to it.
+    base["distill"].update(train, threads=2)
     base["evaluate"]["max_docs_per_group"] = 5 if quick else 20
     base["evaluate"]["score_groups"] = SCORE_GROUPS
     # All five baselines of the papers (the tiny preset keeps three for the tests' speed).

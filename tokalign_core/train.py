@@ -721,8 +721,9 @@ def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = 
     import torch
 
     dist = setup_process(cfg)
-    if os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    threads = cfg.threads or int(os.environ.get("OMP_NUM_THREADS") or 0)
+    if threads:
+        torch.set_num_threads(threads)
     ctx = build_context(cfg, dist)
     root = Path(cfg.out_dir) / "checkpoints"
     state = latest_checkpoint(root) if cfg.resume else None

@@ -350,3 +350,18 @@ def test_two_rank_cpu_run_with_torchrun(workdir, ds_run):
     b = _weights(out / "model")
     for k in a:  # 2 ranks x micro 1 x gas 2 reads the same blocks as 1 rank x micro 2 x gas 2
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
+def test_threads_setting_overrides_the_environment(workdir, monkeypatch):
+    """``threads`` wins over OMP_NUM_THREADS (the demo gives distillation both cores while
+    the pipeline pins everything else to one)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        run_training(_cfg(workdir, "threads", engine="torch", total_steps=1, threads=2,
+                          save_final=False))
+        assert torch.get_num_threads() == 2
+        run_training(_cfg(workdir, "threads-env", engine="torch", total_steps=1,
+                          save_final=False))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)

@@ -93,6 +93,11 @@ class TrainConfig(FrozenConfig):
     )
     save_final: bool = Field(True, description="write the final save_pretrained folder")
     progress: bool = Field(True, description="show a tqdm progress bar (rank 0)")
+    threads: int | None = Field(
+        None, ge=1, description="CPU math threads per process (torch.set_num_threads); "
+        "None = OMP_NUM_THREADS of the environment (pipelines pin 1 so evaluations run "
+        "next to training)"
+    )
     trust_remote_code: bool = Field(False, description="allow custom-code models")
     distill: DistillConfig | None = Field(
         None, description="teacher settings; required by distill and sentence-distill"
