@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,7 +344,6 @@ def build_model(config: PretrainConfig, vocab_size: int, eos_id: int, bos_id: in
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    torch.manual_seed(config.seed)
     cfg = GPTNeoXConfig(
         vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
         num_attention_heads=config.heads,
@@ -352,7 +352,16 @@ def build_model(config: PretrainConfig, vocab_size: int, eos_id: int, bos_id: in
         tie_word_embeddings=config.tie_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
         use_parallel_residual=True,
     )
-    return GPTNeoXForCausalLM(cfg)
+    # The weights are drawn from torch's process-global generator, and the demo pretrains
+    # the source model and the teacher in two threads at once: interleaved draws would make
+    # the initial weights depend on thread timing. One build at a time, in a forked RNG
+    # state so the caller's generator is left as it was.
+    with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return GPTNeoXForCausalLM(cfg)
+
+
+_SEEDED_BUILD = threading.Lock()
 
 
 def _eos_id(tok) -> int:

@@ -188,3 +188,29 @@ def test_teacher_with_qwen2_tokenizer(tmp_path, micro_texts):
     res = pt.pretrain(cfg, tmp_path, texts=micro_texts, progress=False)
     model, tok = pt.load_pretrained(res.ref)
     assert len(tok) >= 151_643 and model.config.vocab_size == len(tok)
+
+
+def test_build_model_is_seeded_per_call_even_from_two_threads():
+    """The demo pretrains the source model and the teacher in two threads at once: each
+    build must draw its weights from its own seed, not from whatever the other thread left
+    in torch's global generator, and must leave the caller's generator untouched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    cfg = pt.preset("micro")
+
+    def weights(seed: int) -> list:
+        model = pt.build_model(cfg.model_copy(update={"seed": seed}), 300, 0, 0)
+        return [p.detach().clone() for p in model.parameters()]
+
+    want = {seed: weights(seed) for seed in (0, 1)}
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(4):
+            got = dict(zip((0, 1), pool.map(weights, (0, 1)), strict=True))
+            for seed in (0, 1):
+                assert all(torch.equal(a, b) for a, b in zip(got[seed], want[seed], strict=True))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not all(torch.equal(a, b) for a, b in zip(want[0], want[1], strict=True))
