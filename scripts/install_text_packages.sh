@@ -8,7 +8,7 @@
 # --when-allowed never fails and never prompts: it does nothing when the packages are
 # already there, when TOKALIGN_TEXT_PACKAGES=0, or when it cannot install without a
 # password (not root and no passwordless sudo) or without apt-get. The demo then uses the
-# text the machine already has (fewer languages) and says so.
+# text the machine already has (fewer languages); the script prints why it skipped.
 #
 # Runs `apt-get update` once, then installs each package on its own so that one
 # package missing from the mirror does not abort the rest. Prints the packages
