@@ -38,7 +38,8 @@ class Runner:
         return self._bound[id(task)][1]
 
     def submit(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
-        return _Tracked(self, label, self.bind(task).submit(self.ws, *args, **kwargs))
+        ws = self.ws.model_copy(update={"stage_label": label})
+        return _Tracked(self, label, self.bind(task).submit(ws, *args, **kwargs))
 
     def run(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
         return self.submit(label, task, *args, **kwargs).result()

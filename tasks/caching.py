@@ -66,6 +66,10 @@ class Workspace(FrozenConfig):
     experiment: str = "tokalign"
     parent_run_id: str | None = None
     progress: bool = False
+    # The flow's label for the stage a task runs (``glove:source``), set by the flow's
+    # runner: the nested MLflow run's name, the same whether the stage computes or is
+    # served from the cache. Not part of any cache key (workspaces never are).
+    stage_label: str | None = None
 
     @property
     def root(self) -> Path:

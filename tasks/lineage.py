@@ -403,13 +403,16 @@ def stage_run(
     inputs: dict[str, Any] | None = None,
 ) -> Iterator[StageRun]:
     """A nested MLflow run under ``ws.parent_run_id`` for one stage, ended FAILED on error.
+    Named by the flow's label for the stage (``ws.stage_label``, as its cache records are)
+    when there is one, else ``stage``; the ``tokalign.stage`` tag keeps ``stage``.
 
     Entered only by a stage that really executes, so it also warms transformers' lazy
     imports for the stage (:func:`tasks.common.warm_imports`)."""
     warm_imports()
     lineage = Lineage(ws)
     tags = {"tokalign.stage": stage, **ref_tags("input", inputs or {})}
-    run_id = lineage.start_run(stage, parent_run_id=ws.parent_run_id, tags=tags)
+    run_id = lineage.start_run(ws.stage_label or stage, parent_run_id=ws.parent_run_id,
+                               tags=tags)
     lineage.log_config(run_id, config)
     handle = StageRun(lineage, run_id, stage)
     try:

@@ -45,4 +45,10 @@ def test_quick_demo_runs_then_reruns_from_cache(tmp_path):
     assert len(demos) == 2 and all(r.info.status == "FINISHED" for r in demos)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == demos[0].info.run_id]
     assert any(r.data.metrics for r in nested)
+    # A stage's nested run has the same name whether it computed or came from the cache.
+    cached = {r.info.run_name for r in runs
+              if r.data.tags.get("mlflow.parentRunId") == demos[1].info.run_id}
+    computed = {r.info.run_name for r in nested}
+    assert {"glove:source", "glove:target", "pretrain:source", "adapt"} <= computed
+    assert computed <= cached, sorted(computed - cached)
     assert client.list_artifacts(demos[0].info.run_id, "plots")
