@@ -4,8 +4,11 @@ first screen gives the two commands."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,10 +97,6 @@ def test_make_demo_installs_text_packages_only_when_allowed():
 
 def test_text_package_script_without_apt_falls_back(tmp_path):
     """No apt-get on PATH (another distribution): a note, exit 0, the demo goes on."""
-    import os
-    import shutil
-    import subprocess
-
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for tool in ("bash", "id", "grep"):
