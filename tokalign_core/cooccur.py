@@ -523,17 +523,45 @@ def build_cooccur(
     token_ids = _vocabulary_or_raise(counts, config, f"{folder}/counts.npy")
     n_tokens = sum(_shard_tokens(s) for s in shards)
     _check_exact(n_tokens, config.window)
-    fn = functools.partial(count_shard_dir, row_of_id=row_lookup(token_ids, counts.size),
-                           config=config)
+    row_of_id = row_lookup(token_ids, counts.size)
     executor = executor or SerialExecutor(progress=True, desc="cooccur shards")
-    parts = executor.map(fn, [str(s) for s in shards])
-    cooc = finalize(merge_counts(parts), config.window, config.value_dtype)
-    meta = _meta(folder, config, token_ids, counts, cooc, n_tokens, len(shards))
-    with store.writer("cooccur", meta) as w:
-        sp.save_npz(w.path("cooc.npz"), cooc, compressed=False)
-        np.save(w.path("token_ids.npy"), token_ids, allow_pickle=False)
+    if getattr(executor, "distributed", False):
+        # Workers count and symmetrise; partial counts go through files in the writer's
+        # temp folder, never through the scheduler (tokalign_core.cooccur_dist).
+        from tokalign_core.cooccur_dist import count_distributed
+
+        warm_kernels()  # a forked LocalCluster inherits the loaded kernels
+        with store.writer("cooccur") as w:
+            cooc = count_distributed(shards, row_of_id, int(token_ids.size), config,
+                                     executor, w.dir / "_parts")
+            _save(w, cooc, token_ids,
+                  _meta(folder, config, token_ids, counts, cooc, n_tokens, len(shards)))
+    else:
+        fn = functools.partial(count_shard_dir, row_of_id=row_of_id, config=config)
+        parts = executor.map(fn, [str(s) for s in shards])
+        cooc = finalize(merge_counts(parts), config.window, config.value_dtype)
+        del parts
+        with store.writer("cooccur") as w:
+            _save(w, cooc, token_ids,
+                  _meta(folder, config, token_ids, counts, cooc, n_tokens, len(shards)))
     log.info("cooccur: %d kept tokens, %d nonzeros -> %s", token_ids.size, cooc.nnz, w.ref.path)
     return w.ref
+
+
+def _save(w: Any, cooc: sp.csr_matrix, token_ids: np.ndarray, meta: dict[str, Any]) -> None:
+    """The cooccur artifact's files (the same bytes whichever path counted them)."""
+    w.path("meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    sp.save_npz(w.path("cooc.npz"), cooc, compressed=False)
+    np.save(w.path("token_ids.npy"), token_ids, allow_pickle=False)
+
+
+def warm_kernels() -> None:
+    """Compile (or load from numba's disk cache) the counting kernels for the types real
+    shards use, so forked worker processes start with them ready."""
+    ids = (np.arange(400, dtype=np.uint32) * 7) % 13
+    # no dense table and a tiny buffer: every kernel (scan, flush, run merge, CSR) runs
+    count_shard(ids, np.array([0, 400], np.int64), row_lookup(np.arange(13), 13),
+                CooccurConfig(window=15, dense_table_mb=0.0, buffer_pairs=64))
 
 
 def _meta(folder: Path, config: CooccurConfig, token_ids, counts, cooc, n_tokens: int,
