@@ -59,17 +59,30 @@ def _save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> str:
     return str(folder)
 
 
-def count_part(shard: str, row_of_id: np.ndarray, config: CooccurConfig,
-               scratch: str) -> str:
-    """Count one tokens shard folder into ``<scratch>/part-<shard name>`` (directed int64
-    CSR arrays). Returns that folder. Picklable (module-level)."""
-    from tokalign_core.cooccur import count_shard_dir
+def count_part(shards: Sequence[str], row_of_id: np.ndarray, config: CooccurConfig,
+               scratch: str, index: int) -> str:
+    """Count a group of tokens shard folders and sum them (one worker's share) into
+    ``<scratch>/part-<index>`` (directed int64 CSR arrays). Returns that folder.
+    Picklable (module-level)."""
+    from tokalign_core.cooccur import count_shard_dir, merge_counts
 
-    u = count_shard_dir(shard, row_of_id, config)
-    return _save_arrays(Path(scratch) / f"part-{Path(shard).name}",
+    u = merge_counts([count_shard_dir(s, row_of_id, config) for s in shards])
+    return _save_arrays(Path(scratch) / f"part-{index:05d}",
                         {"indptr": u.indptr.astype(np.int64, copy=False),
                          "indices": u.indices.astype(np.int32, copy=False),
                          "data": u.data.astype(np.int64, copy=False)})
+
+
+def shard_groups(sizes: Sequence[int], n_groups: int) -> list[list[int]]:
+    """Split shard indices into at most ``n_groups`` groups of about equal total size
+    (largest shard first onto the lightest group); each group lists indices ascending."""
+    groups: list[list[int]] = [[] for _ in range(max(1, min(n_groups, len(sizes))))]
+    load = [0] * len(groups)
+    for i in sorted(range(len(sizes)), key=lambda k: (-sizes[k], k)):
+        g = load.index(min(load))
+        groups[g].append(i)
+        load[g] += sizes[i]
+    return [sorted(g) for g in groups if g]
 
 
 def _load_part(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,29 +91,22 @@ def _load_part(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                  for a in _ARRAYS)  # type: ignore[return-value]
 
 
-def _rows_of(indptr: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Row index of every nonzero of rows [lo, hi) (int32 [indptr[hi] - indptr[lo]])."""
-    return np.repeat(np.arange(lo, hi, dtype=np.int32), np.diff(indptr[lo:hi + 1]))
-
-
 def _columns_in(indptr, indices, data, r0: int, r1: int, n: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Entries of one part whose column is in [r0, r1), as (column - r0, row, value),
     scanning ``ROW_CHUNK_NNZ`` nonzeros at a time so memory stays at one chunk."""
     out_c, out_r, out_v = [], [], []
-    row = 0
-    while row < n:
-        # the next run of rows holding about ROW_CHUNK_NNZ nonzeros (at least one row)
-        end = int(np.searchsorted(indptr, indptr[row] + ROW_CHUNK_NNZ, side="right")) - 1
-        end = min(n, max(end, row + 1))
-        lo, hi = int(indptr[row]), int(indptr[end])
+    nnz = int(indptr[n])
+    for lo in range(0, nnz, ROW_CHUNK_NNZ):
+        hi = min(nnz, lo + ROW_CHUNK_NNZ)
         cols = np.asarray(indices[lo:hi])
-        keep = (cols >= r0) & (cols < r1)
-        if keep.any():
-            out_c.append((cols[keep] - r0).astype(np.int32))
-            out_r.append(_rows_of(indptr, row, end)[keep])
-            out_v.append(np.asarray(data[lo:hi])[keep])
-        row = end
+        pos = np.flatnonzero((cols >= r0) & (cols < r1))
+        if pos.size:
+            out_c.append(cols[pos] - r0)
+            out_v.append(np.asarray(data[lo:hi])[pos])
+            # the row of entry p is the last row starting at or before p
+            out_r.append((np.searchsorted(indptr, pos + lo, side="right") - 1)
+                         .astype(np.int32))
     if not out_c:
         empty = np.empty(0, np.int32)
         return empty, empty, np.empty(0, np.int64)
@@ -113,18 +119,21 @@ def symmetric_block(parts: Sequence[str], r0: int, r1: int, n: int, window: int,
     directed counts; writes ``<scratch>/block-<index>/{row_nnz,indices,data}.npy``
     (int64 [r1-r0], int32 [nnz], ``value_dtype`` [nnz]) and returns that folder."""
     m = r1 - r0
-    total = sp.csr_matrix((m, n), dtype=np.int64)
+    total = None
     for folder in parts:
         indptr, indices, data = _load_part(folder)
         lo, hi = int(indptr[r0]), int(indptr[r1])
-        rows = sp.csr_matrix((np.asarray(data[lo:hi]), np.asarray(indices[lo:hi]),
-                              np.asarray(indptr[r0:r1 + 1]) - lo), shape=(m, n))
+        # U's own rows of the block (a CSR slice: sorted, no duplicates) ...
+        own = sp.csr_matrix((np.asarray(data[lo:hi]), np.asarray(indices[lo:hi]),
+                             np.asarray(indptr[r0:r1 + 1]) - lo), shape=(m, n))
+        # ... plus U^T's: the entries whose column falls in the block, transposed. They
+        # were scanned in U's (row, column) order, so the stable COO -> CSR conversion
+        # leaves every row's columns sorted: both terms are canonical and the additions
+        # below are linear merges (integers: exact in any order).
         c, r, v = _columns_in(indptr, indices, data, r0, r1, n)
-        # U^T restricted to the block's rows: (column - r0, row) of U; COO->CSR sums
-        # duplicates, which never occur within one part (its CSR entries are unique).
-        cols = sp.coo_matrix((v, (c, r)), shape=(m, n)).tocsr()
-        total = total + rows + cols
-    total = total.tocsr()
+        for term in (own, sp.coo_matrix((v, (c, r)), shape=(m, n)).tocsr()):
+            total = term if total is None else total + term
+    total = sp.csr_matrix(total)
     total.eliminate_zeros()
     total.sort_indices()
     data = (total.data.astype(np.float64) / float(window_lcm(window))).astype(value_dtype,
@@ -182,11 +191,17 @@ def count_distributed(shards: Sequence[Path], row_of_id: np.ndarray, n_kept: int
     import functools
 
     scratch.mkdir(parents=True, exist_ok=True)
-    count = functools.partial(count_part, row_of_id=row_of_id, config=config,
+    workers = max(1, int(getattr(executor, "n_workers", 1)))
+    # One counting task per worker (shards balanced by tokens): fewer, larger parts make
+    # the symmetrisation below cheaper (it reads every part once per block).
+    sizes = [int(np.load(s / "ids.npy", mmap_mode="r").shape[0]) for s in shards]
+    groups = shard_groups(sizes, workers)
+    count = functools.partial(_count_job, row_of_id=row_of_id, config=config,
                               scratch=str(scratch))
-    parts = executor.map(count, [str(s) for s in shards])
+    parts = executor.map(count, [([str(shards[i]) for i in g], k)
+                                 for k, g in enumerate(groups)])
     # Two blocks per worker: a worker that finishes early takes the next block.
-    ranges = row_blocks(parts, n_kept, max(1, 2 * int(getattr(executor, "n_workers", 1))))
+    ranges = row_blocks(parts, n_kept, 2 * workers)
     jobs = [(r0, r1, i) for i, (r0, r1) in enumerate(ranges)]
     block = functools.partial(_block_job, parts=list(parts), n=n_kept, window=config.window,
                               value_dtype=config.value_dtype, scratch=str(scratch))
@@ -194,6 +209,11 @@ def count_distributed(shards: Sequence[Path], row_of_id: np.ndarray, n_kept: int
     cooc = assemble(blocks, n_kept)
     shutil.rmtree(scratch, ignore_errors=True)
     return cooc
+
+
+def _count_job(job: tuple[list[str], int], row_of_id: np.ndarray, config: CooccurConfig,
+               scratch: str) -> str:
+    return count_part(job[0], row_of_id, config, scratch, job[1])
 
 
 def _block_job(job: tuple[int, int, int], parts: list[str], n: int, window: int,

@@ -223,8 +223,9 @@ def tokenize_corpus(
     executor = executor or SerialExecutor()
     canonical = canonical_backend_json(tok)
     digest = tokenizer_digest(tok, canonical)
-    if isinstance(executor, SerialExecutor):
-        remember_backend(digest, backend_of(tok))  # in-process: no re-read of the file
+    # In-process (and in workers forked from this process, see executor.DaskExecutor):
+    # no re-read of tokenizer.json. Remote workers read the artifact's copy.
+    remember_backend(digest, backend_of(tok))
     with store.writer("tokens") as w:
         tok_json = w.path("tokenizer.json")
         tok_json.write_text(canonical, encoding="utf-8")
