@@ -17,6 +17,15 @@ cross-lingual mappings of word embeddings" (ACL), re-derived from the paper:
    stochastic dictionary induction: each similarity entry survives with probability p
    (0.1, doubled whenever ``stochastic_interval`` iterations pass without the objective
    improving by ``threshold``; once p = 1 the same stall ends the loop).
+
+   Stopping (ours, issue 18): at p = 1 an iteration is deterministic, so a dictionary that
+   no longer changes is a fixed point: every later iteration would repeat it. The default
+   schedule therefore raises p after 5 stalled iterations instead of 50 and stops as soon
+   as at most ``stop_change`` (0.1%) of the dropout-free dictionary changed; the paper's
+   schedule is ``VecMapConfig.preset("paper")``. Each iteration records the objective and
+   the dictionary change (the fraction of its pairs not in the previous dictionary). A
+   schedule cut by ``max_iterations`` runs its last iteration without dropout, so the final
+   dictionary is never induced from a random sample of the similarities.
 4. Final step once (sec. 3.4, from Artetxe et al. 2018 AAAI): whitening, orthogonal map,
    re-weighting by the singular values ^ 0.5, de-whitening.
 
@@ -180,6 +189,8 @@ class IterationStats:
     keep_prob: float
     seconds: float
     recomputed: int
+    #: fraction of this dictionary's (x, z) pairs not in the previous one (0: a fixed point)
+    dictionary_change: float = 1.0
 
 
 @dataclass
@@ -216,7 +227,8 @@ def init_state(x: Any, z: Any, cfg: VecMapConfig,
 
 
 def _schedule(state: VecMapState, cfg: VecMapConfig) -> VecMapState:
-    """Raise the keep probability after a stall; a stall at p = 1 (or the cap) ends."""
+    """Raise the keep probability after a stall; a stall at p = 1 (or the cap) ends.
+    The last iteration allowed by ``max_iterations`` runs without dropout."""
     it = state.iteration + 1
     state = replace(state, iteration=it)
     if it > cfg.max_iterations:
@@ -226,7 +238,21 @@ def _schedule(state: VecMapState, cfg: VecMapConfig) -> VecMapState:
             return replace(state, done=True, stop_reason="converged")
         p = min(1.0, state.keep_prob * cfg.stochastic_multiplier)
         state = replace(state, keep_prob=p, last_improvement=it)
+    if it == cfg.max_iterations and state.keep_prob < 1.0:
+        state = replace(state, keep_prob=1.0)
     return state
+
+
+def dictionary_change(src: Any, trg: Any, prev_src: Any, prev_trg: Any, n_z: int) -> float:
+    """Fraction of the distinct (x row, z row) pairs of a dictionary that are not in the
+    previous one (int64 [m] each; 0.0 when nothing changed)."""
+    xp = array_namespace(src)
+    new = xp.unique(src * n_z + trg)
+    old = xp.unique(prev_src * n_z + prev_trg)
+    if new.shape[0] == 0:
+        return 0.0
+    kept = xp.isin(new, old, assume_unique=True)
+    return float(1.0 - kept.mean())
 
 
 def _keep_fns(cfg: VecMapConfig, state: VecMapState) -> tuple[Any, Any]:
@@ -243,6 +269,8 @@ def step(state: VecMapState, x: Any, z: Any, cfg: VecMapConfig) -> tuple[VecMapS
     new dictionary by (stochastic) CSLS over the ``vocab_cutoff`` first rows.
     Returns the new state and its stats (None once the loop is done)."""
     t0 = time.perf_counter()
+    if state.done:
+        return state, None
     state = _schedule(state, cfg)
     if state.done:
         return state, None
@@ -260,10 +288,16 @@ def step(state: VecMapState, x: Any, z: Any, cfg: VecMapConfig) -> tuple[VecMapS
     src, trg = _pairs(fwd.indices, bwd.indices, cfg.direction)
     if objective - state.best_objective >= cfg.threshold:
         state = replace(state, best_objective=objective, last_improvement=state.iteration)
+    change = dictionary_change(src, trg, state.src, state.trg, max(x.shape[0], z.shape[0]))
     state = replace(state, src=src, trg=trg)
     n_pairs = int(xp.unique(src * zc.shape[0] + trg).shape[0])
     stats = IterationStats(state.iteration, objective, n_pairs, state.keep_prob,
-                           time.perf_counter() - t0, fwd.n_recomputed + bwd.n_recomputed)
+                           time.perf_counter() - t0, fwd.n_recomputed + bwd.n_recomputed,
+                           change)
+    if (cfg.stop_change is not None and state.keep_prob >= 1.0
+            and change <= cfg.stop_change and state.iteration < cfg.max_iterations):
+        # deterministic at p = 1: an unchanged dictionary repeats forever
+        state = replace(state, done=True, stop_reason="converged")
     return state, stats
 
 

@@ -138,15 +138,14 @@ def test_cli_on_a_real_cluster_is_byte_identical(cluster, corpus_dir, tokenizer_
 def _kill_a_busy_worker(cluster: Cluster, done: threading.Event, killed: list[str]) -> None:
     """Kill the first worker seen processing a task (SIGKILL: no goodbye to the
     scheduler), once."""
-    pids = {str(p.pid): p for p in cluster.workers}
+    ours = {p.pid for p in cluster.workers}
+    pids = {addr: pid for addr, pid in cluster.client.run(os.getpid).items() if pid in ours}
     while not done.is_set() and not killed:
-        busy = {addr: tasks for addr, tasks in cluster.client.processing().items() if tasks}
-        info = cluster.client.scheduler_info()["workers"]
-        for addr, tasks in busy.items():
-            pid = str(info.get(addr, {}).get("pid", ""))
-            if pid in pids and any("count" in t or "tokenize" in t for t in tasks):
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(f"{addr} pid {pid}: {tasks}")
+        for addr, tasks in cluster.client.processing().items():
+            # one thread per worker: a worker with a task assigned is running one
+            if addr in pids and any("count" in t or "tokenize" in t for t in tasks):
+                os.kill(pids[addr], signal.SIGKILL)
+                killed.append(f"{addr} pid {pids[addr]}: {tasks}")
                 return
         time.sleep(0.05)
 

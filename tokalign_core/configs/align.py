@@ -7,6 +7,10 @@ unsupervised initial dictionary over the 4,000 most frequent rows, self-learning
 20,000 most frequent rows, CSLS with k = 10, stochastic dictionary induction (keep
 probability 0.1, doubled after 50 iterations without an objective gain of 1e-6), and the
 final whitening / orthogonal map / re-weighting (singular values ^ 0.5) / de-whitening.
+The paper's schedule is the ``paper`` preset; the default schedule raises p after 5 stalled
+iterations and stops once the dropout-free dictionary is (nearly) a fixed point
+(``benchmarks/vecmap_convergence.md``: the same held-out P@1 in a fraction of the
+iterations).
 
 :class:`AlignConfig` chooses how the target -> source alignment is built: ``vecmap``
 (TokAlign++), ``relative`` (the TokAlign conference method: relative representations over
@@ -33,8 +37,11 @@ class VecMapConfig(FrozenConfig):
     to every row). ``csls_k``: neighbours in the CSLS hubness penalty (0 = plain cosine).
     ``direction``: dictionary induction ``forward`` (x -> z), ``backward`` or ``union``.
     ``keep_prob``/``stochastic_multiplier``/``stochastic_interval``/``threshold``: the
-    stochastic schedule. ``max_iterations``: hard cap on self-learning iterations (the
-    final step still runs). ``whiten``, ``src_reweight``/``trg_reweight`` (exponent of the
+    stochastic schedule. ``stop_change``: once dropout is off (keep probability 1), stop
+    when at most this fraction of the dictionary's pairs changed in an iteration (the
+    dictionary is then a fixed point, or nearly); ``None``: only the paper's objective
+    stall stops. ``max_iterations``: hard cap on self-learning iterations (the last one
+    runs without dropout; the final step still runs). ``whiten``, ``src_reweight``/``trg_reweight`` (exponent of the
     singular values for x / z), ``src_dewhiten``/``trg_dewhiten`` (``none``, ``src`` or
     ``trg``: whose whitening to undo): the final step. ``candidates``: cosine candidates
     kept per row before the exact CSLS check (a speed knob; results are exact for any
@@ -63,8 +70,11 @@ class VecMapConfig(FrozenConfig):
     direction: Literal["forward", "backward", "union"] = "union"
     keep_prob: float = Field(0.1, gt=0.0, le=1.0)
     stochastic_multiplier: float = Field(2.0, gt=1.0)
-    stochastic_interval: int = Field(50, ge=1)
+    # 5, not the paper's 50: on real vectors the dictionary settles long before 50
+    # stalled iterations pass (benchmarks/vecmap_convergence.md).
+    stochastic_interval: int = Field(5, ge=1)
     threshold: float = Field(1e-6, ge=0.0)
+    stop_change: float | None = Field(0.001, ge=0.0, le=1.0)
     max_iterations: int = Field(1000, ge=1)
     whiten: bool = True
     src_reweight: float = Field(0.5, ge=0.0)
@@ -97,11 +107,13 @@ class VecMapConfig(FrozenConfig):
     @classmethod
     def preset(cls, name: str) -> VecMapConfig:
         """``unsupervised`` (the paper's fully unsupervised init), ``shared`` (seeded by
-        shared tokens: the default), ``fast`` (tiny cutoffs and schedule, tests and
-        demos)."""
+        shared tokens: the default), ``paper`` (the paper's schedule: p doubled after 50
+        stalled iterations, stopped only by a stall at p = 1), ``fast`` (tiny cutoffs and
+        schedule, tests and demos)."""
         presets = {
             "unsupervised": {"init": "unsupervised"},
             "shared": {"init": "shared"},
+            "paper": {"stochastic_interval": 50, "stop_change": None},
             "fast": {"init_size": 500, "vocab_cutoff": 2000, "stochastic_interval": 5,
                      "max_iterations": 200},
         }
