@@ -13,6 +13,7 @@ runs it directly (``--backends numpy`` alone works on any machine, to check the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -104,12 +105,10 @@ def bench_glove(backend: str, n: int, d: int, iterations: int) -> dict:
 
 def machine() -> str:
     gpu = "none"
-    try:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
                               "--format=csv,noheader"], capture_output=True, text=True,
                              timeout=20).stdout.strip().replace("\n", "; ") or "none"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
     return (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}, "
             f"GPU {gpu}, Python {platform.python_version()}")
 

@@ -30,30 +30,30 @@ NormStep = Literal["unit", "center", "unitdim", "centeremb", "none"]
 
 class VecMapConfig(FrozenConfig):
     """``normalize``: steps applied in order to both sides (unit rows, centred columns,
-    unit-variance columns ``unitdim``, centred rows ``centeremb``).
-    ``init``: ``unsupervised`` (sorted square-root similarities) or ``shared`` (seed
-    dictionary from the shared tokens). ``init_size``: rows used by the unsupervised init.
-    ``vocab_cutoff``: most frequent rows used in self-learning (the mapping is then applied
-    to every row). ``csls_k``: neighbours in the CSLS hubness penalty (0 = plain cosine).
-    ``direction``: dictionary induction ``forward`` (x -> z), ``backward`` or ``union``.
+    unit-variance columns ``unitdim``, centred rows ``centeremb``). ``init``:
+    ``unsupervised`` (sorted square-root similarities) or ``shared`` (seed dictionary from
+    the shared tokens). ``init_size``: rows used by the unsupervised init. ``vocab_cutoff``:
+    most frequent rows used in self-learning (the mapping is then applied to every row).
+    ``csls_k``: neighbours in the CSLS hubness penalty (0 = plain cosine). ``direction``:
+    dictionary induction ``forward`` (x -> z), ``backward`` or ``union``.
     ``keep_prob``/``stochastic_multiplier``/``stochastic_interval``/``threshold``: the
     stochastic schedule. ``stop_change``: once dropout is off (keep probability 1), stop
     when at most this fraction of the dictionary's pairs changed in an iteration (the
-    dictionary is then a fixed point, or nearly); ``None``: only the paper's objective
-    stall stops. ``max_iterations``: hard cap on self-learning iterations (the last one
-    runs without dropout; the final step still runs). ``whiten``, ``src_reweight``/``trg_reweight`` (exponent of the
-    singular values for x / z), ``src_dewhiten``/``trg_dewhiten`` (``none``, ``src`` or
-    ``trg``: whose whitening to undo): the final step. ``candidates``: cosine candidates
-    kept per row before the exact CSLS check (a speed knob; results are exact for any
-    value). ``exact_max_keys``: while stochastic dropout is on, key sets up to this size
-    use the exact two-pass retrieval (dropout defeats the candidate short lists; see
-    ``tokalign_core.retrieval``); larger ones and dropout-free iterations use the
-    one-pass candidate mode. ``dense_max_bytes``: with dropout, when the cutoff x cutoff
-    float32 similarity matrix fits in this many bytes (default 2 GiB: the 20k cutoff's 1.6
-    GB does), it is computed once per iteration and stored, and both directions and both
-    CSLS passes read it (one GEMM instead of two, one transpose instead of two); 0 turns
-    this off (e.g. on a small GPU). Results are the same either way, only the speed
-    differs.
+    dictionary is then a fixed point, or nearly); ``None``: only the paper's objective stall
+    stops. ``max_iterations``: hard cap on self-learning iterations (the last one runs
+    without dropout; the final step still runs). ``whiten``,
+    ``src_reweight``/``trg_reweight`` (exponent of the singular values for x / z),
+    ``src_dewhiten``/``trg_dewhiten`` (``none``, ``src`` or ``trg``: whose whitening to
+    undo): the final step. ``candidates``: cosine candidates kept per row before the exact
+    CSLS check (a speed knob; results are exact for any value). ``exact_max_keys``: while
+    stochastic dropout is on, key sets up to this size use the exact two-pass retrieval
+    (dropout defeats the candidate short lists; see ``tokalign_core.retrieval``); larger
+    ones and dropout-free iterations use the one-pass candidate mode. ``dense_max_bytes``:
+    with dropout, when the cutoff x cutoff float32 similarity matrix fits in this many bytes
+    (default 2 GiB: the 20k cutoff's 1.6 GB does), it is computed once per iteration and
+    stored, and both directions and both CSLS passes read it (one GEMM instead of two, one
+    transpose instead of two); 0 turns this off (e.g. on a small GPU). Results are the same
+    either way, only the speed differs.
     ``batch_size``: kept for compatibility; the retrieval runs on fixed 2048-row tiles
     (memory O(2048 x cutoff)) so it has no effect on results or memory.
     """
