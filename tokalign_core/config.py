@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 T = TypeVar("T", bound="FrozenConfig")
 
@@ -23,9 +23,23 @@ COUNT_WORDS = {"per", "max", "min", "num", "n", "eos", "bos", "pad", "unk", "sep
 
 
 class FrozenConfig(BaseModel):
-    """Immutable config; unknown keys are errors so typos fail loudly."""
+    """Immutable config; unknown keys are errors so typos fail loudly, and so are
+    non-finite numbers (``inf``, ``nan``, JSON ``Infinity``: a GloVe ``x_max`` of infinity
+    would train nothing) and booleans given for numbers (``"window": true`` would silently
+    become 1)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(),
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _number_not_bool(field.annotation):
+                raise ValueError(f"{info.field_name} is a number, got the boolean {value}; "
+                                 "write a number")
+        return value
 
     def canonical_json(self) -> str:
         """JSON with sorted keys: the input of :meth:`digest`."""
@@ -60,6 +74,24 @@ class FrozenConfig(BaseModel):
         from tokalign_core.artifacts import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.model_dump(mode="json"), indent=2))
+
+
+def _number_not_bool(annotation: Any) -> bool:
+    """True when a field annotation accepts int/float but not bool (``int | None`` too)."""
+    import types
+    import typing
+
+    seen: set[Any] = set()
+    todo = [annotation]
+    while todo:
+        item = todo.pop()
+        if typing.get_origin(item) is typing.Annotated:
+            todo.append(typing.get_args(item)[0])
+        elif typing.get_origin(item) in (typing.Union, types.UnionType):
+            todo.extend(typing.get_args(item))
+        else:
+            seen.add(item)
+    return bool(seen & {int, float}) and bool not in seen
 
 
 def is_secret_key(key: str) -> bool:
