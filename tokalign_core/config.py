@@ -28,8 +28,9 @@ class FrozenConfig(BaseModel):
     would train nothing) and booleans given for numbers (``"window": true`` would silently
     become 1)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(),
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -37,8 +38,9 @@ class FrozenConfig(BaseModel):
         if isinstance(value, bool) and info.field_name is not None:
             field = cls.model_fields.get(info.field_name)
             if field is not None and _number_not_bool(field.annotation):
-                raise ValueError(f"{info.field_name} is a number, got the boolean {value}; "
-                                 "write a number")
+                raise ValueError(
+                    f"{info.field_name} is a number, got the boolean {value}; write a number"
+                )
         return value
 
     def canonical_json(self) -> str:

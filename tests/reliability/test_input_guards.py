@@ -21,15 +21,24 @@ def _all_config_classes():
     out = set()
     for info in pkgutil.iter_modules(configs.__path__):
         module = importlib.import_module(f"{configs.__name__}.{info.name}")
-        out |= {v for v in vars(module).values()
-                if isinstance(v, type) and issubclass(v, FrozenConfig) and v is not FrozenConfig}
+        out |= {
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, FrozenConfig) and v is not FrozenConfig
+        }
     return sorted(out, key=lambda c: c.__name__)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("x_max", float("inf")), ("eta", float("inf")), ("alpha", float("nan")),
-    ("x_max", "Infinity"), ("eta", "-inf"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("x_max", float("inf")),
+        ("eta", float("inf")),
+        ("alpha", float("nan")),
+        ("x_max", "Infinity"),
+        ("eta", "-inf"),
+    ],
+)
 def test_glove_rejects_non_finite_numbers(field, value):
     from pydantic import ValidationError
 
@@ -39,8 +48,9 @@ def test_glove_rejects_non_finite_numbers(field, value):
         GloveConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field,value", [("iterations", True), ("dim", True),
-                                         ("seed", False), ("eta", True)])
+@pytest.mark.parametrize(
+    "field,value", [("iterations", True), ("dim", True), ("seed", False), ("eta", True)]
+)
 def test_glove_rejects_booleans_for_numbers(field, value):
     from pydantic import ValidationError
 
@@ -65,8 +75,16 @@ def test_glove_x_max_infinity_in_json_is_rejected_through_the_cli(tmp_path, caps
     path = tmp_path / "g.json"
     path.write_text('{"x_max": Infinity}')
     (tmp_path / "cooc").mkdir()
-    code = main(["glove", str(tmp_path / "cooc"), "--config", str(path),
-                 "--artifact-root", str(tmp_path / "a")])
+    code = main(
+        [
+            "glove",
+            str(tmp_path / "cooc"),
+            "--config",
+            str(path),
+            "--artifact-root",
+            str(tmp_path / "a"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "x_max" in err and "Traceback" not in err
     assert not (tmp_path / "a").exists()
@@ -83,8 +101,9 @@ def test_every_config_rejects_inf_and_bool_for_its_numbers():
         for name, field in cls.model_fields.items():
             if field.annotation not in (int, float):
                 continue
-            for bad in ([float("inf"), float("nan"), True] if field.annotation is float
-                        else [True, False]):
+            for bad in (
+                [float("inf"), float("nan"), True] if field.annotation is float else [True, False]
+            ):
                 with pytest.raises(ValidationError) as info:
                     cls.model_validate({name: bad})
                 about = [e for e in info.value.errors() if e["loc"][:1] == (name,)]
