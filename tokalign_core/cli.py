@@ -5,6 +5,7 @@ stage adds its own subcommands without touching a shared file."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import pkgutil
@@ -33,8 +34,57 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
+EXIT_USER_ERROR = 2  # a bad input or environment the user can fix: one line, no traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
 class UserError(Exception):
     """A bad input the user can fix: printed without a traceback, exit code 2."""
+
+
+def open_store(root: str) -> Any:
+    """The :class:`~tokalign_core.artifacts.ArtifactStore` at ``--artifact-root``, refusing
+    a root that exists as something other than a folder (one line instead of errno 17)."""
+    from pathlib import Path
+
+    from tokalign_core.artifacts import ArtifactStore
+
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"artifact root {root} is a file, not a folder; give a folder with "
+                        "--artifact-root (it is created when missing)")
+    return ArtifactStore(path)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that describe a bad input or environment, not a bug: malformed
+    JSON/YAML/npz/gzip/safetensors files, missing or unreadable paths, full disks, invalid
+    settings (pydantic's ValidationError and the hub's id check are ValueErrors)."""
+    import zipfile
+    import zlib
+
+    types: list[type[BaseException]] = [UserError, OSError, ValueError, EOFError, zlib.error,
+                                        zipfile.BadZipFile, UnicodeError]
+    for module, name in (("yaml", "YAMLError"),
+                         ("safetensors", "SafetensorError")):
+        try:
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # optional libraries
+            pass
+    return tuple(types)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (pydantic and YAML messages span several), with
+    the file name of an OSError that does not already mention it."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+            and "disk full" not in text:
+        text += "; free disk space (or point --artifact-root at a larger disk) and rerun"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines)
 
 
 def config_from(cls: Any, path: str | None, flags: dict[str, Any], stage: str) -> Any:
@@ -79,9 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        print(f"tokalign {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"tokalign {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _user_error_types() as exc:
+        # The CLI edge: bad inputs end in one line naming the input and the fix, with a
+        # distinct exit code; anything else is a bug and keeps its traceback (exit 1).
+        if args.verbose:
+            logging.getLogger(__name__).exception("tokalign %s failed", args.command)
+        print(f"tokalign {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -57,15 +57,11 @@ class FrozenConfig(BaseModel):
 
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:
-        """Read a JSON or YAML file into this config (validation errors name the file)."""
+        """Read a JSON or YAML file into this config. A missing file, a folder, text that
+        does not parse and invalid values are errors naming the file (ValueError /
+        FileNotFoundError)."""
         path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
+        data = read_config_file(path)
         try:
             return cls.model_validate(data)
         except Exception as exc:  # pydantic's message lists each bad field
@@ -76,6 +72,37 @@ class FrozenConfig(BaseModel):
         from tokalign_core.artifacts import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.model_dump(mode="json"), indent=2))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a JSON (``.json`` and anything else) or YAML (``.yaml``/``.yml``)
+    config file; errors name the file and say what to give instead."""
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"config {path} is a folder; give a JSON or YAML file")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"config file {path} is not valid YAML{where}: "
+                             f"{getattr(exc, 'problem', None) or exc}") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid JSON (line {exc.lineno}, "
+                             f"column {exc.colno}: {exc.msg}); YAML files need a .yaml "
+                             "suffix") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} holds a {type(data).__name__}, not a mapping "
+                         "of settings")
+    return data
 
 
 def _number_not_bool(annotation: Any) -> bool:

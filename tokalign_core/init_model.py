@@ -102,11 +102,60 @@ def load_model(spec: Any, trust_remote_code: bool = False, dtype: Any = None) ->
         return spec
     from transformers import AutoModelForCausalLM
 
+    check_model_source(str(spec))
     check_remote_code(str(spec), trust_remote_code)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(str(spec), **kwargs).eval()
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(spec), **kwargs).eval()
+    except Exception as exc:
+        if not Path(spec).is_dir() or not _is_damaged_weights(exc):
+            raise
+        raise ValueError(f"model folder {spec}: its weights cannot be read ({exc}); the file "
+                         "is truncated or damaged: save or download the model again") from exc
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def _is_damaged_weights(exc: BaseException) -> bool:
+    import pickle
+
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e}
+    return bool(names & {"SafetensorError", "HeaderTooLarge", "UnpicklingError"}) or \
+        isinstance(exc, (EOFError, pickle.UnpicklingError))
+
+
+def check_model_source(spec: str) -> None:
+    """Fail in one line before transformers does (its messages for a local folder speak of
+    repo ids): a path that does not exist, a folder without ``config.json`` or weights, a
+    ``config.json`` that is not JSON. Hub ids (``name`` or ``org/name`` that is not a local
+    path) pass through."""
+    import json
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
+            raise FileNotFoundError(f"model path {spec} does not exist; give a model folder "
+                                    "(config.json + weights) or a hub id such as org/name")
+        return
+    if not path.is_dir():
+        raise ValueError(f"model {spec} is a file; give the folder that holds config.json "
+                         "and the weights")
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"model folder {spec} has no config.json: it is not a saved "
+                                "model (save it with save_pretrained)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"model folder {spec}: config.json is not valid JSON ({exc}); "
+                         "restore or re-save the model") from exc
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(f"model folder {spec} has no weights (none of "
+                                f"{', '.join(WEIGHT_FILES)}); copy or re-save the model")
 
 
 # --------------------------------------------------------------------------------------
