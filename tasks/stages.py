@@ -114,20 +114,23 @@ def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelS
     tokens artifacts are given."""
     from tokalign_core.hidden_states import extract_hidden_states, write_embeddings
     from tokalign_core.init_model import load_model
+    from tokalign_core.inputs import digest_of
     from tokalign_core.tokenize import load_counts
 
     inputs = {"model": model, "source_tokens": source_tokens, "target_tokens": target_tokens}
     with stage_run(ws, "hidden-states", None, inputs) as run:
-        src, tgt = extract_hidden_states(load_model(_spec(model)), _tok(source_tokenizer),
-                                         _tok(target_tokenizer), batch_size=batch_size,
-                                         progress=ws.progress)
+        s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
+        src, tgt = extract_hidden_states(load_model(_spec(model)), s_tok, t_tok,
+                                         batch_size=batch_size, progress=ws.progress)
         counts = [load_counts(t) if t is not None else None for t in (source_tokens,
                                                                        target_tokens)]
         st = store(ws)
         refs = {"source": write_embeddings(st, src.ordered(counts[0]),
-                                           {"tokenizer": _spec(source_tokenizer)}),
+                                           {"tokenizer": _spec(source_tokenizer),
+                                            "tokenizer_digest": digest_of(s_tok)}),
                 "target": write_embeddings(st, tgt.ordered(counts[1]),
-                                           {"tokenizer": target_tokenizer})}
+                                           {"tokenizer": target_tokenizer,
+                                            "tokenizer_digest": digest_of(t_tok)})}
         run.outputs(**refs)
     return refs
 
@@ -153,7 +156,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
                source_tokenizer: ModelSpec, target_tokenizer: str,
                cfg: AlignConfig) -> ArtifactRef:
     """The target -> source alignment artifact (VecMap objective per iteration to MLflow)."""
-    from tokalign_core.align import Embeddings, build_alignment
+    from tokalign_core.align import Embeddings, build_alignment, check_embedding_tokenizers
     from tokalign_core.commands.align import tokenization_fallbacks
     from tokalign_core.vocab import build_vocab, shared_tokens
 
@@ -161,6 +164,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
     with stage_run(ws, f"align:{cfg.method}", cfg, inputs) as run:
         s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
         source, target = Embeddings.load(source_emb.path), Embeddings.load(target_emb.path)
+        digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
         s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
         shared = shared_tokens(s_vocab, t_vocab)
         have = target.rows_of(len(t_tok)) >= 0
@@ -173,7 +177,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
             progress=ws.progress)
         result.alignment.meta.update({"source_tokenizer": _spec(source_tokenizer),
                                       "target_tokenizer": target_tokenizer,
-                                      "n_shared": len(shared)})
+                                      "n_shared": len(shared), **digests})
         with store(ws).writer("alignment") as w:
             result.save(w.dir)
         run.metrics({f"count.{k}": v for k, v in result.alignment.counts().items()})

@@ -86,6 +86,24 @@ class Alignment:
                 f"{source_rows}; was it built for another source model?"
             )
 
+    def check_tokenizers(self, source_tok: Any = None, target_tok: Any = None) -> None:
+        """Raise :class:`~tokalign_core.inputs.TokenizerMismatchError` when a tokenizer is
+        not the one this alignment was built for (``align`` records both digests as
+        ``source_tokenizer_digest`` / ``target_tokenizer_digest``). A tokenizer of the same
+        size but another vocabulary would otherwise give a silently wrong model."""
+        from tokalign_core.inputs import check_same_tokenizer
+
+        for side, tok in (("target", target_tok), ("source", source_tok)):
+            if tok is None:
+                continue
+            check_same_tokenizer(
+                self.meta.get(f"{side}_tokenizer_digest"), tok,
+                what=f"the alignment's {side} side",
+                recorded_name=repr(self.meta.get(f"{side}_tokenizer", "?")),
+                given_name=repr(getattr(tok, "name_or_path", "") or "the given tokenizer"),
+                fix=f"give the {side} tokenizer the alignment was built with, or re-run "
+                    "`tokalign align` with this one")
+
     def save(self, folder: str | Path) -> Path:
         """Write ``alignment.npz`` (+ reference-format ``alignment.json``, ``meta.json``)."""
         folder = Path(folder)
@@ -110,10 +128,14 @@ class Alignment:
         path = folder / "alignment.npz"
         if not path.exists():
             raise FileNotFoundError(f"no alignment.npz in {folder}; run `tokalign align` first")
-        with np.load(path, allow_pickle=False) as z:
+        from tokalign_core.inputs import reading
+
+        fix = "re-run `tokalign align` to rebuild it"
+        with reading(path, fix), np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("source_ids", "scores", "provenance", "reverse")}
         meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        with reading(meta_path, fix):
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         return cls(**arrays, meta=meta)
 
     @classmethod

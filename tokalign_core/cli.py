@@ -5,6 +5,7 @@ stage adds its own subcommands without touching a shared file."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -34,6 +35,9 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
+# One store for every command and for the flows (``Workspace().artifact_root``): a stage
+# run by hand finds what the pipeline built and the other way round.
+DEFAULT_ARTIFACT_ROOT = "runs/default/artifacts"
 EXIT_USER_ERROR = 2  # a bad input or environment the user can fix: one line, no traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
@@ -65,12 +69,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [UserError, OSError, ValueError, EOFError, zlib.error,
                                         zipfile.BadZipFile, UnicodeError]
-    for module, name in (("yaml", "YAMLError"),
-                         ("safetensors", "SafetensorError")):
-        try:
+    for module, name in (("yaml", "YAMLError"), ("safetensors", "SafetensorError")):
+        with contextlib.suppress(ImportError, AttributeError):  # optional libraries
             types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):  # optional libraries
-            pass
     return tuple(types)
 
 

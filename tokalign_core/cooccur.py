@@ -578,8 +578,13 @@ def _read_manifest_digest(folder: Path) -> str | None:
 def load_cooccur(ref: ArtifactRef | str | Path) -> tuple[sp.csr_matrix, np.ndarray, dict]:
     """(X CSR [n, n], token_ids int64 [n], meta) of a cooccur artifact (no pickle)."""
     folder = _artifact_dir(ref, "cooccur", ["cooc.npz", "token_ids.npy"])
-    cooc = sp.load_npz(folder / "cooc.npz").tocsr()
-    token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
+    from tokalign_core.inputs import reading
+
+    fix = f"delete {folder} and rerun `tokalign cooccur`"
+    with reading(folder / "cooc.npz", fix):
+        cooc = sp.load_npz(folder / "cooc.npz").tocsr()
+    with reading(folder / "token_ids.npy", fix):
+        token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
     if cooc.shape != (token_ids.size, token_ids.size):
         raise ValueError(f"cooccur artifact {folder}: matrix {cooc.shape} does not match "
                          f"{token_ids.size} token ids; delete it and rerun `tokalign cooccur`")

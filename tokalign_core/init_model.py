@@ -265,6 +265,7 @@ def initialize(
     n_target, rows_before = len(target_tok), emb_in.weight.shape[0]
     n_source = source_real_rows(model, source_tok, alignment)
     if alignment is not None:
+        alignment.check_tokenizers(source_tok, target_tok)
         alignment.check_sizes(n_target, n_source)
     plan = make_plan(cfg, target_tok, source_tok, alignment, n_source)
     _check_plan(plan, n_source)

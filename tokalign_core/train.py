@@ -512,6 +512,19 @@ def _load_tokenizer(name: str, trust: bool) -> Any:
     return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
 
 
+def check_tokens_tokenizer(meta: dict, tok: Any, tokens: str | Path, tok_name: str) -> None:
+    """The tokens artifact must come from the model's tokenizer: its recorded
+    ``tokenizer_digest`` is compared (ids of another tokenizer of the same size would
+    train silently on garbage)."""
+    from tokalign_core.inputs import check_same_tokenizer
+
+    check_same_tokenizer(
+        meta.get("tokenizer_digest"), tok, what=f"tokens artifact {tokens}",
+        recorded_name=repr(meta.get("tokenizer", "?")), given_name=repr(str(tok_name)),
+        fix="tokenize the corpus with the model's tokenizer (tokalign tokenize --tokenizer "
+            f"{tok_name}) or pass the matching --tokenizer")
+
+
 def _check_vocab(model: Any, vocab: int, stream: TokenStream, name: str) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < vocab:
@@ -539,6 +552,7 @@ def build_context(cfg: TrainConfig, dist: Dist) -> Context:
         raise ValueError(f"tokenizer {cfg.tokenizer or cfg.model} has no eos token; set eos_id")
     model = _load_model(cfg.model, torch.float32, cfg.trust_remote_code)
     stream = TokenStream(cfg.tokens, eos)
+    check_tokens_tokenizer(stream.meta, tok, cfg.tokens, cfg.tokenizer or cfg.model)
     _check_vocab(model, len(tok), stream, cfg.model)
     blocks = PackedBlocks(stream, cfg.seq_len)
     out = Path(cfg.out_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_ROOT = "runs/artifacts"
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT as DEFAULT_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +60,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.cli import UserError
+    from tokalign_core.cli import UserError, open_store
     from tokalign_core.cooccur import build_cooccur
     from tokalign_core.executor import make_executor
 
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"tokens artifact {args.tokens} does not exist; run `tokalign tokenize`")
     executor = make_executor(args.workers, args.dask_address, progress=True)
     try:
-        ref = build_cooccur(args.tokens, config, ArtifactStore(args.artifact_root), executor)
+        ref = build_cooccur(args.tokens, config, open_store(args.artifact_root), executor)
     finally:
         executor.close()
     print(ref.path)

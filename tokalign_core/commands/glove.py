@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_ROOT = "runs/artifacts"
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT as DEFAULT_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,8 +68,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.cli import UserError
+    from tokalign_core.cli import UserError, open_store
     from tokalign_core.glove import build_glove
     from tokalign_core.tracking import default_logger
 
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cooccur artifact {args.cooccur} does not exist; run `tokalign cooccur`")
     logger = default_logger(args.metrics, prefix="")
     try:
-        ref = build_glove(args.cooccur, config, ArtifactStore(args.artifact_root),
+        ref = build_glove(args.cooccur, config, open_store(args.artifact_root),
                           logger=logger, progress=not args.no_progress)
     finally:
         logger.close()

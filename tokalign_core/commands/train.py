@@ -146,8 +146,41 @@ def launch_command(args: argparse.Namespace, run_json: Path) -> list[str]:
     return [*cmd, "--module", "tokalign_core.train", *tail]
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Check the inputs before launching a (possibly multi-node) job: the output folder
+    holds no input, the model folders are complete, the tokens artifact exists and was
+    tokenized with the model's tokenizer. Raises UserError / ValueError in one line."""
+    from tokalign_core.data import _read_meta
+    from tokalign_core.init_model import check_model_source
+    from tokalign_core.inputs import check_out_dir
+    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.train import check_tokens_tokenizer
+
+    teacher = cfg.distill.teacher if cfg.distill else None
+    check_out_dir(cfg.out_dir, [cfg.model, cfg.tokens, cfg.tokenizer, teacher])
+    for spec in (cfg.model, teacher):
+        if spec:
+            check_model_source(spec)
+    tokens = Path(cfg.tokens)
+    if not tokens.is_dir():
+        raise UserError(f"--tokens {tokens} does not exist; give the folder printed by "
+                        "`tokalign tokenize`")
+    meta = _read_meta(tokens)
+    name = cfg.tokenizer or cfg.model
+    if meta.get("tokenizer_digest"):
+        tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code)
+        check_tokens_tokenizer(meta, tok, tokens, name)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    from tokalign_core.train import latest_checkpoint
+
+    return (out / "checkpoints").is_dir() and latest_checkpoint(out / "checkpoints") is not None
+
+
 def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
     out = Path(cfg.out_dir)
+    preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     run_json = out / "run.json"
     cfg.save(run_json)
@@ -163,8 +196,12 @@ def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
             env.pop(key, None)
     rc = subprocess.run(cmd, env=env).returncode  # inherits stdout/stderr: streams live
     if rc != 0:
-        raise UserError(f"training exited with code {rc}; rerun the same command to resume "
-                        f"from {out / 'checkpoints'}")
+        if _has_checkpoint(out):
+            raise UserError(f"training exited with code {rc}; rerun the same command to "
+                            f"resume from {out / 'checkpoints'}")
+        raise UserError(f"training exited with code {rc} before its first checkpoint (the "
+                        "cause is printed above); fix it and run again: there is nothing "
+                        "to resume")
     return 0
 
 
