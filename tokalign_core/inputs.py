@@ -33,8 +33,9 @@ def reading(path: str | Path, fix: str) -> Iterator[None]:
     except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError, KeyError) as exc:
         if isinstance(exc, DamagedFileError):
             raise
-        raise DamagedFileError(f"{path} is damaged or not in the expected format "
-                               f"({type(exc).__name__}: {exc}); {fix}") from exc
+        raise DamagedFileError(
+            f"{path} is damaged or not in the expected format ({type(exc).__name__}: {exc}); {fix}"
+        ) from exc
 
 
 # ------------------------------------------------------------------ tokenizer identity
@@ -47,8 +48,9 @@ def digest_of(tok: Any) -> str:
     return tokenizer_digest(tok)
 
 
-def check_same_tokenizer(recorded: str | None, tok: Any, *, what: str, recorded_name: str,
-                         given_name: str, fix: str) -> None:
+def check_same_tokenizer(
+    recorded: str | None, tok: Any, *, what: str, recorded_name: str, given_name: str, fix: str
+) -> None:
     """Raise :class:`TokenizerMismatchError` when an artifact's recorded
     ``tokenizer_digest`` differs from the tokenizer it is used with. Artifacts that record
     no digest (built before digests were recorded, or outside the pipeline) pass."""
@@ -58,7 +60,8 @@ def check_same_tokenizer(recorded: str | None, tok: Any, *, what: str, recorded_
     if actual != recorded:
         raise TokenizerMismatchError(
             f"{what} was built for tokenizer {recorded_name} (digest {recorded[:12]}) but "
-            f"is used with {given_name} (digest {actual[:12]}); {fix}")
+            f"is used with {given_name} (digest {actual[:12]}); {fix}"
+        )
 
 
 # ------------------------------------------------------------------ output folders
@@ -68,8 +71,9 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_out_dir(out: str | Path, inputs: Iterable[str | Path | None], flag: str = "--out"
-                  ) -> None:
+def check_out_dir(
+    out: str | Path, inputs: Iterable[str | Path | None], flag: str = "--out"
+) -> None:
     """Refuse an output folder that is, or contains, one of the inputs: replacing it
     (``--overwrite``) or writing into it would delete or damage what the command reads.
     Hub ids and other specs that are not local paths are ignored."""
@@ -82,5 +86,7 @@ def check_out_dir(out: str | Path, inputs: Iterable[str | Path | None], flag: st
             continue
         path = path.resolve()
         if _inside(path, target):
-            raise ValueError(f"{flag} {out} holds the input {item}; writing there would "
-                             "delete or overwrite it: choose another output folder")
+            raise ValueError(
+                f"{flag} {out} holds the input {item}; writing there would "
+                "delete or overwrite it: choose another output folder"
+            )
