@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 # ------------------------------------------------------------------ configs (defect 9)
@@ -118,3 +119,95 @@ def test_booleans_stay_valid_for_boolean_fields():
 
     assert GloveConfig(deterministic=False).deterministic is False
     assert json.loads(GloveConfig().canonical_json())["x_max"] == 10.0
+
+
+# ------------------------------------------------------- outputs holding inputs (defect 10)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """<root>/inputs/{model (with tokenizer), alignment, tokens}: every input of init/adapt
+    under one folder."""
+    from tokalign_core import toy
+    from tokalign_core.alignment import Alignment, Provenance
+
+    root = tmp_path_factory.mktemp("outs")
+    inputs = root / "inputs"
+    tok = toy.train_bytelevel_bpe(toy.stdlib_texts(60), 280)
+    toy.tiny_gpt_neox(len(tok), hidden=32, layers=1, heads=2).save_pretrained(inputs / "model")
+    tok.save_pretrained(inputs / "model")
+    n = len(tok)
+    Alignment(np.arange(n), np.ones(n), np.full(n, Provenance.SHARED), np.arange(n)).save(
+        inputs / "alignment"
+    )
+    (inputs / "tokens").mkdir()
+    (inputs / "tokens" / "meta.json").write_text("{}")
+    return inputs
+
+
+def _tree(folder):
+    from tokalign_core.hashing import sha256_tree
+
+    return sha256_tree(folder)
+
+
+@pytest.mark.parametrize("out_of", [lambda i: i, lambda i: i / "model", lambda i: i.parent])
+def test_init_overwrite_refuses_an_out_that_holds_the_inputs(workspace, capsys, out_of):
+    from tokalign_core.cli import main
+
+    before = _tree(workspace)
+    out = out_of(workspace)
+    code = main(
+        [
+            "init",
+            "--model",
+            str(workspace / "model"),
+            "--target-tokenizer",
+            str(workspace / "model"),
+            "--alignment",
+            str(workspace / "alignment"),
+            "--out",
+            str(out),
+            "--overwrite",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "holds the input" in err and str(out) in err
+    assert _tree(workspace) == before
+
+
+@pytest.mark.parametrize("command", ["adapt", "distill"])
+def test_train_commands_refuse_an_out_that_holds_the_inputs(workspace, capsys, command):
+    from tokalign_core.cli import main
+
+    before = _tree(workspace)
+    model = str(workspace / "model")
+    head = (
+        ["adapt", "--model", model]
+        if command == "adapt"
+        else ["distill", "--student", model, "--teacher", model]
+    )
+    code = main(
+        [
+            *head,
+            "--tokens",
+            str(workspace / "tokens"),
+            "--out",
+            str(workspace),
+            "--engine",
+            "torch",
+            "--dry-run",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "holds the input" in err
+    assert not (workspace / "run.json").exists() and _tree(workspace) == before
+
+
+def test_check_out_dir_allows_a_sibling_and_ignores_hub_ids(tmp_path):
+    from tokalign_core.inputs import check_out_dir
+
+    (tmp_path / "model").mkdir()
+    check_out_dir(tmp_path / "out", [tmp_path / "model", "org/name", "builtin:qwen2", None])
+    with pytest.raises(ValueError, match="holds the input"):
+        check_out_dir(tmp_path, [tmp_path / "model"])
