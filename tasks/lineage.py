@@ -37,7 +37,7 @@ from tasks.caching import Workspace
 from tasks.common import warm_imports
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef
-from tokalign_core.config import FrozenConfig
+from tokalign_core.config import FrozenConfig, redact_uris, redact_userinfo
 from tokalign_core.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Lineage:
     # ------------------------------------------------------------------ plumbing
     def _record(self, event: str, **data: Any) -> None:
         self.local.parent.mkdir(parents=True, exist_ok=True)
-        row = {"time": time.time(), "event": event, **data}
+        row = redact_uris({"time": time.time(), "event": event, **data})
         with open(self.local, "a") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
 
@@ -112,7 +112,8 @@ class Lineage:
             self.failed = True
             log.warning(
                 "MLflow at %s failed during %s (%s); the pipeline continues and lineage is "
-                "kept locally in %s", self.uri, what, exc, self.local,
+                "kept locally in %s", redact_userinfo(self.uri), what,
+                redact_userinfo(str(exc)), self.local,
             )
             self._record("mlflow_unavailable", what=what, error=str(exc))
             return None

@@ -13,12 +13,22 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 T = TypeVar("T", bound="FrozenConfig")
 
 # Keys whose values never leave the process in logs or MLflow params.
 SECRET_WORDS = {"secret", "password", "passwd", "credential", "credentials", "auth"}
+# "scheme://user:password@host": the userinfo part of a URI (MLflow, S3, Postgres URLs).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
 COUNT_WORDS = {"per", "max", "min", "num", "n", "eos", "bos", "pad", "unk", "sep", "special"}
 
 
@@ -42,6 +52,14 @@ class FrozenConfig(BaseModel):
                     f"{info.field_name} is a number, got the boolean {value}; write a number"
                 )
         return value
+
+    @model_serializer(mode="wrap")
+    def _redact_uris(self, handler: SerializerFunctionWrapHandler,
+                     info: SerializationInfo) -> Any:
+        # JSON dumps leave the process (Prefect flow parameters and deployments, MLflow
+        # params, run.json): credentials inside URIs never do. Python dumps keep them.
+        data = handler(self)
+        return redact_uris(data) if info.mode_is_json() else data
 
     def canonical_json(self) -> str:
         """JSON with sorted keys: the input of :meth:`digest`."""
@@ -72,6 +90,23 @@ class FrozenConfig(BaseModel):
         from tokalign_core.artifacts import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.model_dump(mode="json"), indent=2))
+
+
+def redact_userinfo(text: str) -> str:
+    """``http://user:pass@host/x`` -> ``http://***@host/x``, anywhere in ``text`` (URIs
+    inside error messages too)."""
+    return _USERINFO.sub(r"\g<scheme>***@", text) if "://" in text else text
+
+
+def redact_uris(data: Any) -> Any:
+    """:func:`redact_userinfo` applied to every string of a JSON-like tree."""
+    if isinstance(data, str):
+        return redact_userinfo(data)
+    if isinstance(data, dict):
+        return {k: redact_uris(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(redact_uris(v) for v in data)
+    return data
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -142,7 +177,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts/lists into dotted keys; secret-looking keys become ``***``."""
+    """Flatten nested dicts/lists into dotted keys; secret-looking keys become ``***`` and
+    credentials inside URIs ``scheme://***@host``."""
     out: dict[str, Any] = {}
     if isinstance(data, dict):
         for key, value in data.items():
@@ -151,5 +187,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     key = prefix[:-1]
     if isinstance(data, list):
         data = json.dumps(data)
+    if isinstance(data, str):
+        data = redact_userinfo(data)
     out[key] = "***" if (is_secret_key(key) and data not in (None, "")) else data
     return out
