@@ -92,6 +92,23 @@ class FrozenConfig(BaseModel):
         return atomic_write_text(Path(path), json.dumps(self.model_dump(mode="json"), indent=2))
 
 
+def absolute_local_path(spec: str) -> str:
+    """``spec`` as an absolute path when it names something on this machine (``data.txt``,
+    ``./data.txt`` and ``/abs/data.txt`` then give one config digest and one artifact), or
+    a glob whose folder does; hub ids, ``hf:``/``builtin:`` specs and URIs stay as typed."""
+    import glob as globlib
+    import os
+
+    if not spec or ":" in spec.split("/")[0]:
+        return spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if globlib.has_magic(spec):
+        return os.path.abspath(path)
+    return spec
+
+
 def redact_userinfo(text: str) -> str:
     """``http://user:pass@host/x`` -> ``http://***@host/x``, anywhere in ``text`` (URIs
     inside error messages too)."""

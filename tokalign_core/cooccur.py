@@ -469,7 +469,8 @@ def _check_exact(n_tokens: int, window: int) -> None:
 
 def _artifact_dir(ref: ArtifactRef | str | Path, kind: str, required: Sequence[str]) -> Path:
     """The folder of an artifact given as a ref or a path, with its files checked."""
-    folder = Path(ref.path if isinstance(ref, ArtifactRef) else ref).expanduser()
+    # resolved: the meta records this path, so ./x and /abs/x must give one artifact
+    folder = Path(ref.path if isinstance(ref, ArtifactRef) else ref).expanduser().resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"{kind} artifact {folder} does not exist (expected a folder)")
     for name in required:

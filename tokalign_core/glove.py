@@ -466,7 +466,7 @@ def build_glove(
 
     cooc, token_ids, cmeta = load_cooccur(cooccur)
     result = train_glove(cooc, config, callback=callback, logger=logger, progress=progress)
-    folder = Path(cooccur.path if isinstance(cooccur, ArtifactRef) else cooccur)
+    folder = Path(cooccur.path if isinstance(cooccur, ArtifactRef) else cooccur).resolve()
     meta = {
         "stage": "glove",
         "source": "glove",

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="shards counted in parallel; >1 starts a Dask LocalCluster (default 1)")
     p.add_argument("--dask-address",
                    help="use an existing Dask scheduler (tcp://host:8786; default: none)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bar (shown on stderr by default)")
     p.add_argument("--artifact-root", default=DEFAULT_ROOT,
                    help=f"artifact store root for the output (default {DEFAULT_ROOT})")
     p.set_defaults(func=run)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if not Path(args.tokens).is_dir():
         raise UserError(f"tokens artifact {args.tokens} does not exist; run `tokalign tokenize`")
-    executor = make_executor(args.workers, args.dask_address, progress=True)
+    executor = make_executor(args.workers, args.dask_address, progress=not args.no_progress)
     try:
         ref = build_cooccur(args.tokens, config, open_store(args.artifact_root), executor)
     finally:
