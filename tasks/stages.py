@@ -198,8 +198,10 @@ def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: Artifa
     with stage_run(ws, "evaluate-alignment", cfg, inputs) as run:
         toks = (_tok(source_tokenizer), _tok(target_tokenizer)) if cfg.bertscore else (None,
                                                                                         None)
+        ali = Alignment.load(alignment.path)
+        ali.check_tokens(source_tokens.path, target_tokens.path)
         result = am.evaluate_alignment(
-            Alignment.load(alignment.path), am.load_heldout(source_tokens.path, cfg.strip_bos_eos),
+            ali, am.load_heldout(source_tokens.path, cfg.strip_bos_eos),
             am.load_heldout(target_tokens.path, cfg.strip_bos_eos), cfg, *toks)
         run.metrics(_numbers(result))
         run.lineage.log_text(run.run_id, am.format_table(result), "alignment_metrics.md")

@@ -104,6 +104,23 @@ class Alignment:
                 fix=f"give the {side} tokenizer the alignment was built with, or re-run "
                     "`tokalign align` with this one")
 
+    def check_tokens(self, source_tokens: str | Path, target_tokens: str | Path) -> None:
+        """Raise :class:`~tokalign_core.inputs.TokenizerMismatchError` when a tokens
+        artifact was made with another tokenizer than this alignment's side (digests
+        recorded by both stages; either missing = not checked)."""
+        from tokalign_core.inputs import TokenizerMismatchError
+
+        for side, folder in (("source", source_tokens), ("target", target_tokens)):
+            meta_path = Path(folder) / "meta.json"
+            got = json.loads(meta_path.read_text()).get("tokenizer_digest") \
+                if meta_path.is_file() else None
+            want = self.meta.get(f"{side}_tokenizer_digest")
+            if got and want and got != want:
+                raise TokenizerMismatchError(
+                    f"--{side}-tokens {folder} was tokenized with digest {got[:12]} but the "
+                    f"alignment's {side} tokenizer has digest {want[:12]}; give the tokens "
+                    f"made with the {side} tokenizer (are source and target swapped?)")
+
     def save(self, folder: str | Path) -> Path:
         """Write ``alignment.npz`` (+ reference-format ``alignment.json``, ``meta.json``)."""
         folder = Path(folder)

@@ -190,3 +190,54 @@ def test_adapt_refuses_tokens_of_another_tokenizer(toks, capsys, tmp_path):
     assert code == EXIT_USER_ERROR and "tokens artifact" in err
     assert _digest(toks.d)[:12] in err and _digest(toks.a)[:12] in err
     assert not (tmp_path / "adapt" / "run.json").exists()
+
+
+def test_eval_align_refuses_tokens_of_the_other_side(toks, capsys, tmp_path):
+    """Source and target tokens swapped (or of another tokenizer) in `eval-align`."""
+    from tokalign_core.artifacts import ArtifactStore
+    from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
+    from tokalign_core.configs.tokenize import TokenizeConfig
+    from tokalign_core.corpus import build_corpus
+    from tokalign_core.tokenize import tokenize_corpus
+
+    src = tmp_path / "t.txt"
+    src.write_text("".join(f"line {i} of the held-out text\n" for i in range(200)))
+    store = ArtifactStore(tmp_path / "store")
+    corpus = build_corpus(
+        CorpusConfig(sources=[SourceSpec(path=str(src))], n_shards=1, heldout_fraction=0.3),
+        store,
+        progress=False,
+    )
+    tok_a, tok_b = (
+        tokenize_corpus(corpus, TokenizeConfig(tokenizer=str(t)), store).path
+        for t in (toks.a, toks.b)
+    )
+    argv = ["eval-align", "--alignment", str(toks.alignment), "--no-bertscore", "--no-progress"]
+    code = main(
+        [
+            *argv,
+            "--source-tokens",
+            tok_b,
+            "--target-tokens",
+            tok_a,
+            "--out",
+            str(tmp_path / "swapped.json"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "--source-tokens" in err and "swapped" in err
+    assert not (tmp_path / "swapped.json").exists()
+    assert (
+        main(
+            [
+                *argv,
+                "--source-tokens",
+                tok_a,
+                "--target-tokens",
+                tok_b,
+                "--out",
+                str(tmp_path / "ok.json"),
+            ]
+        )
+        == 0
+    )

@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("pass both --source-tokens and --target-tokens (or neither)")
     src_docs = tgt_docs = None
     if args.source_tokens:
+        alignment.check_tokens(args.source_tokens, args.target_tokens)
         src_docs = am.load_heldout(args.source_tokens, config.strip_bos_eos)
         tgt_docs = am.load_heldout(args.target_tokens, config.strip_bos_eos)
     src_tok = tgt_tok = None
