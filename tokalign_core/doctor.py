@@ -127,7 +127,10 @@ def _config(model: Any, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+        from tokalign_core.models import resolve_model
+
+        where = resolve_model(model)  # a .gguf or builtin alias: its converted folder
+        return AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ValueError(
@@ -142,7 +145,9 @@ def _meta_model(config: Any, trust_remote_code: bool) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    from tokalign_core.models import transformers_lock
+
+    with transformers_lock(), torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokalign_core import baselines
+from tokalign_core import baselines, models
 from tokalign_core.alignment import Alignment
 from tokalign_core.configs.init import InitConfig
 
@@ -56,22 +56,13 @@ class InitResult:
 
 
 def load_tokenizer(spec: Any, trust_remote_code: bool = False) -> Any:
-    """A tokenizer object from a spec (hub id, folder, tokenizer.json, builtin alias),
-    through ``tokalign_core.tokenizers_io`` when present; objects pass through."""
+    """A tokenizer object from a spec (see :func:`tokalign_core.tokenizers_io.load_tokenizer`:
+    hub id, folder, tokenizer.json, builtin alias, ``.gguf``); objects pass through."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    try:
-        from tokalign_core.tokenizers_io import load_tokenizer as _load
-    except ImportError:  # the tokenizers_io module is optional at this layer
-        _load = None
-    if _load is not None:
-        return _load(str(spec), trust_remote_code=trust_remote_code)
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokalign_core.tokenizers_io import load_tokenizer as _load
 
-    path = Path(spec)
-    if path.is_file() and path.suffix == ".json":
-        return PreTrainedTokenizerFast(tokenizer_file=str(path))
-    return AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
+    return _load(str(spec), trust_remote_code=trust_remote_code)
 
 
 def check_remote_code(spec: str, trust_remote_code: bool) -> None:
@@ -97,16 +88,13 @@ def check_remote_code(spec: str, trust_remote_code: bool) -> None:
 
 
 def load_model(spec: Any, trust_remote_code: bool = False, dtype: Any = None) -> Any:
-    """A causal LM from a hub id / folder; objects pass through unchanged."""
+    """A causal LM from a model spec (hub id, folder, ``.gguf``, ``builtin:smollm2-135m``;
+    see :mod:`tokalign_core.models`); objects pass through unchanged."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    from transformers import AutoModelForCausalLM
-
-    check_remote_code(str(spec), trust_remote_code)
-    kwargs = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(str(spec), **kwargs).eval()
+    where = models.resolve_model(spec)
+    check_remote_code(where, trust_remote_code)
+    return models.load_causal_lm(where, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 # --------------------------------------------------------------------------------------
@@ -260,7 +248,8 @@ def _install(model: Any, new: dict, total: int, tied: bool) -> None:
     """Resize to ``total`` rows and write the new rows (+ mean padding) in place."""
     import torch
 
-    model.resize_token_embeddings(total, mean_resizing=False)
+    with models.transformers_lock():  # resizing re-ties through patched global state
+        model.resize_token_embeddings(total, mean_resizing=False)
     emb_in, emb_out = embedding_modules(model)
     with torch.no_grad():
         emb_in.weight.copy_(_with_padding(new["in"], total).to(emb_in.weight.dtype))

@@ -501,15 +501,15 @@ class Context:
 
 
 def _load_model(name: str, dtype: Any, trust: bool) -> Any:
-    from transformers import AutoModelForCausalLM
+    from tokalign_core.models import load_causal_lm
 
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust)
+    return load_causal_lm(name, dtype=dtype, trust_remote_code=trust, eval_mode=False)
 
 
 def _load_tokenizer(name: str, trust: bool) -> Any:
-    from transformers import AutoTokenizer
+    from tokalign_core.tokenizers_io import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+    return load_tokenizer(name, trust_remote_code=trust)
 
 
 def _check_vocab(model: Any, vocab: int, stream: TokenStream, name: str) -> None:
