@@ -46,8 +46,12 @@ def eval_texts(r: Runner, cfg: PipelineConfig, corpus: ArtifactRef) -> str:
 
 def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
                  teacher: ArtifactRef | str | None = None,
-                 texts: str | None = None) -> dict[str, Any]:
-    """Every stage on runner ``r``; returns refs, metrics and the summary rows."""
+                 texts: str | None = None, student_layers: int | None = None) -> dict[str, Any]:
+    """Every stage on runner ``r``; returns refs, metrics and the summary rows.
+
+    Distillation runs when ``cfg.distill`` is set and there is a teacher: ``teacher`` (or
+    the config's), distilled into the adapted model; or, with ``student_layers`` and no
+    teacher, the adapted model itself distilled into a copy of it with that many layers."""
     source_model = source_model or cfg.source_model
     aligned = run_align(r, cfg, source_model)
     texts = texts or eval_texts(r, cfg, aligned["corpus"])
@@ -57,11 +61,18 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
                           aligned["tokens"]["target"], texts)
     pending = adapted["pending"]
     teacher = teacher or teacher_of(cfg)
+    student = adapted["models"].get("aligned (adapted)", adapted["inits"]["aligned"])
+    if teacher is None and student_layers and cfg.distill is not None:
+        teacher = student
+        student = r.run("shrink-student", stages.shrink_task, teacher, student_layers)
+        adapted["models"]["student (init)"] = student
+        pending.update(submit_evaluate(r, cfg, {"student (init)": student}, texts,
+                                       after=list(pending.values())[-1]))
     if teacher is not None and cfg.distill is not None:
-        student = adapted["models"].get("aligned (adapted)", adapted["inits"]["aligned"])
         distilled = run_distill(r, cfg, student, teacher, aligned["tokens"]["target"], None)
-        adapted["models"]["distilled"] = distilled["model"]
-        pending.update(submit_evaluate(r, cfg, {"distilled": distilled["model"]}, texts,
+        label = "student (distilled)" if "student (init)" in adapted["models"] else "distilled"
+        adapted["models"][label] = distilled["model"]
+        pending.update(submit_evaluate(r, cfg, {label: distilled["model"]}, texts,
                                        after=list(pending.values())[-1]))
     evaluation = source_first(collect(pending))
     return {**aligned, "texts": texts, "models": adapted["models"], "evaluation": evaluation,

@@ -214,8 +214,10 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
     from tokalign_core.alignment import Alignment
     from tokalign_core.init_model import initialize, load_model, save_initialized
 
+    from tokalign_core.models import model_slot
+
     inputs = {"model": model, "alignment": alignment}
-    with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run:
+    with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run, model_slot():
         t_tok = _tok(target_tokenizer, cfg.trust_remote_code)
         ali = Alignment.load(alignment.path) if alignment is not None else None
         result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
@@ -223,6 +225,25 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
         with store(ws).writer("model") as w:
             save_initialized(result.model, t_tok, w.dir / "model", overwrite=True)
         run.metrics({f"count.{k}": v for k, v in result.report.counts.items()})
+        run.outputs(model=w.ref)
+    return w.ref
+
+
+@stage_task("shrink-model")
+def shrink_task(ws: Workspace, model: ArtifactRef, layers: int) -> ArtifactRef:
+    """A shallower copy of a model artifact (``layers`` evenly spread decoder blocks kept,
+    same vocabulary): a student to distil from the full-depth model."""
+    from tokalign_core.init_model import keep_layers, load_model, save_initialized
+    from tokalign_core.models import model_slot
+
+    with stage_run(ws, f"shrink:{layers}", None, {"model": model}) as run, model_slot():
+        folder = model_dir(model)
+        net = load_model(str(folder))
+        kept = keep_layers(net, layers)
+        with store(ws).writer("model") as w:
+            save_initialized(net, _tok(str(folder)), w.dir / "model", overwrite=True,
+                             card_info={"method": f"student: layers {kept} of the model"})
+        run.metrics({"layers_kept": len(kept)})
         run.outputs(model=w.ref)
     return w.ref
 

@@ -288,6 +288,61 @@ def set_special_ids(model: Any, tokenizer: Any) -> dict[str, int | None]:
 
 
 # --------------------------------------------------------------------------------------
+# A shallower student (for distillation from the full-depth model)
+# --------------------------------------------------------------------------------------
+
+
+def decoder_layers(model: Any) -> tuple[Any, str]:
+    """(the ``nn.ModuleList`` of decoder blocks, its dotted name): the module list whose
+    length is ``config.num_hidden_layers`` (``model.layers`` in Llama, ``gpt_neox.layers``,
+    GPT-2's ``transformer.h``), found by shape so no table of families is needed."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module, name
+    raise ValueError(
+        f"{type(model).__name__}: no module list of config.num_hidden_layers={n} decoder "
+        "blocks; cannot choose layers for this architecture"
+    )
+
+
+def kept_layer_ids(n_layers: int, keep: int) -> list[int]:
+    """``keep`` layer indices spread evenly over ``n_layers``, first and last included
+    (30 -> 15: 0, 2, 4, ..., 27, 29): the embedding-side and output-side blocks matter most."""
+    if not 1 <= keep <= n_layers:
+        raise ValueError(f"cannot keep {keep} of {n_layers} layers; choose 1..{n_layers}")
+    if keep == 1:
+        return [n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def keep_layers(model: Any, keep: int) -> list[int]:
+    """Drop all but ``keep`` evenly spread decoder layers of ``model`` in place (a
+    shallower student sharing the vocabulary; Sajjad et al. 2023 found keeping spread
+    layers a strong start for distillation). Renumbers the kept blocks' ``layer_idx`` (the
+    KV cache is indexed by it) and trims per-layer config lists. Returns the kept ids."""
+    import torch
+
+    layers, name = decoder_layers(model)
+    ids = kept_layer_ids(len(layers), keep)
+    kept = torch.nn.ModuleList([layers[i] for i in ids])
+    for new_idx, block in enumerate(kept):
+        for sub in block.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_idx
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, kept)
+    cfg = model.config
+    for key, value in list(vars(cfg).items()):
+        if isinstance(value, list) and len(value) == cfg.num_hidden_layers:
+            setattr(cfg, key, [value[i] for i in ids])  # e.g. layer_types
+    cfg.num_hidden_layers = len(ids)
+    return ids
+
+
+# --------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------
 

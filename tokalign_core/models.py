@@ -51,6 +51,7 @@ BUILTIN_MODELS: dict[str, dict[str, str]] = {
 # Bump when the conversion below changes, so stale converted folders are not reused.
 _CONVERTER_VERSION = "1"
 _LOCK = threading.RLock()
+_SLOTS: threading.BoundedSemaphore | None = None
 
 
 class ModelSpecError(ValueError):
@@ -69,6 +70,22 @@ def transformers_lock() -> Iterator[None]:
     (model construction, ``from_pretrained``, ``resize_token_embeddings``, ``tie_weights``).
     Re-entrant, so a guarded helper may call another."""
     with _LOCK:
+        yield
+
+
+@contextlib.contextmanager
+def model_slot() -> Iterator[None]:
+    """Bound how many whole models this process holds at once for one piece of work
+    (``$TOKALIGN_MODEL_SLOTS``, default 2). The flow starts the initialisations in threads
+    together; each holds the source model, its resized copy and the new matrices (~1.5 GB
+    for a 135M model with a 151k vocabulary), so six at once would exceed 8 GB while two
+    already keep both cores busy."""
+    global _SLOTS
+    with _LOCK:
+        if _SLOTS is None:
+            _SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get(
+                "TOKALIGN_MODEL_SLOTS", "2"))))
+    with _SLOTS:
         yield
 
 

