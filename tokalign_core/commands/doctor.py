@@ -17,7 +17,8 @@ def register(subparsers) -> None:
             "0 otherwise."
         ),
     )
-    p.add_argument("model", help="model: hub id or local folder (config.json is enough)")
+    p.add_argument("model", help="model: hub id, local folder (config.json is enough), .gguf or "
+                   "builtin:smollm2-135m")
     p.add_argument("tokenizer", nargs="?", default=None,
                    help="tokenizer spec (default: the model's own)")
     p.add_argument("--trust-remote-code", action="store_true",

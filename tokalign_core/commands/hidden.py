@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("model", metavar="MODEL",
-                   help="source causal LM: hub id or save_pretrained folder")
+                   help="source causal LM: hub id, folder, .gguf or builtin:smollm2-135m")
     p.add_argument("source_tokenizer", metavar="SOURCE_TOK",
                    help="the model's own tokenizer (hub id, folder, tokenizer.json, "
                    "*.tiktoken, builtin:qwen2)")
