@@ -62,7 +62,8 @@ class PipelineConfig(FrozenConfig):
     held-out split).
     """
 
-    source_model: str = Field("EleutherAI/pythia-1b", description="model to adapt: hub id, folder, .gguf or builtin:smollm2-135m")
+    source_model: str = Field("EleutherAI/pythia-1b", description="model to adapt: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     source_tokenizer: str | None = Field(None, description="default: the source model's")
     target_tokenizer: str = Field("builtin:qwen2", description="the new vocabulary")
     corpus: CorpusConfig = Field(
