@@ -189,3 +189,7 @@ def test_gguf_is_converted_once_and_matches_the_original(tmp_path, monkeypatch):
     tok = load_tokenizer(str(gguf_file))  # the GGUF's own vocabulary, through the conversion
     assert tok.convert_tokens_to_ids(vocab) == list(range(len(vocab)))
     assert tok("the")["input_ids"][:1] == [vocab.index("th")]
+    from tokalign_core.doctor import diagnose
+
+    report = diagnose(str(gguf_file), str(gguf_file))  # the doctor takes the .gguf too
+    assert report.by_check("embeddings")[0].detail["tied"] is True
