@@ -144,3 +144,30 @@ def test_the_writer_lock_never_enters_an_artifact(tmp_path):
         assert (w.dir / ".writer.lock").exists()
     assert sorted(p.name for p in w.ref.dir.iterdir()) == [MANIFEST, "sub"]
     verify(w.ref, full=True)
+
+
+@pytest.mark.slow
+def test_kill_9_of_tokalign_corpus_leaves_no_spill_folder(tmp_path):
+    """``tokalign corpus`` SIGKILLed while it spills: the spill folder is a store scratch
+    folder, so the next store opened on this host removes it (before: leaked forever)."""
+    source = tmp_path / "big.txt"
+    source.write_text("".join(f"document {i} says lorem ipsum dolor sit amet {i * 7919}\n"
+                              for i in range(400_000)))  # ~20 MB: spilling takes seconds
+    root = tmp_path / "art"
+    cmd = [sys.executable, "-m", "tokalign_core", "corpus", "--source", str(source),
+           "--artifact-root", str(root), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    spill: list[Path] = []
+    while not any(p.stat().st_size > 0 for d in spill for p in d.glob("b*.bin")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the corpus command never started spilling"
+        spill = list((root / ".tmp").glob("corpus-spill*")) if (root / ".tmp").exists() else []
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert spill[0].exists()  # killed mid-spill: it is still there ...
+    ArtifactStore(root)  # ... until the next store opens on this host
+    assert list((root / ".tmp").iterdir()) == []
+    assert not (root / "corpus").exists()
