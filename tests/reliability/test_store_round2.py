@@ -171,3 +171,36 @@ def test_kill_9_of_tokalign_corpus_leaves_no_spill_folder(tmp_path):
     ArtifactStore(root)  # ... until the next store opens on this host
     assert list((root / ".tmp").iterdir()) == []
     assert not (root / "corpus").exists()
+
+
+# ------------------------------------------------------------------ compute-lock files
+
+
+def test_compute_lock_refuses_a_planted_symlink(tmp_path):
+    """Before: the lock file was opened following symlinks, then truncated and written,
+    so ``<key>.lock -> victim`` emptied the victim."""
+    from tokalign_core import locks
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    root = tmp_path / "locks"
+    root.mkdir()
+    (root / "k1.lock").symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        locks.try_acquire(root, "k1")
+    assert victim.read_text() == "precious\n"
+    assert locks.read_holder(root / "k1.lock") is None
+    with pytest.raises(locks.UnsafeLockFileError, match="symbolic link"):
+        locks.is_locked(root, "k1")
+    os.mkfifo(root / "k2.lock")
+    with pytest.raises(locks.UnsafeLockFileError, match="not a regular file"):
+        locks.try_acquire(root, "k2")
+
+
+def test_compute_lock_folder_is_owner_only(tmp_path):
+    from tokalign_core import locks
+
+    lock = locks.try_acquire(tmp_path / "fresh" / ".locks", "k")
+    assert lock is not None
+    assert (tmp_path / "fresh" / ".locks").stat().st_mode & 0o777 == 0o700
+    lock.release()
