@@ -15,6 +15,7 @@ from prefect import Task
 
 from flows.env import embedded_defaults  # noqa: F401 - re-exported
 from tasks.caching import Workspace
+from tasks.records import result_storage
 from tokalign_core.configs.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class Runner:
         # served deployment finds them wherever its Prefect home is. One copy per task:
         # with_options rebuilds the whole task (~5-10 ms), and evaluate runs six times.
         if id(task) not in self._bound:
-            self._bound[id(task)] = (task, task.with_options(result_storage=self.ws.results_dir))
+            storage = result_storage(self.ws.results_dir)  # 0700, records 0600, checked
+            self._bound[id(task)] = (task, task.with_options(result_storage=storage))
         return self._bound[id(task)][1]
 
     def submit(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:

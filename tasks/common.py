@@ -2,7 +2,8 @@
 executor of a :class:`~tasks.caching.Workspace`.
 
 Every stage task is a Prefect task with the content-hash cache policy, persisted results
-(small refs and dicts only), and retries for transient I/O errors only.
+(small refs and dicts only, as JSON: :mod:`tasks.records`), and retries for transient
+I/O errors only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from prefect import task
 
 from tasks.caching import CONTENT_HASH, Workspace, retry_on_transient_io
+from tasks.records import JSON_RESULTS
 from tokalign_core.artifacts import ArtifactStore
 from tokalign_core.executor import Executor, make_executor
 
@@ -64,6 +66,7 @@ def stage_task(name: str, **options: Any) -> Callable[[F], F]:
         "name": name,
         "cache_policy": CONTENT_HASH,
         "persist_result": True,
+        "result_serializer": JSON_RESULTS,  # never pickle: see tasks/records.py
         "retries": RETRIES,
         "retry_delay_seconds": RETRY_DELAY_SECONDS,
         "retry_condition_fn": retry_on_transient_io,
