@@ -139,6 +139,9 @@ WORK_BYTES = 26
 # Bytes per nonzero while the buckets are built: COO row/col, value, log x and f(x) in
 # float64, the record, bucket id, argsort and the sorted records.
 BUILD_BYTES = 72
+# Spill the buckets to disk when their records take more than this fraction of the budget
+# (the rest is the working memory of one bucket and of the build).
+SPILL_FRACTION = 0.5
 
 
 def record_dtype(dtype: str | np.dtype) -> np.dtype:
@@ -281,7 +284,7 @@ def build_buckets(source: CsrSource, config: GloveConfig, rng: np.random.Generat
     nnz, blocks = source.nnz, config.blocks
     cap = max(budget // (record.itemsize + WORK_BYTES), 1)  # nonzeros per bucket
     k = max(1, math.ceil(1.25 * nnz / (blocks * cap)))  # 25% room: buckets are random
-    spill = folder if nnz * record.itemsize > budget // 2 else None
+    spill = folder if nnz * record.itemsize > SPILL_FRACTION * budget else None
     store = Buckets(blocks, k, record, spill)
     for rows, cols, x in source.chunks(max(budget // BUILD_BYTES, 1)):
         if not np.all(np.isfinite(x)):

@@ -140,3 +140,17 @@ def _write_header(fh, header: dict) -> None:
         np.lib.format.write_array_header_1_0(fh, header)
     except ValueError:
         np.lib.format.write_array_header_2_0(fh, header)
+
+
+def npy_member(path: str | Path) -> Member:
+    """The data of a plain ``.npy`` file as a :class:`Member` (read piece by piece)."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    if fortran or dtype.hasobject:
+        raise ValueError(f"{path} is not a plain C-ordered array")
+    return Member(path, offset, dtype, tuple(shape))
