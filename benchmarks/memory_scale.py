@@ -46,8 +46,9 @@ def read_texts(source: Path) -> list[str]:
     return [d[k] for k in range(longest) for d in per_file if k < len(d)]
 
 
-def prepare(source: Path, spec: str = "builtin:qwen2") -> Path:
-    """Tokenize every document once (cached): ids.npy uint32, offsets.npy int64."""
+def prepare(source: Path, max_tokens: int, spec: str = "builtin:qwen2") -> Path:
+    """Tokenize documents once, until ``max_tokens`` (cached): ids.npy uint32, offsets.npy
+    int64."""
     cache = OUT / "full-qwen2"
     if (cache / "offsets.npy").exists():
         return cache
@@ -58,15 +59,21 @@ def prepare(source: Path, spec: str = "builtin:qwen2") -> Path:
     texts = read_texts(source)
     ids, lens = [], []
     t0 = time.time()
+    total = 0
     for k in range(0, len(texts), 256):
         for enc in backend.encode_batch(texts[k:k + 256], add_special_tokens=False):
             ids.append(np.asarray(enc.ids, dtype=np.uint32))
             lens.append(len(enc.ids))
+            total += len(enc.ids)
+        if k % 5120 == 0:
+            print(f"  {k} documents, {total} tokens, {time.time() - t0:.0f}s", flush=True)
+        if total >= max_tokens:
+            break
     cache.mkdir(parents=True, exist_ok=True)
     np.save(cache / "ids.npy", np.concatenate(ids))
     np.save(cache / "offsets.npy", np.concatenate(([0], np.cumsum(lens))).astype(np.int64))
     (cache / "vocab_size").write_text(str(len(tok)))
-    print(f"tokenized {len(texts)} documents, {sum(lens)} tokens in {time.time() - t0:.0f}s",
+    print(f"tokenized {len(lens)} documents, {sum(lens)} tokens in {time.time() - t0:.0f}s",
           flush=True)
     return cache
 
@@ -200,7 +207,7 @@ def main() -> None:
     cb = args.cooccur_budget or CooccurConfig().memory_budget_mb
     gb = args.glove_budget or GloveConfig().memory_budget_mb
     OUT.mkdir(parents=True, exist_ok=True)
-    full = prepare(args.text)
+    full = prepare(args.text, int(max(args.sizes) * 1.02))
     for size in args.sizes:
         tokens = make_tokens(full, int(size))
         base = {"n_tokens_target": int(size), "nproc": os.cpu_count()}

@@ -32,6 +32,7 @@ def _random_cooc(n: int = 60, density: float = 0.3, seed: int = 0) -> sp.csr_mat
     return (x + x.T).tocsr()
 
 
+@pytest.mark.slow  # two fresh processes (~15 s); the in-process 1-vs-2-thread test is fast
 def test_default_vectors_do_not_depend_on_the_thread_count(tmp_path):
     # Issue 16 defect 5: NUMBA_NUM_THREADS=1 and =2 gave different vectors for one config.
     sp.save_npz(tmp_path / "x.npz", _random_cooc())
