@@ -213,6 +213,7 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
     alignment for ``aligned``, else a baseline) -> model artifact (save_pretrained)."""
     from tokalign_core.alignment import Alignment
     from tokalign_core.init_model import initialize, load_model, save_initialized
+    from tokalign_core.model_card import CardInfo, method_label
 
     from tokalign_core.models import model_slot
 
@@ -222,8 +223,13 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
         ali = Alignment.load(alignment.path) if alignment is not None else None
         result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
                             _tok(source_tokenizer, cfg.trust_remote_code))
+        card = CardInfo(
+            method=method_label(cfg.method, (ali.meta.get("method") if ali else None)),
+            source_model=_spec(model), target_tokenizer=target_tokenizer,
+            alignment=f"sha256:{alignment.sha256}" if alignment is not None else "",
+            counts=result.report.counts, config_digest=cfg.digest())
         with store(ws).writer("model") as w:
-            save_initialized(result.model, t_tok, w.dir / "model", overwrite=True)
+            save_initialized(result.model, t_tok, w.dir / "model", card, overwrite=True)
         run.metrics({f"count.{k}": v for k, v in result.report.counts.items()})
         run.outputs(model=w.ref)
     return w.ref
