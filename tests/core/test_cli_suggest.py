@@ -11,7 +11,7 @@ from tokalign_core import cli
     (["demoo"], "did you mean 'demo'?"),
     (["tokenze", "--help"], "did you mean 'tokenize' or 'tokenizer'?"),
     (["demo", "--quik"], "did you mean '--quick'?"),
-    (["run", "--source-modl", "x"], "did you mean '--source-model'?"),
+    (["run", "--source-modl", "x"], "did you mean '--source-model'"),
 ])
 def test_misspelt_command_or_flag_suggests_the_closest(argv, hint, capsys):
     with pytest.raises(SystemExit) as exc:
