@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
-from tasks.common import warm_imports
+from tasks.common import run_logger, warm_imports
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.config import FrozenConfig
@@ -458,9 +458,11 @@ class StageRun:
         self.lineage = lineage
         self.run_id = run_id
         self.stage = stage
+        self.last: dict[str, float] = {}  # the latest value of each metric (for the log)
 
     def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.lineage.log_metrics(self.run_id, metrics, step)
+        self.last.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
 
     def outputs(self, **refs: Any) -> None:
         self.lineage.set_tags(self.run_id, ref_tags("output", refs))
@@ -498,12 +500,29 @@ def stage_run(
                                tags=tags)
     lineage.log_config(run_id, config)
     handle = StageRun(lineage, run_id, stage)
+    start = time.perf_counter()
     try:
         yield handle
     except BaseException:
         lineage.end_run(run_id, "FAILED")
         raise
     lineage.end_run(run_id, "FINISHED")
+    run_logger().info("%s done in %.1f s%s", ws.stage_label or stage,
+                      time.perf_counter() - start, key_numbers(handle.last))
+
+
+# How many of a stage's metrics its "done" log line shows (the rest are in MLflow).
+LOG_NUMBERS = 8
+
+
+def key_numbers(metrics: dict[str, float]) -> str:
+    """``"; loss=3.214, count.aligned=19143"``: a stage's last metric values, rounded, for
+    the Prefect log (at most :data:`LOG_NUMBERS`; '' when there are none)."""
+    if not metrics:
+        return ""
+    shown = [f"{k}={v:.4g}" for k, v in list(metrics.items())[:LOG_NUMBERS]]
+    more = len(metrics) - LOG_NUMBERS
+    return "; " + ", ".join(shown) + (f" (+{more} more in MLflow)" if more > 0 else "")
 
 
 def _pipeline_of(config: Any) -> Any:
