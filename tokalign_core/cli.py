@@ -23,10 +23,24 @@ class _RunAwareFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         for attr, label in (("task_run_name", "task"), ("flow_run_name", "flow")):
-            name = getattr(record, attr, None)
+            name = getattr(record, attr, None) or (_current_task_run() if attr ==
+                                                   "task_run_name" else None)
             if name:
                 return line.replace(f"{record.name}: ", f"{record.name}: {label} {name!r}: ", 1)
         return line
+
+
+def _current_task_run() -> str | None:
+    """The Prefect task run this thread is executing, if any: a library line logged inside
+    a stage ("glove iteration 3: ...") is labelled with the stage that logged it
+    (``glove:source``). Prefect is only consulted when something already imported it."""
+    if "prefect.context" not in sys.modules:
+        return None
+    try:
+        ctx = sys.modules["prefect.context"].TaskRunContext.get()
+    except Exception:  # noqa: BLE001 - a label is best effort
+        return None
+    return getattr(getattr(ctx, "task_run", None), "name", None)
 
 
 def _configure_logging(verbose: bool) -> None:

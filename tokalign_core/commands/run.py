@@ -143,13 +143,11 @@ def check_inputs(cfg: Any) -> None:
             raise UserError(f"{flag} {spec}: no such file or folder")
 
 
-def where(out: dict[str, Any], run_dir: Path, tracking: str) -> str:
+def where(out: dict[str, Any], tracking: str) -> str:
     """The lines that say where the models and the MLflow store are."""
-    lines = ["models:"]
-    for label, path in out.get("published", {}).items():
-        lines.append(f"  {label:<28} {path}")
-    lines.append(f"MLflow store: {tracking} (experiment 'tokalign')")
-    return "\n".join(lines)
+    from tokalign_core.commands.demo import model_lines
+
+    return f"{model_lines(out)}\nMLflow store: {tracking} (experiment 'tokalign')"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     from flows.env import embedded_defaults
+    from tokalign_core.commands.demo import browse_commands, quiet_progress_bars
 
     embedded_defaults(run_dir)  # before Prefect reads its settings
+    quiet_progress_bars(args.progress)
     import logging
 
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
@@ -171,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline_flow
     from tasks.caching import Workspace
     from tasks.lineage import prewarm, tracking_uri
-    from tokalign_core.commands.demo import browse_commands
 
     ws = Workspace(run_dir=str(run_dir), workers=args.workers, dask_address=args.dask_address,
                    progress=args.progress)
@@ -182,6 +181,6 @@ def run(args: argparse.Namespace) -> int:
     cached = sum(v == "Cached" for v in out["states"].values())
     print(out["summary"])
     print(f"\n{cfg.title()} finished in {took:.0f} s ({cached}/{len(out['states'])} stages "
-          f"from the cache); results in {run_dir}\n{where(out, run_dir, tracking_uri(ws))}\n"
+          f"from the cache); results in {run_dir}\n{where(out, tracking_uri(ws))}\n"
           f"browse them:\n{browse_commands(run_dir)}")
     return 0
