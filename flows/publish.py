@@ -20,11 +20,11 @@ from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage
 from tokalign_core.artifacts import ArtifactRef
-from tokalign_core.configs.pipeline import PipelineConfig, short_name
+from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig, short_name
 from tokalign_core.model_card import CardInfo, method_label, publish_folder, render
 
 # The model a run is for, best first: the registered one.
-FINAL_ORDER = ("distilled", "aligned (adapted)", "aligned (init)")
+FINAL_ORDER = ("student (distilled)", "distilled", "aligned (adapted)", "aligned (init)")
 
 
 def folder_name(label: str) -> str:
@@ -44,12 +44,18 @@ def final_label(models: dict[str, Any]) -> str | None:
 
 def _training(cfg: PipelineConfig, label: str) -> str:
     parts = []
-    if label in ("aligned (adapted)", "distilled") and cfg.adapt is not None:
+    if label in ("aligned (adapted)", "distilled", "student (init)", "student (distilled)") \
+            and cfg.adapt is not None:
         parts.append(f"two-stage adaptation ({cfg.adapt.total_steps} steps: embeddings and "
                      "LM head, then every parameter)")
-    if label == "distilled" and cfg.distill is not None and cfg.distill.distill is not None:
+    if label == "student (init)":
+        parts.append("a shallower copy of the adapted model (fewer decoder layers)")
+    if label in ("distilled", "student (distilled)") and cfg.distill is not None:
+        teacher = cfg.distill.distill.teacher if cfg.distill.distill is not None else ""
+        source = "the adapted model" if label.startswith("student") or teacher in (
+            "", SET_BY_PIPELINE) else short_name(teacher)
         parts.append(f"token-level distillation ({cfg.distill.total_steps} steps) from "
-                     f"{short_name(cfg.distill.distill.teacher)}")
+                     f"{source}")
     return ", then ".join(parts)
 
 
@@ -73,7 +79,8 @@ def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
              evaluation: dict[str, Any], align_metrics: dict[str, Any]) -> CardInfo:
     """The card of the model ``label`` (``"<method> (init)"``, ``"aligned (adapted)"``,
     ``"distilled"``)."""
-    init_method = label.removesuffix(" (init)") if label.endswith(" (init)") else "aligned"
+    init_method = label.removesuffix(" (init)") if label.endswith(" (init)") \
+        and not label.startswith("student") else "aligned"
     meta: dict[str, Any] = {}
     if alignment is not None and (Path(alignment.path) / "meta.json").is_file():
         meta = json.loads((Path(alignment.path) / "meta.json").read_text())
