@@ -39,10 +39,10 @@ def _toy_flow(ws: Workspace) -> str:
 
 def test_task_runs_are_named_by_stage_and_log_key_numbers(prefect_api, tmp_path, caplog,
                                                           monkeypatch):
+    import io
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    import io
 
     from tokalign_core.cli import _RunAwareFormatter
 
