@@ -214,7 +214,6 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
     from tokalign_core.alignment import Alignment
     from tokalign_core.init_model import initialize, load_model, save_initialized
     from tokalign_core.model_card import CardInfo, method_label
-
     from tokalign_core.models import model_slot
 
     inputs = {"model": model, "alignment": alignment}
