@@ -8,6 +8,7 @@ LM head on the meta device."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -48,10 +49,8 @@ def _overlap_builds(monkeypatch, parties: int) -> threading.Barrier:
     original = mu.patch_output_recorders
 
     def wait_then_patch(model):
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
         return original(model)
 
     monkeypatch.setattr(mu, "patch_output_recorders", wait_then_patch)
@@ -80,7 +79,8 @@ def test_concurrent_inits_of_a_tied_llama_match_serial_ones(
     for method, model in results.items():
         assert is_tied(model), method
         assert not any(p.is_meta for p in model.parameters()), method
-        for (name, a), b in zip(model.state_dict().items(), serial[method].state_dict().values()):
+        for (name, a), b in zip(model.state_dict().items(), serial[method].state_dict().values(),
+                                   strict=True):
             assert torch.equal(a, b), (method, name)
 
 
@@ -179,7 +179,8 @@ def test_gguf_is_converted_once_and_matches_the_original(tmp_path, monkeypatch):
     assert "F32" in (models.converted_dir(gguf_file) / "README.md").read_text()
     converted = load_model(folder)
     assert is_tied(converted)
-    for (name, a), b in zip(model.state_dict().items(), converted.state_dict().values()):
+    pairs = zip(model.state_dict().items(), converted.state_dict().values(), strict=True)
+    for (name, a), b in pairs:
         torch.testing.assert_close(a, b, msg=name)
     stamp = (models.converted_dir(gguf_file) / "model.safetensors").stat().st_mtime_ns
     assert models.resolve_model(str(gguf_file)) == folder  # cached: not converted again
