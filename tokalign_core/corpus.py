@@ -48,9 +48,7 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import closing
@@ -462,6 +460,7 @@ class _Spill:
         self.folder = folder
         self.files = [open(folder / f"b{i:03d}.bin", "wb", buffering=1 << 16)  # noqa: SIM115
                       for i in range(N_BUCKETS)]
+        self.forced_heldout: bytes | None = None  # order key read back as held out
 
     def add(self, key: bytes, heldout: bool, data: bytes) -> None:
         fh = self.files[key[0]]
@@ -479,8 +478,8 @@ class _Spill:
             records = list(_read_records(path))
             path.unlink()
             records.sort(key=lambda r: (r[0], r[2]))
-            for _, heldout, data in records:
-                yield heldout, data
+            for key, heldout, data in records:
+                yield heldout or key == self.forced_heldout, data
 
 
 def _read_records(path: Path) -> Iterator[tuple[bytes, bool, bytes]]:
@@ -573,15 +572,15 @@ def build_corpus(cfg: CorpusConfig, store: ArtifactStore, progress: bool = True)
     """Read, filter, mix, split and shard ``cfg.sources`` into a **corpus** artifact.
 
     Memory: one hash bucket (about corpus / 256) plus one parquet write buffer. The spill
-    files live in a temp folder under the store root and are removed in every case.
+    files live in a scratch folder under the store root, removed in every case (a killed
+    run's by the next store opened on this host).
     Raises FileNotFoundError / ValueError naming the source for missing or unreadable
     input, and ValueError naming every source when no document survives the policy.
     """
     stats = [SourceStats(spec=s.model_dump(mode="json")) for s in cfg.sources]
-    tmp_root = store.root / ".tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="corpus-spill-", dir=tmp_root))
-    try:
+    # The spill folder holds the whole corpus at scale: a store scratch folder is removed on
+    # exit and, after a kill -9, by the next store opened on this host (its flock is gone).
+    with store.scratch("corpus-spill") as tmp:
         try:
             spill = _Spill(tmp)
             try:
@@ -591,7 +590,7 @@ def build_corpus(cfg: CorpusConfig, store: ArtifactStore, progress: bool = True)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise OSError(exc.errno, f"disk full while spilling the corpus to {tmp_root} "
+            raise OSError(exc.errno, f"disk full while spilling the corpus to {tmp.parent} "
                           "(it needs about the corpus size free); free space or choose an "
                           "artifact root on a larger disk") from exc
         _check_not_empty(cfg, stats, counts)
@@ -600,8 +599,6 @@ def build_corpus(cfg: CorpusConfig, store: ArtifactStore, progress: bool = True)
                                          progress)
             meta = _meta(cfg, stats, shards, held)
             w.path("meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     assert w.ref is not None
     log.info("corpus: %d training docs in %d shards, %d held out -> %s",
              meta["n_docs"], cfg.n_shards, held["docs"], w.ref.path)
@@ -616,6 +613,7 @@ def _spill_documents(cfg: CorpusConfig, stats: list[SourceStats], spill: _Spill,
 
         docs = tqdm(docs, desc="reading sources", unit="doc")
     counts = {"train_docs": 0, "train_bytes": 0, "heldout_docs": 0}
+    smallest: tuple[bytes, bytes, int] | None = None  # (draw, order key, bytes) of the min draw
     for doc in docs:
         data = doc.encode("utf-8")
         digest = document_digest(data, cfg.seed)
@@ -626,6 +624,18 @@ def _spill_documents(cfg: CorpusConfig, stats: list[SourceStats], spill: _Spill,
         else:
             counts["train_docs"] += 1
             counts["train_bytes"] += len(data)
+            draw = digest[:8][::-1]  # big-endian bytes compare as the little-endian number
+            if smallest is None or draw < smallest[0]:
+                smallest = (draw, digest[8:32], len(data))
+    # A small corpus can draw no held-out document at all (65 documents at 2%: 27% of
+    # seeds), and then every held-out metric fails. Hold out the one with the smallest
+    # draw: the document a slightly larger fraction would have taken first.
+    if (cfg.heldout_fraction > 0 and counts["heldout_docs"] == 0 and counts["train_docs"] > 1
+            and smallest is not None):
+        spill.forced_heldout = smallest[1]
+        counts["train_docs"] -= 1
+        counts["train_bytes"] -= smallest[2]
+        counts["heldout_docs"] = 1
     return counts
 
 
