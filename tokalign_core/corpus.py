@@ -16,7 +16,12 @@ Input policy (never crashes a run; every case is counted per source in ``meta.js
 - bytes that are not valid UTF-8 are decoded with U+FFFD replacement
   (``invalid_utf8_sequences``); malformed jsonl lines and records without a string text
   field are skipped (``bad_json_lines``, ``missing_text_field``);
-- NUL characters are removed (``nul_chars_removed``, ``docs_with_nul``);
+- NUL characters are removed (``nul_chars_removed``, ``docs_with_nul``); a plain-text
+  file that looks binary (a NUL or >10% non-text in its first 8 KB) is still read but
+  logged as a warning and listed in ``binary_files``; a leading UTF-8 byte-order mark is
+  dropped;
+- a path is a glob only when no file of that literal name exists (``data[1].txt``); a
+  device or pipe (``/dev/zero``) is refused; a damaged ``.gz`` is an error naming it;
 - documents empty or only whitespace after that, or shorter than ``min_doc_chars``, are
   dropped (``empty_dropped``);
 - documents longer than ``max_doc_chars`` (default 1,000,000) are split into pieces at the
