@@ -55,7 +55,7 @@ class FrozenConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _redact_uris(self, handler: SerializerFunctionWrapHandler,
-                     info: SerializationInfo) -> Any:
+                     info: SerializationInfo):  # no return type: keeps the schema
         # JSON dumps leave the process (Prefect flow parameters and deployments, MLflow
         # params, run.json): credentials inside URIs never do. Python dumps keep them.
         data = handler(self)

@@ -55,3 +55,9 @@ def test_redact_userinfo_only_touches_userinfo():
     )
     assert redact_userinfo("user@example.com runs/default") == "user@example.com runs/default"
     assert GloveConfig().digest() == GloveConfig().digest()
+
+
+def test_redaction_keeps_the_serialisation_schema():
+    """The JSON-mode serializer must not blank the configs' JSON schema (forms, docs)."""
+    schema = Workspace.model_json_schema(mode="serialization")
+    assert {"run_dir", "tracking_uri"} <= set(schema["properties"])
