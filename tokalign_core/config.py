@@ -54,8 +54,9 @@ class FrozenConfig(BaseModel):
         return value
 
     @model_serializer(mode="wrap")
-    def _redact_uris(self, handler: SerializerFunctionWrapHandler,
-                     info: SerializationInfo):  # no return type: keeps the schema
+    def _redact_uris(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ):  # no return type: keeps the schema
         # JSON dumps leave the process (Prefect flow parameters and deployments, MLflow
         # params, run.json): credentials inside URIs never do. Python dumps keep them.
         data = handler(self)
@@ -142,18 +143,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ValueError(f"config file {path} is not valid YAML{where}: "
-                             f"{getattr(exc, 'problem', None) or exc}") from exc
+            raise ValueError(
+                f"config file {path} is not valid YAML{where}: "
+                f"{getattr(exc, 'problem', None) or exc}"
+            ) from exc
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid JSON (line {exc.lineno}, "
-                             f"column {exc.colno}: {exc.msg}); YAML files need a .yaml "
-                             "suffix") from exc
+            raise ValueError(
+                f"config file {path} is not valid JSON (line {exc.lineno}, "
+                f"column {exc.colno}: {exc.msg}); YAML files need a .yaml "
+                "suffix"
+            ) from exc
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} holds a {type(data).__name__}, not a mapping "
-                         "of settings")
+        raise ValueError(
+            f"config file {path} holds a {type(data).__name__}, not a mapping of settings"
+        )
     return data
 
 
