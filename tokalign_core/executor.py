@@ -30,7 +30,7 @@ class SerialExecutor:
     """Run in this process, in order. The reference every parallel result must equal."""
 
     n_workers = 1
-    #: Results stay in this process: stages keep their in-memory merge.
+    #: Runs in this process (nothing to warm up or hand over to other processes).
     distributed = False
 
     def __init__(self, progress: bool = False, desc: str = "shards"):
@@ -70,7 +70,7 @@ class DaskExecutor:
     scheduler (``tcp://host:8786``) at once, so a wrong address fails early.
     """
 
-    #: Workers run elsewhere: stages hand results over through the artifact root.
+    #: Workers are other processes: results go through the artifact root, not memory.
     distributed = True
 
     def __init__(self, address: str | None = None, n_workers: int = 2, progress: bool = True,
@@ -126,9 +126,15 @@ class DaskExecutor:
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         futures = self.client.map(fn, list(items), pure=False)
         if self.progress:
+            import contextlib
+            import sys
+
             from dask.distributed import progress
 
-            progress(futures, notebook=False)
+            # Dask's text bar writes to stdout, where the commands print the artifact path
+            # that scripts read: it goes to stderr, like every other progress bar here.
+            with contextlib.redirect_stdout(sys.stderr):
+                progress(futures, notebook=False)
         return self.client.gather(futures)
 
     def close(self) -> None:

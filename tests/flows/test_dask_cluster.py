@@ -131,8 +131,8 @@ def test_cli_on_a_real_cluster_is_byte_identical(cluster, corpus_dir, tokenizer_
     remote = _tokens_and_cooc(corpus_dir, tokenizer_dir, tmp_path / "remote",
                               ["--dask-address", cluster.address])
     assert [_digest(p) for p in remote] == [_digest(p) for p in serial]
-    # the shards were tokenized, counted and symmetrised by the cluster's workers
-    assert {"tokenize_shard", "count_job", "block_job"} <= _task_prefixes(cluster)
+    # the shards were tokenized and counted by the cluster's workers
+    assert {"tokenize_shard", "count_shard_dir_runs"} <= _task_prefixes(cluster)
 
 
 def _kill_a_busy_worker(cluster: Cluster, done: threading.Event, killed: list[str]) -> None:
