@@ -5,7 +5,8 @@ interleaved (1 worker, 2 workers, 1, 2, ...) so both see the same machine load, 
 1-minute load average quoted before and after each run. Results are appended to
 ``.cache/bench/parallel/results.jsonl`` and printed as a markdown table.
 
-    python benchmarks/parallel_bench.py --text .cache/bench/corpus --mb 40 68 --rounds 2
+    python benchmarks/parallel_bench.py --text .cache/bench/corpus --mb 40 68 --rounds 2 \
+        [--stages tokenize cooccur]
 
 ``--text``: a folder of jsonl files (benchmarks/make_corpus.py's output); ``--mb``: corpus
 sizes in MB of text (about 4 bytes per Qwen2 token here, so 40 MB ~ 10M tokens).
@@ -75,15 +76,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     for mb in args.mb:
         store = OUT / f"store-{mb:g}mb"
         corp = corpus(args.text, mb, store)
-        tokens, _ = cli(["tokenize", "--corpus", corp, "--tokenizer", args.tokenizer,
-                         "--artifact-root", str(store / "ref"), "--no-progress"])
+        done = sorted((store / "ref" / "tokens").glob("*/MANIFEST.json"))
+        tokens = str(done[0].parent) if done else cli(
+            ["tokenize", "--corpus", corp, "--tokenizer", args.tokenizer, "--artifact-root",
+             str(store / "ref"), "--no-progress"])[0]
         n_tokens = json.loads((Path(tokens) / "meta.json").read_text())["n_tokens"]
         stages = {
             "tokenize": ["tokenize", "--corpus", corp, "--tokenizer", args.tokenizer,
                          "--no-progress"],
             "cooccur": ["cooccur", tokens],
         }
-        for stage, base in stages.items():
+        for stage, base in ((k, v) for k, v in stages.items() if k in args.stages):
             for rnd in range(args.rounds):
                 for workers in (1, 2):
                     # a fresh artifact root per run: nothing is served from a cache
@@ -120,6 +123,8 @@ def main() -> None:
     ap.add_argument("--mb", type=float, nargs="+", default=[40.0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tokenizer", default="builtin:qwen2")
+    ap.add_argument("--stages", nargs="+", default=["tokenize", "cooccur"],
+                    choices=["tokenize", "cooccur"])
     args = ap.parse_args()
     print(table(run(args)))
 
