@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def pair(n: int, d: int, seed: int = 0, rotate: bool = True
-         ) -> tuple[np.ndarray, np.ndarray]:
+def pair(n: int, d: int, seed: int = 0, rotate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """x [n, d] with a decaying spectrum and z = x Q + noise (row i matches row i; Q = I
     with ``rotate=False``, for the retrieval alone)."""
     rng = np.random.default_rng(seed)
@@ -57,8 +56,11 @@ def bench_retrieval(backend: str, n: int, d: int) -> dict:
     _sync(backend)
     secs = time.perf_counter() - t0
     p1 = float((to_numpy(fwd.indices) == np.arange(n)).mean())
-    return {"stage": f"CSLS retrieval {n:,} x {n:,} x {d}", "seconds": secs,
-            "check": f"P@1 {p1:.4f}"}
+    return {
+        "stage": f"CSLS retrieval {n:,} x {n:,} x {d}",
+        "seconds": secs,
+        "check": f"P@1 {p1:.4f}",
+    }
 
 
 def bench_vecmap(backend: str, n: int, d: int, iterations: int) -> dict:
@@ -73,10 +75,12 @@ def bench_vecmap(backend: str, n: int, d: int, iterations: int) -> dict:
     secs = time.perf_counter() - t0
     from tokalign_core.retrieval import retrieve
 
-    p1 = float((retrieve(res.x_mapped, res.z_mapped, "csls", 10).indices
-                == np.arange(n)).mean())
-    return {"stage": f"VecMap {n:,} rows, cutoff {n:,}, {res.meta['iterations']} it",
-            "seconds": secs, "check": f"P@1 {p1:.4f}, stop {res.meta['stop_reason']}"}
+    p1 = float((retrieve(res.x_mapped, res.z_mapped, "csls", 10).indices == np.arange(n)).mean())
+    return {
+        "stage": f"VecMap {n:,} rows, cutoff {n:,}, {res.meta['iterations']} it",
+        "seconds": secs,
+        "check": f"P@1 {p1:.4f}, stop {res.meta['stop_reason']}",
+    }
 
 
 def bench_glove(backend: str, n: int, d: int, iterations: int) -> dict:
@@ -95,28 +99,43 @@ def bench_glove(backend: str, n: int, d: int, iterations: int) -> dict:
     device = "cuda" if backend == "cupy" else "cpu"
     engine = "torch" if backend == "cupy" else "numba"
     t0 = time.perf_counter()
-    res = train_glove(cooc, GloveConfig(dim=d, iterations=iterations, device=device,
-                                        engine=engine), progress=False)
+    res = train_glove(
+        cooc,
+        GloveConfig(dim=d, iterations=iterations, device=device, engine=engine),
+        progress=False,
+    )
     _sync(backend)
     secs = time.perf_counter() - t0
-    return {"stage": f"GloVe {n:,} ids, {cooc.nnz:,} nonzeros, {d} d x {iterations}",
-            "seconds": secs, "check": f"final cost {res.costs[-1]:.5f} ({engine})"}
+    return {
+        "stage": f"GloVe {n:,} ids, {cooc.nnz:,} nonzeros, {d} d x {iterations}",
+        "seconds": secs,
+        "check": f"final cost {res.costs[-1]:.5f} ({engine})",
+    }
 
 
 def machine() -> str:
     gpu = "none"
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=20).stdout.strip().replace("\n", "; ") or "none"
-    return (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}, "
-            f"GPU {gpu}, Python {platform.python_version()}")
+        gpu = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.strip()
+            .replace("\n", "; ")
+            or "none"
+        )
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}, "
+        f"GPU {gpu}, Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backends", nargs="+", default=["numpy", "cupy"],
-                    choices=["numpy", "cupy"])
+    ap.add_argument("--backends", nargs="+", default=["numpy", "cupy"], choices=["numpy", "cupy"])
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
     ap.add_argument("--n", type=int, default=20000, help="rows (default 20000)")
     ap.add_argument("--dim", type=int, default=300, help="dimensions (default 300)")
@@ -125,9 +144,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "gpu.md")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
-    stages = [lambda b: bench_retrieval(b, args.n, args.dim),
-              lambda b: bench_vecmap(b, args.n, args.dim, args.vecmap_iterations),
-              lambda b: bench_glove(b, args.n, min(args.dim, 100), args.glove_iterations)]
+    stages = [
+        lambda b: bench_retrieval(b, args.n, args.dim),
+        lambda b: bench_vecmap(b, args.n, args.dim, args.vecmap_iterations),
+        lambda b: bench_glove(b, args.n, min(args.dim, 100), args.glove_iterations),
+    ]
     rows = []
     for stage in stages:
         for rnd in range(args.repeats):
@@ -140,16 +161,26 @@ def main() -> None:
 
 
 def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
-    lines = ["# GPU vs CPU: retrieval, VecMap, GloVe", "",
-             "Command (from the repository root):", "",
-             f"    {' '.join([Path(sys.executable).name, *sys.argv])}", "",
-             f"Machine: {machine()}", "",
-             "Rounds interleaved (each backend once per round); load = 1-minute load "
-             "average before the row.", "",
-             "| stage | backend | round | seconds | check | load |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['stage']} | {r['backend']} | {r['round']} | {r['seconds']:.2f} | "
-              f"{r['check']} | {r['load']} |" for r in rows]
+    lines = [
+        "# GPU vs CPU: retrieval, VecMap, GloVe",
+        "",
+        "Command (from the repository root):",
+        "",
+        f"    {' '.join([Path(sys.executable).name, *sys.argv])}",
+        "",
+        f"Machine: {machine()}",
+        "",
+        "Rounds interleaved (each backend once per round); load = 1-minute load "
+        "average before the row.",
+        "",
+        "| stage | backend | round | seconds | check | load |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['stage']} | {r['backend']} | {r['round']} | {r['seconds']:.2f} | "
+        f"{r['check']} | {r['load']} |"
+        for r in rows
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"report -> {args.out}")

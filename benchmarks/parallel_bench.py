@@ -41,8 +41,9 @@ def cli(args: list[str], timed: bool = False) -> tuple[str, dict]:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     last = proc.stdout.strip().splitlines()[-1]
-    return last, (_time_v(proc.stderr) | {"load_before": load, "load_after": _load()}
-                  if timed else {})
+    return last, (
+        _time_v(proc.stderr) | {"load_before": load, "load_after": _load()} if timed else {}
+    )
 
 
 def _load() -> float:
@@ -56,17 +57,33 @@ def _time_v(stderr: str) -> dict:
 
     wall = grab("Elapsed (wall clock) time (h:mm:ss or m:ss)")
     parts = [float(p) for p in wall.split(":")]
-    secs = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-    return {"wall_s": round(secs, 2),
-            "cpu_s": round(float(grab("User time (seconds)"))
-                           + float(grab("System time (seconds)")), 2),
-            "peak_rss_mb": round(int(grab("Maximum resident set size (kbytes)")) / 1024)}
+    secs = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    return {
+        "wall_s": round(secs, 2),
+        "cpu_s": round(
+            float(grab("User time (seconds)")) + float(grab("System time (seconds)")), 2
+        ),
+        "peak_rss_mb": round(int(grab("Maximum resident set size (kbytes)")) / 1024),
+    }
 
 
 def corpus(text: Path, mb: float, store: Path) -> str:
-    out, _ = cli(["corpus", "--source", str(text), "--format", "jsonl", "--shards", "8",
-                  "--byte-budget", str(int(mb * 1e6)), "--artifact-root", str(store),
-                  "--no-progress"])
+    out, _ = cli(
+        [
+            "corpus",
+            "--source",
+            str(text),
+            "--format",
+            "jsonl",
+            "--shards",
+            "8",
+            "--byte-budget",
+            str(int(mb * 1e6)),
+            "--artifact-root",
+            str(store),
+            "--no-progress",
+        ]
+    )
     return out
 
 
@@ -77,13 +94,32 @@ def run(args: argparse.Namespace) -> list[dict]:
         store = OUT / f"store-{mb:g}mb"
         corp = corpus(args.text, mb, store)
         done = sorted((store / "ref" / "tokens").glob("*/MANIFEST.json"))
-        tokens = str(done[0].parent) if done else cli(
-            ["tokenize", "--corpus", corp, "--tokenizer", args.tokenizer, "--artifact-root",
-             str(store / "ref"), "--no-progress"])[0]
+        tokens = (
+            str(done[0].parent)
+            if done
+            else cli(
+                [
+                    "tokenize",
+                    "--corpus",
+                    corp,
+                    "--tokenizer",
+                    args.tokenizer,
+                    "--artifact-root",
+                    str(store / "ref"),
+                    "--no-progress",
+                ]
+            )[0]
+        )
         n_tokens = json.loads((Path(tokens) / "meta.json").read_text())["n_tokens"]
         stages = {
-            "tokenize": ["tokenize", "--corpus", corp, "--tokenizer", args.tokenizer,
-                         "--no-progress"],
+            "tokenize": [
+                "tokenize",
+                "--corpus",
+                corp,
+                "--tokenizer",
+                args.tokenizer,
+                "--no-progress",
+            ],
             "cooccur": ["cooccur", tokens],
         }
         for stage, base in ((k, v) for k, v in stages.items() if k in args.stages):
@@ -91,10 +127,18 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for workers in (1, 2):
                     # a fresh artifact root per run: nothing is served from a cache
                     root = store / f"{stage}-{rnd}-{workers}"
-                    _, fig = cli([*base, "--workers", str(workers), "--artifact-root",
-                                  str(root)], timed=True)
-                    row = {"stage": stage, "mb": mb, "n_tokens": n_tokens, "round": rnd + 1,
-                           "workers": workers, **fig, "time": time.strftime("%H:%M:%S")}
+                    _, fig = cli(
+                        [*base, "--workers", str(workers), "--artifact-root", str(root)], timed=True
+                    )
+                    row = {
+                        "stage": stage,
+                        "mb": mb,
+                        "n_tokens": n_tokens,
+                        "round": rnd + 1,
+                        "workers": workers,
+                        **fig,
+                        "time": time.strftime("%H:%M:%S"),
+                    }
                     print(json.dumps(row), flush=True)
                     with (OUT / "results.jsonl").open("a") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -103,17 +147,21 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | tokens | round | workers | wall s | CPU s | peak RSS MB | load before"
-             " / after | speed-up (1w wall / 2w wall, same round) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| stage | tokens | round | workers | wall s | CPU s | peak RSS MB | load before"
+        " / after | speed-up (1w wall / 2w wall, same round) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     by = {(r["stage"], r["mb"], r["round"], r["workers"]): r for r in rows}
     for r in rows:
         one = by.get((r["stage"], r["mb"], r["round"], 1))
         ratio = f"{one['wall_s'] / r['wall_s']:.2f}x" if r["workers"] == 2 and one else ""
-        lines.append(f"| {r['stage']} | {r['n_tokens'] / 1e6:.1f}M | {r['round']} | "
-                     f"{r['workers']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                     f"{r['peak_rss_mb']} | {r['load_before']:.1f} / {r['load_after']:.1f} "
-                     f"| {ratio} |")
+        lines.append(
+            f"| {r['stage']} | {r['n_tokens'] / 1e6:.1f}M | {r['round']} | "
+            f"{r['workers']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['peak_rss_mb']} | {r['load_before']:.1f} / {r['load_after']:.1f} "
+            f"| {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -123,8 +171,9 @@ def main() -> None:
     ap.add_argument("--mb", type=float, nargs="+", default=[40.0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tokenizer", default="builtin:qwen2")
-    ap.add_argument("--stages", nargs="+", default=["tokenize", "cooccur"],
-                    choices=["tokenize", "cooccur"])
+    ap.add_argument(
+        "--stages", nargs="+", default=["tokenize", "cooccur"], choices=["tokenize", "cooccur"]
+    )
     args = ap.parse_args()
     print(table(run(args)))
 

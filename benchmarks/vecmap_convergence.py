@@ -46,18 +46,26 @@ def run_one(name: str, vecmap_cfg, data, holdout: float, seed: int) -> dict:
     source, target, shared, s_size, t_size = data
     seed_pairs, heldout = split_shared(shared, holdout, seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    out = build_alignment(source, target, seed_pairs, t_size, s_size,
-                          AlignConfig(vecmap=vecmap_cfg, seed=seed))
+    out = build_alignment(
+        source, target, seed_pairs, t_size, s_size, AlignConfig(vecmap=vecmap_cfg, seed=seed)
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     meta = out.alignment.meta
     hist = out.history
-    return {"run": name, "iterations": len(hist), "stop_reason": meta.get("stop_reason"),
-            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "p_at_1": round(precision_at_1(out.alignment.source_ids, heldout), 4),
-            "n_heldout": len(heldout), "n_seed": len(seed_pairs),
-            "final_objective": hist[-1]["objective"] if hist else None,
-            "final_change": hist[-1].get("dictionary_change") if hist else None,
-            "load": Path("/proc/loadavg").read_text().split()[0], "history": hist}
+    return {
+        "run": name,
+        "iterations": len(hist),
+        "stop_reason": meta.get("stop_reason"),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "p_at_1": round(precision_at_1(out.alignment.source_ids, heldout), 4),
+        "n_heldout": len(heldout),
+        "n_seed": len(seed_pairs),
+        "final_objective": hist[-1]["objective"] if hist else None,
+        "final_change": hist[-1].get("dictionary_change") if hist else None,
+        "load": Path("/proc/loadavg").read_text().split()[0],
+        "history": hist,
+    }
 
 
 def main() -> None:
@@ -80,17 +88,22 @@ def main() -> None:
             cfg = cfg.model_copy(update={"vocab_cutoff": args.cutoff})
             row = run_one(name, cfg, data, args.holdout, args.seed)
             (args.out / f"{name}-{rnd + 1}.history.json").write_text(
-                json.dumps(row.pop("history"), indent=1))
+                json.dumps(row.pop("history"), indent=1)
+            )
             row["round"] = rnd + 1
             print(json.dumps(row), flush=True)
             rows.append(row)
-    lines = ["| run | round | iterations | stop | wall s | CPU s | held-out P@1 | "
-             "final objective | final dictionary change | load |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['run']} | {r['round']} | {r['iterations']} | {r['stop_reason']} | "
-              f"{r['wall_s']} | {r['cpu_s']} | {r['p_at_1']:.4f} ({r['n_heldout']} pairs) | "
-              f"{r['final_objective']:.5f} | {r['final_change']:.5f} | {r['load']} |"
-              for r in rows]
+    lines = [
+        "| run | round | iterations | stop | wall s | CPU s | held-out P@1 | "
+        "final objective | final dictionary change | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['run']} | {r['round']} | {r['iterations']} | {r['stop_reason']} | "
+        f"{r['wall_s']} | {r['cpu_s']} | {r['p_at_1']:.4f} ({r['n_heldout']} pairs) | "
+        f"{r['final_objective']:.5f} | {r['final_change']:.5f} | {r['load']} |"
+        for r in rows
+    ]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

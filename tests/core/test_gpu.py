@@ -22,8 +22,10 @@ from tokalign_core.backend import cupy_available, torch_cuda_available
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not (cupy_available() and torch_cuda_available()),
-                       reason="needs CuPy and torch with a CUDA GPU"),
+    pytest.mark.skipif(
+        not (cupy_available() and torch_cuda_available()),
+        reason="needs CuPy and torch with a CUDA GPU",
+    ),
 ]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,29 +102,43 @@ def test_deepspeed_on_cuda_matches_cpu(tmp_path, bpe_tok, texts):
     from tokalign_core.data import write_tokens_artifact
 
     docs = [bpe_tok(t)["input_ids"] for t in texts[:200]]
-    write_tokens_artifact(tmp_path / "tokens", [docs[:80], docs[80:180]], heldout=docs[180:],
-                          vocab_size=len(bpe_tok))
+    write_tokens_artifact(
+        tmp_path / "tokens", [docs[:80], docs[80:180]], heldout=docs[180:], vocab_size=len(bpe_tok)
+    )
     model = toy.tiny_gpt_neox(len(bpe_tok), hidden=32)
     model.save_pretrained(tmp_path / "neox")
     bpe_tok.save_pretrained(tmp_path / "neox")
     finals = {}
     for device, visible in (("cpu", ""), ("cuda", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))):
-        cfg = TrainConfig.tiny(str(tmp_path / "neox"), str(tmp_path / "tokens"),
-                               str(tmp_path / device), seq_len=32, micro_batch_size=2,
-                               tokens_per_step=128, total_steps=4, checkpoint_every=10,
-                               eval_blocks=4, precision="fp32", save_final=True)
+        cfg = TrainConfig.tiny(
+            str(tmp_path / "neox"),
+            str(tmp_path / "tokens"),
+            str(tmp_path / device),
+            seq_len=32,
+            micro_batch_size=2,
+            tokens_per_step=128,
+            total_steps=4,
+            checkpoint_every=10,
+            eval_blocks=4,
+            precision="fp32",
+            save_final=True,
+        )
         run_json = tmp_path / f"{device}.json"
         run_json.write_text(cfg.model_dump_json())
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible, PYTHONPATH=str(REPO))
-        proc = subprocess.run([sys.executable, "-m", "tokalign_core.train", "--config",
-                               str(run_json)], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=1800)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tokalign_core.train", "--config", str(run_json)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         out = sorted((tmp_path / device).rglob("model.safetensors"))[-1]
         finals[device] = load_file(str(out))
         summary = list((tmp_path / device).rglob("*.json"))
         assert summary, "the run wrote no summary"
     for name, ref in finals["cpu"].items():
-        np.testing.assert_allclose(finals["cuda"][name], ref, rtol=1e-2, atol=1e-3,
-                                   err_msg=name)
+        np.testing.assert_allclose(finals["cuda"][name], ref, rtol=1e-2, atol=1e-3, err_msg=name)
     assert json.dumps(sorted(finals["cpu"])) == json.dumps(sorted(finals["cuda"]))

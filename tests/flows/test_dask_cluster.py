@@ -31,8 +31,13 @@ DASK = str(Path(sys.executable).with_name("dask"))
 
 def _env() -> dict[str, str]:
     # Workers import this checkout (not another install of the package) and stay offline.
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     return env
 
 
@@ -44,12 +49,29 @@ class Cluster:
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         env = _env()
-        self.scheduler = start([DASK, "scheduler", "--host", "127.0.0.1", "--port",
-                                str(self.port), "--no-dashboard"], env, logs / "scheduler.log")
+        self.scheduler = start(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+            env,
+            logs / "scheduler.log",
+        )
         self.workers = [
-            start([DASK, "worker", self.address, "--nthreads", "1", "--no-nanny",
-                   "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
-                  env, logs / f"worker{i}.log")
+            start(
+                [
+                    DASK,
+                    "worker",
+                    self.address,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--name",
+                    f"w{i}",
+                ],
+                env,
+                logs / f"worker{i}.log",
+            )
             for i in range(n_workers)
         ]
         from dask.distributed import Client
@@ -79,8 +101,20 @@ def corpus_dir(tmp_path_factory, texts):
     root = tmp_path_factory.mktemp("dask-corpus")
     src = root / "texts.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 6))
-    out = _cli(["corpus", "--source", str(src), "--shards", "4", "--seed", "3",
-                "--artifact-root", str(root / "store"), "--no-progress"])
+    out = _cli(
+        [
+            "corpus",
+            "--source",
+            str(src),
+            "--shards",
+            "4",
+            "--seed",
+            "3",
+            "--artifact-root",
+            str(root / "store"),
+            "--no-progress",
+        ]
+    )
     return Path(out)
 
 
@@ -92,17 +126,45 @@ def tokenizer_dir(tmp_path_factory, bpe_tok):
 
 
 def _cli(args: list[str]) -> str:
-    proc = subprocess.run([sys.executable, "-m", "tokalign_core", *args], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokalign_core", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]
 
 
 def _tokens_and_cooc(corpus: Path, tok: Path, root: Path, extra: list[str]) -> tuple[str, str]:
-    tokens = _cli(["tokenize", "--corpus", str(corpus), "--tokenizer", str(tok),
-                   "--artifact-root", str(root), "--no-progress", *extra])
-    cooc = _cli(["cooccur", tokens, "--window", "5", "--min-count", "2",
-                 "--artifact-root", str(root), *extra])
+    tokens = _cli(
+        [
+            "tokenize",
+            "--corpus",
+            str(corpus),
+            "--tokenizer",
+            str(tok),
+            "--artifact-root",
+            str(root),
+            "--no-progress",
+            *extra,
+        ]
+    )
+    cooc = _cli(
+        [
+            "cooccur",
+            tokens,
+            "--window",
+            "5",
+            "--min-count",
+            "2",
+            "--artifact-root",
+            str(root),
+            *extra,
+        ]
+    )
     return tokens, cooc
 
 
@@ -121,15 +183,16 @@ def _digest(folder: str) -> dict[str, str]:
 
 def _task_prefixes(cluster: Cluster) -> set[str]:
     """Names of the task functions the scheduler has seen (on this cluster only)."""
-    return set(cluster.client.run_on_scheduler(
-        lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+    return set(
+        cluster.client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    )
 
 
-def test_cli_on_a_real_cluster_is_byte_identical(cluster, corpus_dir, tokenizer_dir,
-                                                 tmp_path):
+def test_cli_on_a_real_cluster_is_byte_identical(cluster, corpus_dir, tokenizer_dir, tmp_path):
     serial = _tokens_and_cooc(corpus_dir, tokenizer_dir, tmp_path / "serial", [])
-    remote = _tokens_and_cooc(corpus_dir, tokenizer_dir, tmp_path / "remote",
-                              ["--dask-address", cluster.address])
+    remote = _tokens_and_cooc(
+        corpus_dir, tokenizer_dir, tmp_path / "remote", ["--dask-address", cluster.address]
+    )
     assert [_digest(p) for p in remote] == [_digest(p) for p in serial]
     # the shards were tokenized and counted by the cluster's workers
     assert {"tokenize_shard", "count_shard_dir_runs"} <= _task_prefixes(cluster)
@@ -150,15 +213,15 @@ def _kill_a_busy_worker(cluster: Cluster, done: threading.Event, killed: list[st
         time.sleep(0.05)
 
 
-def test_a_killed_worker_does_not_change_the_result(cluster, corpus_dir, tokenizer_dir,
-                                                    tmp_path):
+def test_a_killed_worker_does_not_change_the_result(cluster, corpus_dir, tokenizer_dir, tmp_path):
     serial = _tokens_and_cooc(corpus_dir, tokenizer_dir, tmp_path / "serial", [])
     done, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_a_busy_worker, args=(cluster, done, killed))
     watcher.start()
     try:
-        remote = _tokens_and_cooc(corpus_dir, tokenizer_dir, tmp_path / "remote",
-                                  ["--dask-address", cluster.address])
+        remote = _tokens_and_cooc(
+            corpus_dir, tokenizer_dir, tmp_path / "remote", ["--dask-address", cluster.address]
+        )
     finally:
         done.set()
         watcher.join()
@@ -167,8 +230,9 @@ def test_a_killed_worker_does_not_change_the_result(cluster, corpus_dir, tokeniz
     assert [_digest(p) for p in remote] == [_digest(p) for p in serial]
 
 
-def test_flow_dask_address_gives_the_same_artifacts(cluster, prefect_api, texts, bpe_tok,
-                                                    sp_tok, tmp_path, monkeypatch):
+def test_flow_dask_address_gives_the_same_artifacts(
+    cluster, prefect_api, texts, bpe_tok, sp_tok, tmp_path, monkeypatch
+):
     from flows.align import align_flow
     from tasks.caching import Workspace
     from tests.flows.tiny import tiny_inputs
@@ -182,9 +246,13 @@ def test_flow_dask_address_gives_the_same_artifacts(cluster, prefect_api, texts,
         out = align_flow(cfg, ws)
         assert out["states"]["tokenize:source"] == "Completed", out["states"]
         root = Path(ws.artifact_root)
-        runs[name] = {kind: sorted(json.dumps(_digest(str(p)), sort_keys=True)
-                                   for p in (root / kind).iterdir()
-                                   if (p / "MANIFEST.json").exists())
-                      for kind in ("tokens", "cooccur")}
+        runs[name] = {
+            kind: sorted(
+                json.dumps(_digest(str(p)), sort_keys=True)
+                for p in (root / kind).iterdir()
+                if (p / "MANIFEST.json").exists()
+            )
+            for kind in ("tokens", "cooccur")
+        }
     assert runs["cluster"] == runs["local"]
     assert len(runs["local"]["tokens"]) == 2 and len(runs["local"]["cooccur"]) == 2
