@@ -77,10 +77,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", nargs="+", default=["paper", "default"],
+                    choices=["paper", "default"], help="schedules, in this order")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "vecmap-real" / "runs")
     args = ap.parse_args()
     data = load(args.work)
     configs = {"paper": VecMapConfig.preset("paper"), "default": VecMapConfig()}
+    configs = {k: v for k, v in configs.items() if k in args.runs}
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for rnd in range(args.rounds):
@@ -104,7 +107,7 @@ def main() -> None:
         f"{r['final_objective']:.5f} | {r['final_change']:.5f} | {r['load']} |"
         for r in rows
     ]
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"table-{'-'.join(args.runs)}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
