@@ -543,7 +543,14 @@ def run_title(flow: str, config: Any) -> str:
     pipe = _pipeline_of(config)
     if pipe is None:
         return flow
-    return pipe.title() if flow == "pipeline" else f"{flow}: {pipe.title()}"
+    title = pipe.title()
+    pretrained = getattr(config, "source", None)  # the demo's micro source, built here
+    if pretrained is not None and hasattr(pretrained, "preset"):
+        from tokalign_core.configs.pipeline import short_name
+
+        title = title.replace(short_name(pipe.source_model),
+                              f"{pretrained.preset} (pretrained here)", 1)
+    return title if flow == "pipeline" else f"{flow}: {title}"
 
 
 def log_parent_config(lineage: Lineage, run_id: str | None, config: Any) -> None:

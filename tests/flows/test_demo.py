@@ -47,7 +47,7 @@ def test_quick_demo_runs_then_reruns_from_cache(tmp_path):
     # (the rerun's nested runs are cache records without metrics).
     demos = sorted((r for r in runs if r.data.tags.get("tokalign.flow") == "demo"),
                    key=lambda r: r.info.start_time)
-    assert demos[0].info.run_name == "demo: smollm2-135m -> qwen2 (tokalign++)"
+    assert demos[0].info.run_name == "demo: micro (pretrained here) -> qwen2 (tokalign++)"
     assert len(demos) == 2 and all(r.info.status == "FINISHED" for r in demos)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == demos[0].info.run_id]
     assert any(r.data.metrics for r in nested)
