@@ -84,6 +84,13 @@ def prefect_ids() -> dict[str, str]:
     return out
 
 
+def metric_name(name: str) -> str:
+    """One ``/`` per name, so MLflow groups a stage's charts by what they measure:
+    ``count.shared -> count/shared``, ``bleu1.t2s.bleu1 -> bleu1/t2s_bleu1``."""
+    head, _, rest = name.partition(".")
+    return f"{head}/{rest.replace('.', '_')}" if rest else name
+
+
 def flow_run_url(flow_run_id: str) -> str | None:
     """The flow run's page in the Prefect UI (None when no UI URL is known, e.g. the
     temporary server of a one-off command)."""
@@ -292,7 +299,8 @@ class Lineage:
             self._call("set_tags", self.client.log_batch, run_id, tags=batch)
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        """Stepped metrics, named with one separator (:func:`metric_name`)."""
+        clean = {metric_name(k): float(v) for k, v in metrics.items() if _is_number(v)}
         self._record("metrics", run_id=run_id, step=step, metrics=clean)
         if run_id and clean:
             from mlflow.entities import Metric
