@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="numba threads (default: all cores)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="numba: conflict-free schedule on a fixed block grid, bit-reproducible "
-                   "for a seed whatever the thread count; --no-deterministic = Hogwild like the C tool (faster, "
-                   f"not reproducible with >1 thread) (default {d.deterministic})")
+                   "for a seed whatever the thread count; --no-deterministic = Hogwild like "
+                   "the C tool (faster, not reproducible with >1 thread) "
+                   f"(default {d.deterministic})")
     p.add_argument("--memory-budget-mb", type=float,
                    help="nonzeros resident at once, MB; past it they stream from "
                    f"<artifact root>/.spill in random buckets (default {d.memory_budget_mb})")
