@@ -585,18 +585,20 @@ def train_glove(
     cooc: scipy sparse [n, n] (float; only positive entries are used), or a
     :class:`CsrSource` read piece by piece (e.g. a cooccur artifact's ``cooc.npz``: then
     memory holds the parameters plus ``config.memory_budget_mb`` of nonzeros, whatever the
-    corpus). Spilled buckets go to a temporary folder under ``workdir`` (default: the
-    system's), deleted at the end. ``callback(it, cost)`` and
+    corpus). Spilled buckets go to a temporary folder under ``workdir`` (default:
+    ``<system temp>/tokalign-spill``), deleted at the end (or swept after a kill).
+    ``callback(it, cost)`` and
     ``logger.log({"glove/cost": ..., "glove/seconds": ...}, step=it)`` run after every
     iteration (1-based). Returns :class:`GloveResult` with float32 vectors [n, dim].
     """
     import tempfile
 
+    from tokalign_core.spill import spill_folder
+
     source = cooc if isinstance(cooc, CsrSource) else CsrSource.from_matrix(_check_matrix(cooc))
-    if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="glove-spill-", dir=workdir) as folder:
-        return _train(source, config, callback, logger, progress, Path(folder))
+    root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / "tokalign-spill"
+    with spill_folder(root, "glove-") as folder:
+        return _train(source, config, callback, logger, progress, folder)
 
 
 def _train(source: CsrSource, config: GloveConfig, callback: Callback | None, logger: Any,
