@@ -9,11 +9,12 @@ artifact of 2 shards. Each measurement runs in a fresh process under ``/usr/bin/
   ``memory_budget_mb`` (runs spilled to disk past it, merged streaming);
 * ``glove``: ``build_glove`` on that artifact (nonzeros streamed from disk in buckets
   past ``memory_budget_mb``), 100 dims, 2 iterations, 2 threads;
-* ``glove-base``: the same training with an earlier checkout's engine (``--baseline-src``,
-  e.g. ``git worktree add /tmp/base <commit>``), which loads the whole matrix.
+* ``cooccur-base`` / ``glove-base``: the same with an earlier checkout's code
+  (``--baseline-src``, e.g. ``git worktree add /tmp/base <commit>``), which holds the whole
+  matrix in memory; the counts are compared with the new ones for exact equality.
 
     nice -n 10 .venv/bin/python benchmarks/memory_scale.py --text .cache/bench/corpus \\
-        --sizes 1e7 5e7 --stages cooccur glove --baseline-src /tmp/base
+        --sizes 1e7 5e7 --stages cooccur-base glove glove-base --baseline-src /tmp/base
 
 Results are appended to ``.cache/bench/memscale/results.jsonl``, one JSON row each.
 """
@@ -111,14 +112,16 @@ def make_tokens(full: Path, n_tokens: int, n_shards: int = 2) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
-def child_cooccur(tokens: str, budget: float) -> dict:
+def child_cooccur(tokens: str, budget: float, store: str) -> dict:
+    """build_cooccur (window 15, min count 5); an earlier checkout has no budget field."""
     from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.cooccur import CooccurConfig
     from tokalign_core.cooccur import build_cooccur
 
+    has_budget = "memory_budget_mb" in CooccurConfig.model_fields
+    cfg = CooccurConfig(**({"memory_budget_mb": budget} if has_budget else {}))
     t0, cpu0 = time.time(), time.process_time()
-    ref = build_cooccur(tokens, CooccurConfig(memory_budget_mb=budget),
-                        ArtifactStore(OUT / "store"))
+    ref = build_cooccur(tokens, cfg, ArtifactStore(OUT / store))
     meta = ref.meta()
     return {"seconds": round(time.time() - t0, 2),
             "cpu_seconds": round(time.process_time() - cpu0, 2), "artifact": ref.path,
@@ -159,7 +162,8 @@ def child_glove_base(cooccur: str, iterations: int, dim: int) -> dict:
 def run_child(args: list[str], src: Path) -> dict:
     """Run this script's child mode under /usr/bin/time -v (niced); its row + peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    cmd = ["nice", "-n", "10", "/usr/bin/time", "-v", sys.executable, __file__, *args]
+    cmd = ["nice", "-n", "10", "/usr/bin/time", "-v", sys.executable, str(Path(__file__).resolve()),
+           *args]
     load = Path("/proc/loadavg").read_text().split()[:3]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=src)
     if out.returncode:
@@ -170,6 +174,24 @@ def run_child(args: list[str], src: Path) -> dict:
     return {**row, "peak_rss_mb": round(int(peak.group(1)) / 1024, 1),
             "wall": wall.group(1).strip(), "loadavg_before": load,
             "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def _base(args: argparse.Namespace) -> Path:
+    if args.baseline_src is None:
+        raise SystemExit("the -base stages need --baseline-src (a checkout of the earlier code)")
+    return args.baseline_src
+
+
+def same_matrix(a: str, b: str) -> bool:
+    """Whether two cooccur artifacts hold identical CSR arrays and token ids."""
+    import scipy.sparse as sp
+
+    x, y = sp.load_npz(Path(a) / "cooc.npz"), sp.load_npz(Path(b) / "cooc.npz")
+    ids_equal = np.array_equal(np.load(Path(a) / "token_ids.npy"),
+                               np.load(Path(b) / "token_ids.npy"))
+    return bool(ids_equal and x.dtype == y.dtype and x.shape == y.shape
+                and all(np.array_equal(getattr(x, k), getattr(y, k))
+                        for k in ("indptr", "indices", "data")))
 
 
 def record(row: dict) -> None:
@@ -183,8 +205,11 @@ def main() -> None:
     p.add_argument("--text", type=Path, default=ROOT / ".cache" / "bench" / "corpus",
                    help="folder of *.jsonl from benchmarks/make_corpus.py")
     p.add_argument("--sizes", type=float, nargs="+", default=[1e7, 5e7])
-    p.add_argument("--stages", nargs="+", default=["cooccur", "glove"],
-                   choices=["cooccur", "glove", "glove-base"])
+    p.add_argument("--stages", nargs="+", default=["glove"],
+                   choices=["cooccur-base", "glove", "glove-base"],
+                   help="after `cooccur` (always run): cooccur-base (the earlier checkout's "
+                   "in-memory counting, compared for equality), glove, glove-base; repeat a "
+                   "stage to alternate runs (A B A B)")
     p.add_argument("--cooccur-budget", type=float, default=None,
                    help="cooccur memory_budget_mb (default: the config's)")
     p.add_argument("--glove-budget", type=float, default=None,
@@ -196,7 +221,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         kind, *rest = args.child
-        fns = {"cooccur": lambda: child_cooccur(rest[0], float(rest[1])),
+        fns = {"cooccur": lambda: child_cooccur(rest[0], float(rest[1]), "store"),
+               "cooccur-base": lambda: child_cooccur(rest[0], 0.0, "store-base"),
                "glove": lambda: child_glove(rest[0], float(rest[1]), args.iterations, args.dim),
                "glove-base": lambda: child_glove_base(rest[0], args.iterations, args.dim)}
         print(json.dumps(fns[kind]()))
@@ -216,13 +242,15 @@ def main() -> None:
         cooc = row["artifact"]
         for stage in args.stages:
             extra = ["--iterations", str(args.iterations), "--dim", str(args.dim)]
-            if stage == "glove":
+            if stage == "cooccur-base":
+                row = run_child(["--child", "cooccur-base", str(tokens)], _base(args))
+                row["equal_to_new"] = same_matrix(cooc, row["artifact"])
+                record({**base, "stage": "cooccur-base", **row})
+            elif stage == "glove":
                 row = run_child([*extra, "--child", "glove", cooc, str(gb)], ROOT)
                 record({**base, "stage": "glove", "memory_budget_mb": gb, **row})
             elif stage == "glove-base":
-                if args.baseline_src is None:
-                    raise SystemExit("glove-base needs --baseline-src")
-                row = run_child([*extra, "--child", "glove-base", cooc], args.baseline_src)
+                row = run_child([*extra, "--child", "glove-base", cooc], _base(args))
                 record({**base, "stage": "glove-base", **row})
 
 

@@ -114,10 +114,13 @@ def machine_text(r: Runner, cfg: PipelineConfig, demo: DemoConfig) -> PipelineCo
 @flow(name="pipeline", log_prints=True)
 def pipeline_form(
     preset: Preset = Field("quick", description=PRESET_HELP),
-    source_model: str = Field(SOURCE_MODEL, description="the model to adapt: hub id, "
-                              "folder, .gguf or builtin:smollm2-135m"),
-    target_tokenizer: str = Field("builtin:qwen2", description="the new vocabulary: hub id, "
-                                  "folder, tokenizer.json, *.tiktoken or builtin:qwen2"),
+    source_model: str | None = Field(None, description="the model to adapt: hub id, "
+                                     "folder, .gguf or builtin alias (empty: "
+                                     f"{SOURCE_MODEL}, or advanced.pipeline's)"),
+    target_tokenizer: str | None = Field(None, description="the new vocabulary: hub id, "
+                                         "folder, tokenizer.json, *.tiktoken or "
+                                         "builtin:qwen2 (empty: the preset's, builtin:qwen2 "
+                                         "for quick and demo)"),
     corpus: list[str] = Field([], description="text files, folders, globs "
                               "or hf:<dataset>, mixed equally (empty: this machine's text)"),
     steps: int | None = Field(None, ge=1, description="adaptation (and distillation) steps "
@@ -141,9 +144,11 @@ def pipeline_form(
 @flow(name="align", log_prints=True)
 def align_form(
     preset: Preset = Field("quick", description=PRESET_HELP),
-    source_model: str = Field(SOURCE_MODEL, description="the model whose vocabulary is "
-                              "aligned (its tokenizer; hidden states need the model)"),
-    target_tokenizer: str = Field("builtin:qwen2", description="the new vocabulary"),
+    source_model: str | None = Field(None, description="the model whose vocabulary is "
+                                     f"aligned (empty: {SOURCE_MODEL}, or "
+                                     "advanced.pipeline's)"),
+    target_tokenizer: str | None = Field(None, description="the new vocabulary (empty: the "
+                                         "preset's, builtin:qwen2 for quick and demo)"),
     corpus: list[str] = Field([], description="text both tokenizers see "
                               "(empty: this machine's text)"),
     advanced: Advanced = Field(Advanced(), description="everything else"),
@@ -185,7 +190,8 @@ def adapt_form(
     alignment: str = Field(..., description="alignment folder (printed by align)"),
     target_tokens: str = Field(..., description="target-side tokens folder"),
     texts: str = Field(..., description="evaluation texts (folder or file by language)"),
-    source_model: str = Field(SOURCE_MODEL, description="the model to adapt"),
+    source_model: str | None = Field(None, description=f"the model to adapt (empty: "
+                                     f"{SOURCE_MODEL})"),
     preset: Preset = Field("quick", description=PRESET_HELP),
     steps: int | None = Field(None, ge=1, description="adaptation steps"),
     advanced: Advanced = Field(Advanced(), description="everything else"),

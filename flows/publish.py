@@ -82,6 +82,8 @@ def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
     init_method = label.removesuffix(" (init)") if label.endswith(" (init)") \
         and not label.startswith("student") else "aligned"
     meta: dict[str, Any] = {}
+    if not isinstance(alignment, ArtifactRef):
+        alignment = None
     if alignment is not None and (Path(alignment.path) / "meta.json").is_file():
         meta = json.loads((Path(alignment.path) / "meta.json").read_text())
     aligned = init_method == "aligned"
@@ -112,7 +114,7 @@ def lineage_tags(cfg: PipelineConfig, alignment: ArtifactRef | None,
             else f"hub:{cfg.source_model}",
             "tokalign.target_tokenizer": cfg.target_tokenizer,
             "tokalign.method": cfg.method_name}
-    if alignment is not None:
+    if isinstance(alignment, ArtifactRef):
         tags["tokalign.alignment.sha256"] = alignment.sha256
     if teacher is not None:
         tags["tokalign.teacher"] = str(stages.model_dir(teacher)) \

@@ -48,6 +48,7 @@ MAX_PARAM_LEN = 500  # MLflow rejects longer param values
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+PLACEHOLDER = "(set by the pipeline)"  # tokalign_core.configs.pipeline.SET_BY_PIPELINE
 # Files of a model folder logged with its MLflow model (the card and what describes the
 # model); the weights stay in the run folder's artifact store, named by a tag.
 MODEL_FILES = ("README.md", "config.json", "generation_config.json", "tokenizer_config.json",
@@ -81,6 +82,13 @@ def prefect_ids() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - lineage tags are best effort
         pass
     return out
+
+
+def metric_name(name: str) -> str:
+    """One ``/`` per name, so MLflow groups a stage's charts by what they measure:
+    ``count.shared -> count/shared``, ``bleu1.t2s.bleu1 -> bleu1/t2s_bleu1``."""
+    head, _, rest = name.partition(".")
+    return f"{head}/{rest.replace('.', '_')}" if rest else name
 
 
 def flow_run_url(flow_run_id: str) -> str | None:
@@ -266,7 +274,9 @@ class Lineage:
         """Params = the flattened config; tag = its digest."""
         if config is None:
             return
-        flat = {k: str(v)[:MAX_PARAM_LEN] for k, v in config.flat(prefix).items()}
+        # Placeholders a later stage fills in say nothing about this run: left out.
+        flat = {k: str(v)[:MAX_PARAM_LEN] for k, v in config.flat(prefix).items()
+                if str(v) != PLACEHOLDER}
         self._record("params", run_id=run_id, params=flat, digest=config.digest())
         if not run_id:
             return
@@ -289,7 +299,8 @@ class Lineage:
             self._call("set_tags", self.client.log_batch, run_id, tags=batch)
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        """Stepped metrics, named with one separator (:func:`metric_name`)."""
+        clean = {metric_name(k): float(v) for k, v in metrics.items() if _is_number(v)}
         self._record("metrics", run_id=run_id, step=step, metrics=clean)
         if run_id and clean:
             from mlflow.entities import Metric
@@ -540,7 +551,14 @@ def run_title(flow: str, config: Any) -> str:
     pipe = _pipeline_of(config)
     if pipe is None:
         return flow
-    return pipe.title() if flow == "pipeline" else f"{flow}: {pipe.title()}"
+    title = pipe.title()
+    pretrained = getattr(config, "source", None)  # the demo's micro source, built here
+    if pretrained is not None and hasattr(pretrained, "preset"):
+        from tokalign_core.configs.pipeline import short_name
+
+        title = title.replace(short_name(pipe.source_model),
+                              f"{pretrained.preset} (pretrained here)", 1)
+    return title if flow == "pipeline" else f"{flow}: {title}"
 
 
 def log_parent_config(lineage: Lineage, run_id: str | None, config: Any) -> None:
@@ -561,6 +579,35 @@ def log_parent_config(lineage: Lineage, run_id: str | None, config: Any) -> None
     lineage.log_dict(run_id, config.model_dump(mode="json"), "config.json")
 
 
+# Where `mlflow ui` serves a run folder's SQLite store (the command the demo prints).
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def mlflow_run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in MLflow's UI: on the tracking server itself, or on `mlflow ui`'s
+    default local address for a SQLite / file store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def link_to_mlflow(lineage: Lineage, run_id: str | None) -> None:
+    """From Prefect to MLflow: a log line and a link artifact on the flow run naming the
+    MLflow run (the MLflow run has the Prefect flow-run id as a tag, the other way)."""
+    if not run_id or lineage.experiment_id() is None:
+        return
+    url = mlflow_run_url(lineage.uri, lineage.experiment_id(), run_id)
+    run_logger().info("MLflow run %s in %s: %s", run_id, lineage.uri, url)
+    try:
+        from prefect.artifacts import create_link_artifact
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is not None:
+            create_link_artifact(url, link_text=f"MLflow run {run_id[:8]}",
+                                 description=f"MLflow store: {lineage.uri}")
+    except Exception as exc:  # noqa: BLE001 - a link must never fail the run
+        log.debug("no Prefect link artifact: %s", exc)
+
+
 @contextmanager
 def parent_run(ws: Workspace, name: str, config: FrozenConfig | None = None) -> Iterator[Workspace]:
     """The pipeline's parent run; yields the workspace with ``parent_run_id`` filled in.
@@ -573,6 +620,7 @@ def parent_run(ws: Workspace, name: str, config: FrozenConfig | None = None) -> 
     lineage = Lineage(ws)
     run_id = lineage.start_run(run_title(name, config), tags={"tokalign.flow": name})
     log_parent_config(lineage, run_id, config)
+    link_to_mlflow(lineage, run_id)
     try:
         yield ws.model_copy(update={"parent_run_id": run_id})
     except BaseException:

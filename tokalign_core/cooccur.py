@@ -30,7 +30,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import scipy.sparse as sp
 
 from tokalign_core.artifacts import ArtifactRef, ArtifactStore
 from tokalign_core.configs.cooccur import CooccurConfig, max_exact_tokens, window_lcm
+from tokalign_core.spill import spill_folder
 
 log = logging.getLogger(__name__)
 
@@ -712,11 +712,10 @@ def build_cooccur(
     executor = executor or SerialExecutor(progress=True, desc="cooccur shards")
     if getattr(executor, "distributed", False):
         warm_kernels()  # a LocalCluster forked on the first map inherits them
-    spill_root = store.root / ".spill"
-    spill_root.mkdir(parents=True, exist_ok=True)
     # Runs and the merged matrix are written next to the store (same file system, so the
-    # finished cooc.npz is moved, not copied); the folder goes on success and on error.
-    with tempfile.TemporaryDirectory(prefix="cooccur-", dir=spill_root) as tmp:
+    # finished cooc.npz is moved, not copied); the folder goes on success, on error, and
+    # (swept by the next run) after a kill.
+    with spill_folder(store.root / ".spill", "cooccur-") as tmp:
         fn = functools.partial(count_shard_dir_runs, row_of_id=row_lookup(token_ids, counts.size),
                                config=config, spill_dir=tmp)
         runs = [r for part in executor.map(fn, [str(s) for s in shards]) for r in part]

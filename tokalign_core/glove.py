@@ -11,22 +11,26 @@ Two engines share the initialisation, the shuffling and the update rule (``engin
   the accumulators start at 1 and hold the squared *eta-scaled* gradients; the step is
   ``eta*g / sqrt(accumulator before the step)`` with every gradient component clipped at
   ``grad_clip``; a non-finite residual skips the update (counted, as the C tool does
-  silently). Threads run **Hogwild** as the C tool: each takes a contiguous part of the
-  shuffled order and updates shared rows without locks, so with >1 thread the result
-  depends on timing (not reproducible). With 1 thread the run is exactly reproducible for
-  a seed. ``deterministic=True`` instead splits each pass into T strata of T blocks
-  (T = threads; rows and columns grouped by index mod T, block (r, r+s mod T) in stratum s,
-  as DSGD, Gemulla et al. 2011): blocks of one stratum share no row, so threads never race
-  and the result is bit-reproducible for a seed and thread count.
+  silently). The nonzeros sit on a fixed grid of B x B blocks (``blocks``; rows and
+  columns grouped by index mod B, block (r, r+s mod B) in stratum s, as DSGD, Gemulla et
+  al. 2011), each stratum split into random buckets that fit ``memory_budget_mb`` (held in
+  memory or streamed from disk at every pass, as the C tool streams its shuffled file;
+  see :class:`Buckets`). ``deterministic=True`` (default) trains the B blocks of a bucket
+  in parallel, each block in sequence: they share no row, so threads never race and the
+  result is bit-reproducible for a seed **whatever the thread count**. Off: **Hogwild**
+  as the C tool, threads take contiguous parts of a bucket's order and update shared rows
+  without locks (timing-dependent with >1 thread).
 * **torch (CPU or CUDA)**: mini-batch AdaGrad. Each step takes ``batch_size`` nonzeros,
   computes their residuals with the parameters of before the step, and scatter-adds each
   entry's step and squared gradient. A row seen k times in one batch gets its k steps all
   scaled by the accumulator of before the batch (the C tool grows it between them); with
-  ``batch_size=1`` this is exactly the numba engine with 1 thread (same order, same init).
+  ``batch_size=1`` this is exactly the deterministic numba engine (same buckets, same
+  order, same init).
 
 Both are **seeded**: initialisation (uniform in [-0.5, 0.5] / dim, as the C tool, biases
-included) and the order of the nonzeros, reshuffled at every iteration, come from
-``numpy.random.default_rng(seed)``; the C tool seeds from the clock and shuffles once.
+included), the buckets, and the order (buckets in a fresh order, each bucket freshly
+permuted, at every iteration) come from ``numpy.random.default_rng(seed)``; the C tool
+seeds from the clock and shuffles once.
 **Cost** is reported per iteration as the C tool does: the mean over nonzeros of
 0.5 * f * diff^2, each term computed just before its own update.
 """
@@ -51,7 +55,6 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[int, float], None]
 
-STEP_NNZ = 1 << 20  # nonzeros per numba kernel call between progress-bar updates (Hogwild)
 
 
 @dataclass
@@ -585,18 +588,20 @@ def train_glove(
     cooc: scipy sparse [n, n] (float; only positive entries are used), or a
     :class:`CsrSource` read piece by piece (e.g. a cooccur artifact's ``cooc.npz``: then
     memory holds the parameters plus ``config.memory_budget_mb`` of nonzeros, whatever the
-    corpus). Spilled buckets go to a temporary folder under ``workdir`` (default: the
-    system's), deleted at the end. ``callback(it, cost)`` and
+    corpus). Spilled buckets go to a temporary folder under ``workdir`` (default:
+    ``<system temp>/tokalign-spill``), deleted at the end (or swept after a kill).
+    ``callback(it, cost)`` and
     ``logger.log({"glove/cost": ..., "glove/seconds": ...}, step=it)`` run after every
     iteration (1-based). Returns :class:`GloveResult` with float32 vectors [n, dim].
     """
     import tempfile
 
+    from tokalign_core.spill import spill_folder
+
     source = cooc if isinstance(cooc, CsrSource) else CsrSource.from_matrix(_check_matrix(cooc))
-    if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="glove-spill-", dir=workdir) as folder:
-        return _train(source, config, callback, logger, progress, Path(folder))
+    root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / "tokalign-spill"
+    with spill_folder(root, "glove-") as folder:
+        return _train(source, config, callback, logger, progress, folder)
 
 
 def _train(source: CsrSource, config: GloveConfig, callback: Callback | None, logger: Any,

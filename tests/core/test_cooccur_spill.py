@@ -3,6 +3,8 @@ give exactly the in-memory matrix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -80,3 +82,26 @@ def test_run_interface_for_workers(tmp_path):
 def test_budget_too_small_for_the_fixed_parts_is_a_clear_error():
     with pytest.raises(ValueError, match="memory_budget_mb 100.0 leaves no room"):
         CooccurConfig(memory_budget_mb=100)  # the dense table alone takes 3 x 128 MB
+
+
+def test_spill_folders_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from tokalign_core.spill import LOCK, spill_folder
+
+    root = tmp_path / ".spill"
+    # a run killed with -9 while spilling: its folder stays, its lock dies with it
+    code = ("import os, sys; from tokalign_core.spill import spill_folder\n"
+            "with spill_folder(sys.argv[1], 'cooccur-') as f:\n"
+            "    (f / 'run').write_bytes(b'x'); print(f, flush=True); os._exit(9)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                         text=True, check=False)
+    dead = Path(out.stdout.strip())
+    assert (dead / "run").exists()
+    with spill_folder(root, "glove-") as live:
+        assert (live / LOCK).exists() and not dead.exists()  # swept when the next one opens
+        with spill_folder(root, "cooccur-") as other:  # a second live run
+            assert live.exists() and other.exists()
+        assert not other.exists() and live.exists()
+    assert list(root.iterdir()) == []

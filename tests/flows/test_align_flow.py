@@ -66,8 +66,10 @@ def _check_mlflow(ws: Workspace) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{ws.root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tokalign")
     runs = client.search_runs([exp.experiment_id], max_results=200)
-    parents = [r for r in runs if r.info.run_name == "align"
+    parents = [r for r in runs if r.data.tags.get("tokalign.flow") == "align"
                and "mlflow.parentRunId" not in r.data.tags]
+    # Named by what ran (source -> target, method), not by the flow alone.
+    assert {p.info.run_name for p in parents} == {"align: src_tok -> tgt_tok (tokalign++)"}
     assert [p.info.status for p in parents].count("FINISHED") == 2
     assert [p.info.status for p in parents].count("FAILED") == 1
     resumed, cached = sorted((p for p in parents if p.info.status == "FINISHED"),

@@ -28,8 +28,13 @@ def test_quick_demo_runs_then_reruns_from_cache(tmp_path):
     first = _demo(tmp_path / "demo")
     assert first.returncode == 0, first.stderr[-4000:]
     for title in ("Bits per byte by method", "Compression per language", "Alignment metrics",
-                  "aligned (init)", "aligned (adapted)", "distilled", "mlflow ui"):
+                  "aligned (init)", "aligned (adapted)", "distilled", "mlflow ui",
+                  "models:", "MLflow store: sqlite:///"):
         assert title in first.stdout, title
+    models = tmp_path / "demo" / "models"
+    assert f"{models / 'aligned-adapted'}" in first.stdout
+    assert (models / "aligned-adapted" / "README.md").read_text().startswith("---\n")
+    assert "Loading weights" not in first.stdout + first.stderr  # no transformers bars
     second = _demo(tmp_path / "demo")
     assert second.returncode == 0, second.stderr[-4000:]
     line = next(x for x in second.stdout.splitlines() if x.startswith("demo finished"))
@@ -40,8 +45,9 @@ def test_quick_demo_runs_then_reruns_from_cache(tmp_path):
     runs = client.search_runs([exp.experiment_id], max_results=500)
     # search_runs lists the newest first: sort, so demos[0] is the run that computed
     # (the rerun's nested runs are cache records without metrics).
-    demos = sorted((r for r in runs if r.info.run_name == "demo"),
+    demos = sorted((r for r in runs if r.data.tags.get("tokalign.flow") == "demo"),
                    key=lambda r: r.info.start_time)
+    assert demos[0].info.run_name == "demo: micro (pretrained here) -> qwen2 (tokalign++)"
     assert len(demos) == 2 and all(r.info.status == "FINISHED" for r in demos)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == demos[0].info.run_id]
     assert any(r.data.metrics for r in nested)

@@ -11,8 +11,8 @@ from tokalign_core.configs.pipeline import PipelineConfig
 
 
 def test_empty_form_runs_the_quick_preset_on_this_machine():
-    cfg, demo = form_config("quick", SOURCE_MODEL, "builtin:qwen2", [], None, Advanced())
-    assert cfg.source_model == SOURCE_MODEL
+    cfg, demo = form_config("quick", None, None, [], None, Advanced())
+    assert cfg.source_model == SOURCE_MODEL and cfg.target_tokenizer == "builtin:qwen2"
     assert [s.path for s in cfg.corpus.sources] == [TEXT_CORPUS]
     assert cfg.adapt.total_steps == 4 and demo.student_layers == 1
 

@@ -108,3 +108,12 @@ def test_parent_run_named_by_what_ran_with_few_params(tmp_path, monkeypatch):
     assert not any("(set by the pipeline)" in v for v in params.values())
     assert run.data.tags["tokalign.flow"] == "pipeline"
     assert "config.json" in {a.path for a in client.list_artifacts(pws.parent_run_id)}
+
+
+def test_mlflow_run_url_points_at_the_server_or_the_local_ui():
+    from tasks.lineage import mlflow_run_url
+
+    assert mlflow_run_url("http://mlflow:5000/", "3", "ab") == \
+        "http://mlflow:5000/#/experiments/3/runs/ab"
+    assert mlflow_run_url("sqlite:///x/mlflow.db", "1", "cd") == \
+        "http://127.0.0.1:5000/#/experiments/1/runs/cd"

@@ -84,6 +84,9 @@ def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monk
     ws = Workspace(run_dir=str(tmp_path / "run"), tracking_uri=uri)
     with parent_run(ws, "pipeline") as pws:
         text = publish_summary(pws, TABLES, "pipeline")
+        from tasks.lineage import Lineage
+
+        Lineage(pws).log_metrics(pws.parent_run_id, {"count.shared": 3, "bleu1.t2s.bleu1": 4})
     assert "## Compression per language" in text and "| ru |" in text
     assert published == ["pipeline-bits_per_byte", "pipeline-compression",
                          "pipeline-alignment", "pipeline-summary"]
@@ -91,6 +94,8 @@ def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monk
     run = client.get_run(pws.parent_run_id)
     assert run.data.metrics["bpb/mean_init"] == 3.5
     assert run.data.metrics["length_change/en"] == -0.10
+    # Stage metrics get one separator too.
+    assert run.data.metrics["count/shared"] == 3 and run.data.metrics["bleu1/t2s_bleu1"] == 4
     assert run.data.tags["mlflow.note.content"] == text  # the run's description
     plots = {a.path for a in client.list_artifacts(pws.parent_run_id, "plots")}
     assert plots == {"plots/bits_per_byte.png", "plots/compression.png"}

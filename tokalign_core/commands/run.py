@@ -33,14 +33,14 @@ def register(subparsers: Any) -> None:
             "LocalCluster inside --run-dir (or the servers PREFECT_API_URL / "
             "MLFLOW_TRACKING_URI name)."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, metavar="FILE",
                    help="PipelineConfig JSON/YAML (default: the --preset)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"named settings when no --config: {PRESET_HELP}")
     p.add_argument("--source-model", default=None, metavar="SPEC",
-                   help="model to adapt: a save_pretrained folder or a hub id")
+                   help="model to adapt: a save_pretrained folder, a hub id, a .gguf or "
+                        "builtin:smollm2-135m")
     p.add_argument("--source-tokenizer", default=None, metavar="SPEC",
                    help="its tokenizer (default: the model's own)")
     p.add_argument("--target-tokenizer", default=None, metavar="SPEC",
