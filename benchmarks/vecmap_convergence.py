@@ -77,8 +77,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", nargs="+", default=["paper", "default"],
-                    choices=["paper", "default"], help="schedules, in this order")
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        default=["paper", "default"],
+        choices=["paper", "default"],
+        help="schedules, in this order",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "vecmap-real" / "runs")
     args = ap.parse_args()
     data = load(args.work)
