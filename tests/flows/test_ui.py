@@ -69,14 +69,15 @@ def mlflow_ui(quick_demo, tmp_path):
 
 
 def _parent_run(store: str):
-    """The demo's parent run: the one run of the store without a parent."""
+    """The demo's parent run: the first run of the store without a parent."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+                     key=lambda r: r.info.start_time)
+    assert parents, "the demo's store has no parent run"
     return client, parents[0]
 
 
@@ -163,9 +164,14 @@ _FIELD_INPUT = """((want) => {
     // The label's "for" names no element: take the field from the property's own body.
     const body = span.closest('.schema-form-property').querySelector('.p-label__body');
     const el = body && body.querySelector('textarea, input[type=text]');
-    if (!el || !el.offsetParent) continue;
-    el.setAttribute('data-test-field', want);
-    return `[data-test-field="${want}"]`;
+    if (el && el.offsetParent) {
+      el.setAttribute('data-test-field', want);
+      return `[data-test-field="${want}"]`;
+    }
+    // An optional string shown as "None": switch it to a string as a person would.
+    const str = [...span.closest('.schema-form-property').querySelectorAll('button')]
+      .find(b => b.innerText.trim() === 'str' && b.offsetParent);
+    if (str) { str.click(); return null; }  // its text field renders on the next poll
   }
   return null;
 })"""
