@@ -15,6 +15,7 @@ from prefect import Task
 
 from flows.env import embedded_defaults  # noqa: F401 - re-exported
 from tasks.caching import Workspace
+from tasks.records import result_storage
 from tokalign_core.configs.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class Runner:
         # served deployment finds them wherever its Prefect home is. One copy per task:
         # with_options rebuilds the whole task (~5-10 ms), and evaluate runs six times.
         if id(task) not in self._bound:
-            self._bound[id(task)] = (task, task.with_options(result_storage=self.ws.results_dir))
+            storage = result_storage(self.ws.results_dir)  # 0700, records 0600, checked
+            self._bound[id(task)] = (task, task.with_options(result_storage=storage))
         return self._bound[id(task)][1]
 
     def submit(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
@@ -100,7 +102,22 @@ def publish_markdown(key: str, markdown: str, description: str = "") -> None:
 
 
 def publish_table(key: str, rows: list[dict[str, Any]], description: str = "") -> None:
-    _publish("create_table_artifact", table=rows, key=artifact_key(key), description=description)
+    """A table artifact, floats rounded to 4 significant digits (as the markdown tables)."""
+    table = [{k: rounded(v) for k, v in row.items()} for row in rows]
+    _publish("create_table_artifact", table=table, key=artifact_key(key),
+             description=description)
+
+
+def rounded(value: Any) -> Any:
+    """Floats to 4 significant digits (counts stay whole); NaN becomes None (an empty
+    cell, not the string "NaN"); anything else as it is."""
+    if not isinstance(value, float):
+        return value
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    if value.is_integer():
+        return int(value)
+    return float(f"{value:.4g}")
 
 
 def _publish(fn_name: str, **kwargs: Any) -> None:

@@ -20,6 +20,8 @@ A cache record is only trusted when every artifact it references still exists an
 its manifest (sizes; :func:`tokalign_core.artifacts.verify` with ``full=False``). A stale
 record (artifact deleted, truncated) is skipped by moving to a derived key
 ``sha256(key:n)``, so the stage recomputes and the new result is stored under that key.
+Records are JSON (:mod:`tasks.records`); one that is not ours, is group/world-writable or
+names a pickle serializer is refused before any of its bytes is deserialised.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from tasks.locking import COMPUTE_LOCKS
+from tasks.records import record_problem, refuse
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef, CorruptArtifactError, verify
 from tokalign_core.config import FrozenConfig
@@ -203,12 +206,30 @@ def derived_key(key: str, generation: int) -> str:
     return key if generation == 0 else hashlib.sha256(f"{key}:{generation}".encode()).hexdigest()
 
 
+def _record_path(store: Any, key: str) -> Path | None:
+    """Where a local result storage keeps ``key``'s record (None: remote storage)."""
+    resolve = getattr(getattr(store, "result_storage", None), "_resolve_path", None)
+    return Path(resolve(key)) if resolve is not None else None
+
+
+def _local_record_problem(store: Any, key: str) -> str | None:
+    path = _record_path(store, key)
+    return None if path is None else record_problem(path)
+
+
 def first_trusted_key(key: str, store: Any) -> str:
     """The first of ``key``, ``derived_key(key, 1)``, ... that has no record or an intact one.
 
     ``store`` is a Prefect ``ResultStore`` (``exists``/``read``)."""
     for generation in range(MAX_GENERATIONS):
         candidate = derived_key(key, generation)
+        # Check the file before Prefect reads it: even ``exists`` deserialises the record.
+        problem = _local_record_problem(store, candidate)
+        if problem == "missing":
+            return candidate
+        if problem is not None:
+            refuse(_record_path(store, candidate), problem)
+            continue
         if not store.exists(candidate):
             return candidate
         try:

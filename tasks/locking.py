@@ -28,6 +28,7 @@ from typing import Any
 
 from prefect.locking.protocol import LockManager
 
+from tasks.records import secure_dir
 from tokalign_core import locks
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def lock_root(store: Any) -> Path:
     (remote storage: then only runs on this host exclude each other)."""
     base = getattr(getattr(store, "result_storage", None), "basepath", None)
     if base:
-        return Path(str(base)).expanduser().resolve() / LOCK_DIR
+        return secure_dir(Path(str(base)).expanduser().resolve() / LOCK_DIR)  # 0700
     from prefect.settings import PREFECT_HOME
 
     return Path(PREFECT_HOME.value()).expanduser() / "locks"

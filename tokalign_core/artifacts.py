@@ -3,19 +3,27 @@
 An artifact is a folder ``<root>/<kind>/<digest[:24]>/`` holding data files plus
 ``MANIFEST.json`` (sha256 and size of every file). Writers fill a temporary folder inside
 the root and rename it into place only when complete, so a killed process never leaves a
-half-written artifact that a later run trusts. Loads re-check the manifest (or at least the
-sizes, for fast paths) and raise :class:`CorruptArtifactError` naming the file.
+half-written artifact that a later run trusts. A writer holds an exclusive ``flock`` on
+``.writer.lock`` inside its temp folder for as long as it lives; a store opened later
+deletes only temp folders whose lock it can take (their writer is gone, however it died),
+never by guessing from a process id, which another PID namespace cannot see. Loads
+re-check the manifest (or at least the sizes, for fast paths) and raise
+:class:`CorruptArtifactError` naming the file.
 
 Tasks exchange :class:`ArtifactRef` (kind, sha256, path): small, frozen, JSON-serialisable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +34,12 @@ from tokalign_core.config import FrozenConfig
 from tokalign_core.hashing import sha256_bytes, sha256_file
 
 MANIFEST = "MANIFEST.json"
+# Held (flock LOCK_EX) by a live writer inside its temp folder; never part of an artifact.
+WRITER_LOCK = ".writer.lock"
+# A temp folder without a lock file exists only for microseconds in a live writer (between
+# mkdtemp and the lock, and between dropping the lock file and the rename); one older than
+# this was left by a writer killed in that window or by an older version: swept.
+UNLOCKED_GRACE_S = 3600.0
 
 
 class CorruptArtifactError(RuntimeError):
@@ -101,18 +115,85 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def _hold_folder(folder: Path) -> int:
+    """Create ``folder/.writer.lock`` and hold an exclusive flock on it; return its fd.
+
+    The kernel drops the lock when this process exits, however it dies, so a sweeper that
+    can take the lock knows the writer is gone. ``O_CLOEXEC``: no exec'd child keeps it.
+    On a file system without flock the fd is returned unlocked and sweepers (whose flock
+    fails the same way) leave the folder alone."""
+    fd = os.open(folder / WRITER_LOCK,
+                 os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            os.close(fd)
+            raise
+    return fd
+
+
+def _claim_abandoned(folder: Path) -> int | None:
+    """An fd holding ``folder``'s writer lock if its writer is gone, else None.
+
+    None for a live writer (lock held), a lock file that is a symlink or not ours to open,
+    a file system without flock, or a young folder that has no lock file yet."""
+    try:
+        fd = os.open(folder / WRITER_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return -1 if age > UNLOCKED_GRACE_S else None
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live writer (EWOULDBLOCK), or flock unsupported
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sweep_dead_writers(tmp_root: Path, host: str) -> None:
+    """Delete the temp folders (artifact writers' and scratch) of dead processes of ``host``.
+
+    Only folders whose writer lock this process can take are deleted, under that lock, so
+    a live writer's folder is never touched, whatever PID namespace either process is in.
+    Other hosts' folders are left alone: flock need not be shared across hosts."""
+    if not tmp_root.is_dir():
+        return
+    for entry in tmp_root.iterdir():
+        parts = entry.name.split("@")
+        if len(parts) < 4 or parts[1] != host or entry.is_symlink() or not entry.is_dir():
+            continue
+        fd = _claim_abandoned(entry)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _make_temp(tmp_root: Path, kind: str) -> tuple[Path, int]:
+    """A fresh ``<kind>@<host>@<pid>@...`` folder under ``tmp_root`` whose lock we hold."""
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    prefix = f"{kind}@{socket.gethostname()}@{os.getpid()}@"
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
+    try:
+        return folder, _hold_folder(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    skip = {MANIFEST, WRITER_LOCK}
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not (p.parent == folder and p.name in skip))
     return {
         p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in files
@@ -132,20 +213,20 @@ class ArtifactStore:
         self._sweep_dead_writers()
 
     def _sweep_dead_writers(self) -> None:
-        """Delete temp folders left by writers of this host that were killed (kill -9).
+        """Delete temp folders left by killed writers of this host (see the module doc)."""
+        _sweep_dead_writers(self.root / ".tmp", socket.gethostname())
 
-        Temp folders are named ``<kind>@<host>@<pid>@...``; a folder of a live process, or
-        of another host sharing the file system, is left alone.
-        """
-        tmp_root = self.root / ".tmp"
-        if not tmp_root.is_dir():
-            return
-        host = socket.gethostname()
-        for entry in tmp_root.iterdir():
-            parts = entry.name.split("@")
-            ours = len(parts) >= 4 and parts[1] == host and parts[2].isdigit()
-            if ours and not _pid_alive(int(parts[2])):
-                shutil.rmtree(entry, ignore_errors=True)
+    @contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A private temp folder under ``<root>/.tmp`` for intermediate files (a corpus
+        spill): held by this process's writer lock, deleted on exit and, after a
+        ``kill -9``, by the next store opened on this host."""
+        folder, fd = _make_temp(self.root / ".tmp", name)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(fd)
 
     @contextmanager
     def writer(self, kind: str, meta: dict[str, Any] | None = None) -> Iterator[_Writer]:
@@ -153,16 +234,14 @@ class ArtifactStore:
         hashed and renamed into place and ``.ref`` is set. On error nothing is kept."""
         if not kind.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"artifact kind {kind!r} must be alphanumeric (with - or _)")
-        tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        prefix = f"{kind}@{socket.gethostname()}@{os.getpid()}@"
-        w = _Writer(Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root)))
-        os.chmod(w.dir, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
+        folder, fd = _make_temp(self.root / ".tmp", kind)
+        w = _Writer(folder, fd)
         try:
+            os.chmod(w.dir, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
             if meta is not None:
                 (w.dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             yield w
-            w.ref = self._commit(kind, w.dir)
+            w.ref = self._commit(kind, w)
         except OSError as exc:
             shutil.rmtree(w.dir, ignore_errors=True)
             if exc.errno == 28:  # ENOSPC: say where, keep earlier artifacts untouched
@@ -174,14 +253,22 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(w.dir, ignore_errors=True)
             raise
+        finally:
+            w.close()
 
-    def _commit(self, kind: str, tmp: Path) -> ArtifactRef:
+    def _commit(self, kind: str, w: _Writer) -> ArtifactRef:
+        tmp = w.dir
+        w.check_intact(kind)
         manifest = _manifest(tmp)
         digest = _digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         final = self.root / kind / digest[:24]
         final.parent.mkdir(parents=True, exist_ok=True)
         ref = ArtifactRef(kind=kind, sha256=digest, path=str(final))
+        w.check_intact(kind)  # hashing can take minutes: check again right before the rename
+        # The lock file must not travel into the artifact; a folder without one is left
+        # alone by sweepers for UNLOCKED_GRACE_S, far longer than the rename below.
+        os.unlink(tmp / WRITER_LOCK)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -225,16 +312,68 @@ class ArtifactStore:
 
 
 class _Writer:
-    def __init__(self, folder: Path):
+    """The temp folder of one artifact being written, and the writer lock held inside it."""
+
+    def __init__(self, folder: Path, lock_fd: int):
         self.dir = folder
         self.ref: ArtifactRef | None = None
+        self._lock_fd = lock_fd
+        st = os.stat(folder)
+        self._identity = (st.st_dev, st.st_ino)
+        self._handed: set[Path] = set()
 
     def path(self, name: str) -> Path:
+        """Where to write file ``name`` (subfolders are created inside the temp folder).
+
+        Never re-creates the temp folder itself: if it vanished (deleted by someone else),
+        this raises instead of silently starting a second, partial artifact."""
+        root = self.dir.resolve()
         p = (self.dir / name).resolve()
-        if not p.is_relative_to(self.dir.resolve()):
+        if not p.is_relative_to(root) or p == root:
             raise ValueError(f"file name {name!r} escapes the artifact folder")
-        p.parent.mkdir(parents=True, exist_ok=True)
+        self._require_folder()
+        parent = root
+        for part in p.relative_to(root).parts[:-1]:
+            parent = parent / part
+            with contextlib.suppress(FileExistsError):
+                parent.mkdir()  # no parents=True: a vanished root fails here
+        self._handed.add(p)
         return p
+
+    def _require_folder(self) -> None:
+        try:
+            st = os.stat(self.dir)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            raise CorruptArtifactError(
+                f"the temp folder {self.dir} of this artifact was deleted while it was being "
+                "written (by another process cleaning the store?); nothing was committed, rerun")
+
+    def check_intact(self, kind: str) -> None:
+        """Refuse to commit a folder that was deleted (or replaced) under the writer, or
+        that lost its lock file or any file this writer handed out."""
+        self._require_folder()
+        try:
+            lock_st = os.stat(self.dir / WRITER_LOCK, follow_symlinks=False)
+        except FileNotFoundError:
+            lock_st = None
+        fst = os.fstat(self._lock_fd)
+        if lock_st is None or (lock_st.st_dev, lock_st.st_ino) != (fst.st_dev, fst.st_ino):
+            raise CorruptArtifactError(
+                f"the writer lock of {self.dir} was removed while the {kind} artifact was being "
+                "written; nothing was committed, rerun")
+        missing = sorted(p.name for p in self._handed if not p.is_file())
+        if missing:
+            raise CorruptArtifactError(
+                f"{kind} artifact in {self.dir} is missing {', '.join(missing)}, handed out for "
+                "writing but absent at commit; nothing was committed, rerun")
+
+    def close(self) -> None:
+        """Drop the writer lock (idempotent)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def verify(ref: ArtifactRef, full: bool = True) -> Path:

@@ -5,9 +5,11 @@ stage adds its own subcommands without touching a shared file."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import pkgutil
+import re
 import sys
 from typing import Any
 
@@ -21,10 +23,24 @@ class _RunAwareFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         for attr, label in (("task_run_name", "task"), ("flow_run_name", "flow")):
-            name = getattr(record, attr, None)
+            name = getattr(record, attr, None) or (_current_task_run() if attr ==
+                                                   "task_run_name" else None)
             if name:
                 return line.replace(f"{record.name}: ", f"{record.name}: {label} {name!r}: ", 1)
         return line
+
+
+def _current_task_run() -> str | None:
+    """The Prefect task run this thread is executing, if any: a library line logged inside
+    a stage ("glove iteration 3: ...") is labelled with the stage that logged it
+    (``glove:source``). Prefect is only consulted when something already imported it."""
+    if "prefect.context" not in sys.modules:
+        return None
+    try:
+        ctx = sys.modules["prefect.context"].TaskRunContext.get()
+    except Exception:  # noqa: BLE001 - a label is best effort
+        return None
+    return getattr(getattr(ctx, "task_run", None), "name", None)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -50,8 +66,40 @@ def config_from(cls: Any, path: str | None, flags: dict[str, Any], stage: str) -
         raise UserError(f"invalid {stage} settings: {exc}") from exc
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a misspelt command, choice or flag."""
+
+    def error(self, message: str) -> Any:  # noqa: D102 - argparse's hook
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            choices = re.findall(r"'([^']*)'", bad.group(2)) or \
+                [c.strip() for c in bad.group(2).split(",")]
+            message += did_you_mean(bad.group(1), choices)
+        super().error(message)
+
+
+def did_you_mean(word: str, options: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``options``, or ''."""
+    close = difflib.get_close_matches(word, list(options), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, command: str | None,
+                   extras: list[str]) -> str:
+    """The ``unrecognized arguments`` message, with the closest flags of the command."""
+    target = parser
+    for action in parser._actions:  # the subcommand's own parser knows its flags
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            target = action.choices[command]
+    flags = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
+    hints = "".join(did_you_mean(x.split("=")[0], flags) for x in extras if x.startswith("-"))
+    return f"unrecognized arguments: {' '.join(extras)}{hints}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tokalign",
         description=(
             "Replace a pretrained LLM's vocabulary with another tokenizer's (TokAlign / "
@@ -72,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.error(_unknown_flags(parser, getattr(args, "command", None), extras))
     _configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -47,9 +47,7 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -531,15 +529,15 @@ def build_corpus(cfg: CorpusConfig, store: ArtifactStore, progress: bool = True)
     """Read, filter, mix, split and shard ``cfg.sources`` into a **corpus** artifact.
 
     Memory: one hash bucket (about corpus / 256) plus one parquet write buffer. The spill
-    files live in a temp folder under the store root and are removed in every case.
+    files live in a scratch folder under the store root, removed in every case (a killed
+    run's by the next store opened on this host).
     Raises FileNotFoundError / ValueError naming the source for missing or unreadable
     input, and ValueError naming every source when no document survives the policy.
     """
     stats = [SourceStats(spec=s.model_dump(mode="json")) for s in cfg.sources]
-    tmp_root = store.root / ".tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="corpus-spill-", dir=tmp_root))
-    try:
+    # The spill folder holds the whole corpus at scale: a store scratch folder is removed on
+    # exit and, after a kill -9, by the next store opened on this host (its flock is gone).
+    with store.scratch("corpus-spill") as tmp:
         spill = _Spill(tmp)
         try:
             counts = _spill_documents(cfg, stats, spill, progress)
@@ -551,8 +549,6 @@ def build_corpus(cfg: CorpusConfig, store: ArtifactStore, progress: bool = True)
                                          progress)
             meta = _meta(cfg, stats, shards, held)
             w.path("meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     assert w.ref is not None
     log.info("corpus: %d training docs in %d shards, %d held out -> %s",
              meta["n_docs"], cfg.n_shards, held["docs"], w.ref.path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokalign_core import baselines
+from tokalign_core import baselines, models
 from tokalign_core.alignment import Alignment
 from tokalign_core.configs.init import InitConfig
 
@@ -56,22 +56,13 @@ class InitResult:
 
 
 def load_tokenizer(spec: Any, trust_remote_code: bool = False) -> Any:
-    """A tokenizer object from a spec (hub id, folder, tokenizer.json, builtin alias),
-    through ``tokalign_core.tokenizers_io`` when present; objects pass through."""
+    """A tokenizer object from a spec (see :func:`tokalign_core.tokenizers_io.load_tokenizer`:
+    hub id, folder, tokenizer.json, builtin alias, ``.gguf``); objects pass through."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    try:
-        from tokalign_core.tokenizers_io import load_tokenizer as _load
-    except ImportError:  # the tokenizers_io module is optional at this layer
-        _load = None
-    if _load is not None:
-        return _load(str(spec), trust_remote_code=trust_remote_code)
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokalign_core.tokenizers_io import load_tokenizer as _load
 
-    path = Path(spec)
-    if path.is_file() and path.suffix == ".json":
-        return PreTrainedTokenizerFast(tokenizer_file=str(path))
-    return AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
+    return _load(str(spec), trust_remote_code=trust_remote_code)
 
 
 def check_remote_code(spec: str, trust_remote_code: bool) -> None:
@@ -97,16 +88,13 @@ def check_remote_code(spec: str, trust_remote_code: bool) -> None:
 
 
 def load_model(spec: Any, trust_remote_code: bool = False, dtype: Any = None) -> Any:
-    """A causal LM from a hub id / folder; objects pass through unchanged."""
+    """A causal LM from a model spec (hub id, folder, ``.gguf``, ``builtin:smollm2-135m``;
+    see :mod:`tokalign_core.models`); objects pass through unchanged."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    from transformers import AutoModelForCausalLM
-
-    check_remote_code(str(spec), trust_remote_code)
-    kwargs = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(str(spec), **kwargs).eval()
+    where = models.resolve_model(spec)
+    check_remote_code(where, trust_remote_code)
+    return models.load_causal_lm(where, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 # --------------------------------------------------------------------------------------
@@ -260,7 +248,8 @@ def _install(model: Any, new: dict, total: int, tied: bool) -> None:
     """Resize to ``total`` rows and write the new rows (+ mean padding) in place."""
     import torch
 
-    model.resize_token_embeddings(total, mean_resizing=False)
+    with models.transformers_lock():  # resizing re-ties through patched global state
+        model.resize_token_embeddings(total, mean_resizing=False)
     emb_in, emb_out = embedding_modules(model)
     with torch.no_grad():
         emb_in.weight.copy_(_with_padding(new["in"], total).to(emb_in.weight.dtype))
@@ -295,6 +284,61 @@ def set_special_ids(model: Any, tokenizer: Any) -> dict[str, int | None]:
         gen.eos_token_id = ids["eos_token_id"]
         gen.pad_token_id = ids["pad_token_id"] if ids["pad_token_id"] is not None \
             else ids["eos_token_id"]
+    return ids
+
+
+# --------------------------------------------------------------------------------------
+# A shallower student (for distillation from the full-depth model)
+# --------------------------------------------------------------------------------------
+
+
+def decoder_layers(model: Any) -> tuple[Any, str]:
+    """(the ``nn.ModuleList`` of decoder blocks, its dotted name): the module list whose
+    length is ``config.num_hidden_layers`` (``model.layers`` in Llama, ``gpt_neox.layers``,
+    GPT-2's ``transformer.h``), found by shape so no table of families is needed."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module, name
+    raise ValueError(
+        f"{type(model).__name__}: no module list of config.num_hidden_layers={n} decoder "
+        "blocks; cannot choose layers for this architecture"
+    )
+
+
+def kept_layer_ids(n_layers: int, keep: int) -> list[int]:
+    """``keep`` layer indices spread evenly over ``n_layers``, first and last included
+    (30 -> 15: 0, 2, 4, ..., 27, 29): the embedding-side and output-side blocks matter most."""
+    if not 1 <= keep <= n_layers:
+        raise ValueError(f"cannot keep {keep} of {n_layers} layers; choose 1..{n_layers}")
+    if keep == 1:
+        return [n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def keep_layers(model: Any, keep: int) -> list[int]:
+    """Drop all but ``keep`` evenly spread decoder layers of ``model`` in place (a
+    shallower student sharing the vocabulary; Sajjad et al. 2023 found keeping spread
+    layers a strong start for distillation). Renumbers the kept blocks' ``layer_idx`` (the
+    KV cache is indexed by it) and trims per-layer config lists. Returns the kept ids."""
+    import torch
+
+    layers, name = decoder_layers(model)
+    ids = kept_layer_ids(len(layers), keep)
+    kept = torch.nn.ModuleList([layers[i] for i in ids])
+    for new_idx, block in enumerate(kept):
+        for sub in block.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_idx
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, kept)
+    cfg = model.config
+    for key, value in list(vars(cfg).items()):
+        if isinstance(value, list) and len(value) == cfg.num_hidden_layers:
+            setattr(cfg, key, [value[i] for i in ids])  # e.g. layer_types
+    cfg.num_hidden_layers = len(ids)
     return ids
 
 

@@ -18,6 +18,9 @@ time) so a waiter can say what it is waiting for. Details that make this safe:
   has since been unlinked or replaced sees the mismatch (``stat`` vs ``fstat``) and retries,
   so two holders of one key are impossible and the folder only lists live or killed
   holders;
+* lock files are opened ``O_NOFOLLOW`` and must be regular files before they are
+  truncated and written (a planted symlink is refused, never followed), in a folder
+  created owner-only (0700);
 * waiting polls with ``LOCK_NB`` (a blocking flock cannot time out) and raises
   :class:`LockTimeoutError` naming the lock file and its holder after ``timeout`` seconds.
 
@@ -36,6 +39,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import time
 import weakref
 from collections.abc import Callable
@@ -114,9 +118,15 @@ def lock_path(root: str | Path, key: str) -> Path:
 def read_holder(path: Path) -> Holder | None:
     """The holder recorded in a lock file (None: no file, or not written yet)."""
     try:
-        return Holder(**json.loads(path.read_bytes()))
+        fd = _open_lock_file(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return Holder(**json.loads(os.read(fd, 1 << 16)))
     except (OSError, ValueError, TypeError):
         return None
+    finally:
+        os.close(fd)
 
 
 # Held locks of this process, closed in forked children (see _close_in_child).
@@ -196,12 +206,41 @@ def _same_file(path: Path, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
+class UnsafeLockFileError(OSError):
+    """A lock path is a symlink or not a regular file: never followed, truncated or written."""
+
+
+def _make_lock_root(root: Path) -> None:
+    """Create the lock folder owner-only (0700): other users can neither plant symlinks
+    nor files in it. An existing folder is left as it is."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _open_lock_file(path: Path, flags: int) -> int:
+    """Open a lock file without following a symlink (``O_NOFOLLOW``) and refuse anything
+    that is not a regular file, before the caller truncates and writes it: a planted
+    ``<key>.lock -> ~/.bashrc`` must not be emptied."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeLockFileError(
+                errno.ELOOP, f"lock file {path} is a symbolic link; refusing to follow it "
+                "(remove it: lock files are plain files this program creates)") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeLockFileError(
+            errno.EINVAL, f"lock file {path} is not a regular file; remove it and rerun")
+    return fd
+
+
 def try_acquire(root: str | Path, key: str, label: str = "") -> ComputeLock | None:
     """Take the lock of ``key`` under ``root`` now, or return None if someone holds it."""
     path = lock_path(root, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_lock_root(path.parent)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_lock_file(path, os.O_RDWR | os.O_CREAT)
         try:
             if not _flock(fd, fcntl.LOCK_EX):
                 os.close(fd)
@@ -274,7 +313,7 @@ def is_locked(root: str | Path, key: str) -> bool:
     """Whether some live process holds the lock of ``key`` right now."""
     path = lock_path(root, key)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_lock_file(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:

@@ -50,6 +50,7 @@ import os
 import random
 import shutil
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -386,6 +387,55 @@ class TrainerState:
         return dict(self.__dict__)
 
 
+class UnsafeCheckpointError(PermissionError):
+    """A checkpoint folder another user could have written: never loaded."""
+
+
+def _unsafe(path: Path, st: os.stat_result, writable_bits: int) -> str | None:
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+    if st.st_mode & writable_bits:
+        who = "group- or world-writable" if writable_bits & stat.S_IWGRP else "world-writable"
+        return f"{who} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def check_resume_safe(out_dir: Path, root: Path) -> None:
+    """Refuse to resume from checkpoints someone else could have planted or edited.
+
+    DeepSpeed loads its checkpoint files with ``torch.load(weights_only=False)``, which
+    runs code from the file. So ``out_dir`` must be ours and not world-writable, and the
+    checkpoint folder and everything below it ours and not group/world-writable (this
+    trainer writes them so: folder 0700, files ``go-w``). Raises
+    :class:`UnsafeCheckpointError` naming the path and the fix."""
+    checks = [(Path(out_dir), stat.S_IWOTH)]
+    if root.exists() or root.is_symlink():
+        checks.append((root, stat.S_IWGRP | stat.S_IWOTH))
+        if not root.is_symlink():
+            checks += [(p, stat.S_IWGRP | stat.S_IWOTH) for p in sorted(root.rglob("*"))]
+    for path, bits in checks:
+        problem = _unsafe(path, os.lstat(path), bits)
+        if problem:
+            raise UnsafeCheckpointError(
+                f"refusing to resume training from {out_dir}: {path} is {problem}, and "
+                "DeepSpeed checkpoints are loaded with pickle (code runs on load). Fix: make "
+                f"it yours and not writable by others (chown $USER, chmod go-w), or delete "
+                f"{root} to start over")
+
+
+def _private_checkpoints(root: Path) -> None:
+    """The checkpoint folder owner-only, every file and folder below it ``go-w`` (DeepSpeed
+    writes under the umask): what :func:`check_resume_safe` requires on resume."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    for p in root.rglob("*"):
+        st = os.lstat(p)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            os.chmod(p, stat.S_IMODE(st.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+
+
 def latest_checkpoint(root: Path) -> TrainerState | None:
     """The newest *committed* checkpoint (its ``trainer_state.json`` exists)."""
     best = None
@@ -436,7 +486,9 @@ def save_checkpoint(engine: TorchEngine, root: Path, state: TrainerState, dist: 
     torch.save(_rng_state(), root / tag / f"rng-rank{dist.rank}.pt")
     _barrier()
     if dist.rank == 0:
+        _private_checkpoints(root)  # before the commit marker: a resumable tag is private
         atomic_write_text(root / tag / STATE_FILE, json.dumps(state.as_dict(), indent=2))
+        _private_checkpoints(root / tag)
         _prune(root, keep)
     _barrier()
 
@@ -501,15 +553,15 @@ class Context:
 
 
 def _load_model(name: str, dtype: Any, trust: bool) -> Any:
-    from transformers import AutoModelForCausalLM
+    from tokalign_core.models import load_causal_lm
 
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust)
+    return load_causal_lm(name, dtype=dtype, trust_remote_code=trust, eval_mode=False)
 
 
 def _load_tokenizer(name: str, trust: bool) -> Any:
-    from transformers import AutoTokenizer
+    from tokalign_core.tokenizers_io import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+    return load_tokenizer(name, trust_remote_code=trust)
 
 
 def _check_vocab(model: Any, vocab: int, stream: TokenStream, name: str) -> None:
@@ -726,6 +778,8 @@ def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = 
         torch.set_num_threads(threads)
     ctx = build_context(cfg, dist)
     root = Path(cfg.out_dir) / "checkpoints"
+    if cfg.resume:
+        check_resume_safe(Path(cfg.out_dir), root)
     state = latest_checkpoint(root) if cfg.resume else None
     if state and state.config_digest != cfg.digest():
         log.warning("resuming %s written by a different config (digest %s != %s)",

@@ -173,22 +173,34 @@ def test_cli_help_lists_commands():
 
 
 def test_killed_writer_leftovers_are_swept_but_live_ones_kept(tmp_path):
+    """A temp folder is swept only when its writer lock can be taken (the writer is gone)
+    or, lacking a lock file, when it is older than the grace period; another host's
+    folders and a live writer's (whatever its PID looks like) are kept."""
     import os
     import socket
+    import time
+
+    from tokalign_core.artifacts import UNLOCKED_GRACE_S, WRITER_LOCK
 
     store = ArtifactStore(tmp_path)
     host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    (tmp_path / ".tmp" / f"demo@{host}@{dead}@abc").mkdir(parents=True)
-    live = tmp_path / ".tmp" / f"demo@{host}@{os.getpid()}@def"
-    live.mkdir()
-    other_host = tmp_path / ".tmp" / f"demo@elsewhere@{dead}@ghi"
+    tmp = tmp_path / ".tmp"
+    dead = tmp / f"demo@{host}@{os.getpid()}@abc"  # our PID, but nobody holds its lock
+    dead.mkdir(parents=True)
+    (dead / WRITER_LOCK).touch()
+    old_unlocked = tmp / f"demo@{host}@1@old"
+    old_unlocked.mkdir()
+    stale = time.time() - UNLOCKED_GRACE_S - 60
+    os.utime(old_unlocked, (stale, stale))
+    young_unlocked = tmp / f"demo@{host}@1@young"
+    young_unlocked.mkdir()
+    other_host = tmp / "demo@elsewhere@1@ghi"
     other_host.mkdir()
-    ArtifactStore(tmp_path)
-    names = sorted(p.name for p in (tmp_path / ".tmp").iterdir())
-    assert names == sorted([live.name, other_host.name])
-    del store
+    (other_host / WRITER_LOCK).touch()
+    with store.writer("demo") as live:
+        ArtifactStore(tmp_path)
+        names = sorted(p.name for p in tmp.iterdir())
+    assert names == sorted([live.dir.name, young_unlocked.name, other_host.name])
 
 
 def test_artifact_files_follow_the_umask(tmp_path):

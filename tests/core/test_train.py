@@ -257,6 +257,28 @@ def test_llama_tied_head_trains_in_stage1(workdir):
             assert torch.equal(before[k], v), k
 
 
+def _assert_tied_checkpoint(folder: Path) -> None:
+    """One matrix on disk, and it reloads tied."""
+    from tokalign_core.init_model import is_tied, load_model
+
+    assert "lm_head.weight" not in _weights(folder)
+    reloaded = load_model(str(folder))
+    assert is_tied(reloaded) and reloaded.config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_tied_llama_stays_tied_through_both_stages_and_distillation(workdir, engine,
+                                                                     no_jit_builds):
+    adapted = run_training(_cfg(workdir, f"tied-{engine}", model="llama", engine=engine,
+                                total_steps=2, stage_split=0.5, save_final=True))
+    _assert_tied_checkpoint(adapted.final_model)
+    distilled = run_training(_cfg(
+        workdir, f"tied-dist-{engine}", model="llama", engine=engine, mode="distill",
+        total_steps=1, stage_split=0.0, save_final=True,
+        distill=DistillConfig(teacher=str(workdir / "neox"), chunk_size=8)))
+    _assert_tied_checkpoint(distilled.final_model)
+
+
 def test_token_distillation_with_itself_has_zero_kl(workdir):
     cfg = _cfg(workdir, "dist", engine="torch", mode="distill", total_steps=1, stage_split=0.0,
                distill=DistillConfig(teacher=str(workdir / "neox"), chunk_size=5))
@@ -365,3 +387,40 @@ def test_threads_setting_overrides_the_environment(workdir, monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(1)
+
+
+def test_resume_refuses_checkpoints_others_could_write(workdir):
+    """DeepSpeed unpickles checkpoints on resume: a checkpoint tree that is not ours or is
+    group/world-writable is refused before anything is loaded (issue 16 item 4); the
+    trainer's own checkpoints (written under umask 002) stay resumable."""
+    from tokalign_core.train import UnsafeCheckpointError
+
+    def crash_at_2(info):
+        if info.global_step == 2:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(workdir, "unsafe", engine="torch", total_steps=4, checkpoint_every=1)
+    old = os.umask(0o002)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_training(cfg, on_step=crash_at_2)
+    finally:
+        os.umask(old)
+    root = Path(cfg.out_dir) / "checkpoints"
+    assert root.stat().st_mode & 0o777 == 0o700
+    victim = next(p for p in sorted(root.rglob("*")) if p.is_file())
+    assert not victim.stat().st_mode & 0o022, oct(victim.stat().st_mode)
+    os.chmod(victim, 0o666)
+    with pytest.raises(UnsafeCheckpointError, match="group- or world-writable"):
+        run_training(cfg)
+    os.chmod(victim, 0o644)
+    if os.geteuid() == 0:  # only root can hand a file to another user
+        os.chown(victim, 12345, 12345)
+        with pytest.raises(UnsafeCheckpointError, match="owned by uid 12345"):
+            run_training(cfg)
+        os.chown(victim, 0, 0)
+    os.chmod(cfg.out_dir, 0o777)
+    with pytest.raises(UnsafeCheckpointError, match="world-writable"):
+        run_training(cfg)
+    os.chmod(cfg.out_dir, 0o755)
+    assert run_training(cfg).resumed_from == "step00000002"

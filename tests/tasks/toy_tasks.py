@@ -15,6 +15,7 @@ from prefect import flow
 
 from tasks.caching import Workspace
 from tasks.common import stage_task, store
+from tasks.records import result_storage
 from tokalign_core import hashing
 
 if os.environ.get("TOKALIGN_TEST_CODE_HASH"):
@@ -34,7 +35,8 @@ def upper(ws: Workspace, src: Path, factor: int = 1) -> object:
 
 @flow(name="toy-cache-flow")
 def toy_flow(ws: Workspace, src: Path, factor: int = 1) -> object:
-    return upper.with_options(result_storage=ws.results_dir)(ws, src, factor)
+    # The flows' storage (flows.common.Runner.bind): owner-only folder, checked records.
+    return upper.with_options(result_storage=result_storage(ws.results_dir))(ws, src, factor)
 
 
 def calls(run_dir: Path) -> int:

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"dense table for frequent pairs, MB (default {d.dense_table_mb})")
     p.add_argument("--buffer-pairs", type=int,
                    help=f"sparse pairs buffered before a flush (default {d.buffer_pairs})")
+    p.add_argument("--memory-budget-mb", type=float,
+                   help="memory for one shard's counts and for the merge, MB; past it sorted "
+                   f"runs spill to <artifact root>/.spill (default {d.memory_budget_mb})")
     p.add_argument("--value-dtype", choices=["float32", "float64"],
                    help=f"dtype of the saved values (default {d.value_dtype})")
     p.add_argument("--workers", type=int, default=1,
@@ -53,7 +56,7 @@ def config_from_args(args: argparse.Namespace):
 
     flags = {"window": args.window, "min_count": args.min_count, "max_vocab": args.max_vocab,
              "dense_table_mb": args.dense_table_mb, "buffer_pairs": args.buffer_pairs,
-             "value_dtype": args.value_dtype}
+             "value_dtype": args.value_dtype, "memory_budget_mb": args.memory_budget_mb}
     if args.keep_rare_positions:
         flags["skip_rare"] = False
     return config_from(CooccurConfig, args.config, flags, "cooccur")

@@ -98,12 +98,8 @@ def build_config(args: argparse.Namespace) -> EvalAlignConfig:
 
 def _load_tokenizer(spec: str) -> Any:
     """Tokenizer specs go through tokenizers_io (hub ids, files, tiktoken, builtin:)."""
-    try:
-        from tokalign_core.tokenizers_io import load_tokenizer
-    except ImportError:  # before tokenizers_io lands: plain transformers
-        from transformers import AutoTokenizer
+    from tokalign_core.tokenizers_io import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(spec)
     return load_tokenizer(spec)
 
 

@@ -37,9 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="numba threads (default: all cores)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="numba: conflict-free block schedule, bit-reproducible for a seed and "
-                   "thread count; --no-deterministic = Hogwild like the C tool (faster, "
-                   f"not reproducible with >1 thread) (default {d.deterministic})")
+                   help="numba: conflict-free schedule on a fixed block grid, bit-reproducible "
+                   "for a seed whatever the thread count; --no-deterministic = Hogwild like "
+                   "the C tool (faster, not reproducible with >1 thread) "
+                   f"(default {d.deterministic})")
+    p.add_argument("--memory-budget-mb", type=float,
+                   help="nonzeros resident at once, MB; past it they stream from "
+                   f"<artifact root>/.spill in random buckets (default {d.memory_budget_mb})")
     p.add_argument("--batch-size", type=int,
                    help=f"torch engine: nonzeros per AdaGrad step (default {d.batch_size})")
     p.add_argument("--vectors", choices=["w+c", "w"], help=f"output (default {d.vectors})")
@@ -63,7 +67,7 @@ def config_from_args(args: argparse.Namespace):
              "x_max": args.x_max, "alpha": args.alpha, "batch_size": args.batch_size,
              "vectors": args.vectors, "device": args.device, "seed": args.seed,
              "engine": args.engine, "threads": args.threads,
-             "deterministic": args.deterministic}
+             "deterministic": args.deterministic, "memory_budget_mb": args.memory_budget_mb}
     return config_from(GloveConfig, args.config, flags, "glove")
 
 

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("model", metavar="MODEL",
-                   help="source causal LM: hub id or save_pretrained folder")
+                   help="source causal LM: hub id, folder, .gguf or builtin:smollm2-135m")
     p.add_argument("source_tokenizer", metavar="SOURCE_TOK",
                    help="the model's own tokenizer (hub id, folder, tokenizer.json, "
                    "*.tiktoken, builtin:qwen2)")
@@ -61,14 +61,13 @@ def _counts(folder: str | None) -> np.ndarray | None:
 
 def _load_model(spec: str, trust_remote_code: bool) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
 
     from tokalign_core.cli import UserError
+    from tokalign_core.models import ModelSpecError, load_causal_lm
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            spec, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+        return load_causal_lm(spec, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ModelSpecError) as exc:
         raise UserError(f"cannot load causal LM {spec!r}: {exc}") from exc
 
 

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
             " + tokenizer + README.md model card to --out."
         ),
     )
-    p.add_argument("--model", required=True, help="source causal LM: hub id or local folder")
+    p.add_argument("--model", required=True, help="source causal LM: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     p.add_argument("--target-tokenizer", required=True,
                    help="target tokenizer spec: hub id, folder, tokenizer.json or builtin:qwen2")
     p.add_argument("--source-tokenizer", default=None,

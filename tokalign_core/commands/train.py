@@ -192,7 +192,8 @@ def register(subparsers: Any) -> None:
         "parameter (TokAlign section 7), on the target-tokenized corpus. Writes OUT/run.json "
         "and runs python -m tokalign_core.train; rerun to resume after a crash.")
     a.add_argument("--model", required=True,
-                   help="initialised model folder (tokalign init) or hub id")
+                   help="initialised model folder (tokalign init) or any model: "
+                       "hub id, folder, .gguf or builtin:smollm2-135m")
     a.add_argument("--split", type=float, default=_d("stage_split"),
                    help=f"share of steps in stage 1 (default {_d('stage_split')})")
     a.add_argument("--lr1", type=float, default=6.4e-4,
@@ -208,9 +209,11 @@ def register(subparsers: Any) -> None:
         description="Token level: loss = CE + lambda * T^2 * KL(teacher^T || student^T), "
         "chunked over the sequence. Sentence level: the teacher continues prompts taken "
         "from the corpus and the student fine-tunes on the continuations (CE).")
-    d.add_argument("--student", required=True, help="student model folder or hub id")
+    d.add_argument("--student", required=True, help="student model: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     d.add_argument("--teacher", required=True,
-                   help="teacher model folder or hub id (same tokenizer as the student)")
+                   help="teacher model: hub id, folder, .gguf or builtin:smollm2-135m "
+                        "(same tokenizer as the student)")
     d.add_argument("--level", choices=["token", "sentence"], default="token",
                    help="token-level KL or the sentence-level baseline (default token)")
     d.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
