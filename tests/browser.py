@@ -125,11 +125,14 @@ class Page:
         self.send("Input.insertText", text=text)
 
     def click_text(self, text: str, tags: str = "button, a, [role=button]") -> None:
-        """Click the first visible element among ``tags`` whose own text is ``text``."""
+        """Click the first visible element among ``tags`` whose text is ``text`` (the innermost
+        one when they nest)."""
         clicked = self.evaluate(f"""(() => {{
             const want = {json.dumps(text)};
-            const els = [...document.querySelectorAll({json.dumps(tags)})]
+            const all = [...document.querySelectorAll({json.dumps(tags)})]
                 .filter(e => e.innerText && e.innerText.trim() === want && e.offsetParent);
+            // the innermost match: an outer wrapper with the same text may not react
+            const els = all.filter(e => !all.some(o => o !== e && e.contains(o)));
             if (!els.length) return false;
             els[0].scrollIntoView({{block: 'center'}}); els[0].click(); return true; }})()""")
         assert clicked, f"no visible {tags} labelled {text!r}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.browser import chromium_executable
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -155,19 +156,6 @@ def mlflow_server(tmp_path):
         stop(proc)
 
 
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (skips if that fails)."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-                       capture_output=True, timeout=900,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("chromium is not installed and apt-get could not install it")
-    return exe
-
-
 def test_mlflow_server_receives_lineage_and_ui_shows_metric(mlflow_server, tmp_path):
     from mlflow import MlflowClient
 
@@ -196,8 +184,9 @@ def test_mlflow_server_receives_lineage_and_ui_shows_metric(mlflow_server, tmp_p
     exp = child.info.experiment_id
     url = f"{mlflow_server}/#/experiments/{exp}/runs/{run.run_id}"
     dom = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--no-first-run", "--disable-extensions",
+        [chromium_executable(), "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-dev-shm-usage", "--disable-background-networking", "--no-first-run",
+         "--disable-extensions",
          f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=30000",
          "--dump-dom", url],
         capture_output=True, text=True, timeout=180)

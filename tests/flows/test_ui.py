@@ -37,7 +37,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory) -> Path:
-    """The run folder of one ``tokalign demo --quick`` (a few minutes on 2 cores)."""
+    """The run folder of one ``tokalign demo --quick`` (5-12 minutes on 2 cores), or the
+    finished one named by ``TOKALIGN_TEST_DEMO_DIR`` (to iterate on the UI checks)."""
+    if os.environ.get("TOKALIGN_TEST_DEMO_DIR"):
+        return Path(os.environ["TOKALIGN_TEST_DEMO_DIR"])
     run_dir = tmp_path_factory.mktemp("ui") / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -66,15 +69,29 @@ def mlflow_ui(quick_demo, tmp_path):
 
 
 def _parent_run(store: str):
-    """The demo's parent run: the one run of the store without a parent."""
+    """The demo's parent run: the first run of the store without a parent."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+                     key=lambda r: r.info.start_time)
+    assert parents, "the demo's store has no parent run"
     return client, parents[0]
+
+
+def _model_folders(client, run_id: str, path: str = "", depth: int = 3) -> list[str]:
+    """Artifact folders of ``run_id`` (to ``depth`` levels) that hold a saved model with its
+    card: a ``config.json`` next to a ``README.md``."""
+    entries = client.list_artifacts(run_id, path or None)
+    names = {e.path.rsplit("/", 1)[-1] for e in entries if not e.is_dir}
+    found = [path] if path and {"config.json", "README.md"} <= names else []
+    if depth > 0:
+        for e in entries:
+            if e.is_dir:
+                found += _model_folders(client, run_id, e.path, depth - 1)
+    return found
 
 
 def test_mlflow_ui_shows_the_demo_runs_model_description_and_lineage(quick_demo, mlflow_ui,
@@ -82,6 +99,13 @@ def test_mlflow_ui_shows_the_demo_runs_model_description_and_lineage(quick_demo,
     client, parent = _parent_run(f"sqlite:///{quick_demo / 'mlflow.db'}")
     run_id, exp = parent.info.run_id, parent.info.experiment_id
     tags = parent.data.tags
+    # What the store holds (MLflow's API), then what a person sees of it (the UI).
+    summary = Path(client.download_artifacts(run_id, "summary.md", str(tmp_path)))
+    description = tags.get("mlflow.note.content", "")
+    assert description.strip() == summary.read_text().strip(), "summary.md is not the description"
+    logged = [client.get_logged_model(o.model_id).name for o in parent.outputs.model_outputs]
+    folders = _model_folders(client, run_id)
+    assert logged or folders, "the parent run has neither a logged model nor a model folder"
     page = Page(tmp_path / "chrome")
     try:
         page.goto(f"{mlflow_ui}/#/experiments/{exp}/runs/{run_id}")
@@ -89,17 +113,23 @@ def test_mlflow_ui_shows_the_demo_runs_model_description_and_lineage(quick_demo,
         # Lineage: the code hash and the Prefect flow run that produced the run, as tags.
         page.wait_for_text(tags["tokalign.code_hash"])
         page.wait_for_text(tags["prefect.flow_run_id"])
-        # The run description is summary.md (the headline table), shown on the run page.
-        summary = Path(client.download_artifacts(run_id, "summary.md", str(tmp_path)))
-        description = tags.get("mlflow.note.content", "")
-        assert description.strip() == summary.read_text().strip(), "no summary.md description"
-        heading = next(line.strip("# ") for line in description.splitlines() if line.strip())
-        page.wait_for_text(heading)
-        # The produced models are MLflow models of this run; the page lists them by name.
-        models = client.search_logged_models([exp], filter_string=f"source_run_id = '{run_id}'")
-        assert models, "the demo's parent run has no logged model"
-        for model in models:
-            page.wait_for_text(model.name)
+        # The description, rendered: its first line of text (a heading or a table row).
+        first = next(line for line in description.splitlines() if line.strip())
+        page.wait_for_text(first.strip("#| ").split("|")[0].strip())
+        for name in logged:  # the run page's "Logged models" table
+            page.wait_for_text(name)
+        if folders:  # the Artifacts tab: open the folders down to the model's card
+            page.goto(f"{mlflow_ui}/#/experiments/{exp}/runs/{run_id}/artifacts")
+            for part in folders[0].split("/"):
+                page.wait_for_text(part)
+                page.click_text(part, "*")
+            page.wait_for_text("README.md")
+            page.click_text("README.md", "*")
+            card = Path(client.download_artifacts(run_id, f"{folders[0]}/README.md",
+                                                  str(tmp_path / "card")))
+            heading = next(line for line in card.read_text().splitlines()
+                           if line.startswith("#"))
+            page.wait_for_text(heading.lstrip("# ").strip())
     finally:
         page.screenshot(tmp_path / "mlflow-run.png")
         page.close()
@@ -134,9 +164,14 @@ _FIELD_INPUT = """((want) => {
     // The label's "for" names no element: take the field from the property's own body.
     const body = span.closest('.schema-form-property').querySelector('.p-label__body');
     const el = body && body.querySelector('textarea, input[type=text]');
-    if (!el || !el.offsetParent) continue;
-    el.setAttribute('data-test-field', want);
-    return `[data-test-field="${want}"]`;
+    if (el && el.offsetParent) {
+      el.setAttribute('data-test-field', want);
+      return `[data-test-field="${want}"]`;
+    }
+    // An optional string shown as "None": switch it to a string as a person would.
+    const str = [...span.closest('.schema-form-property').querySelectorAll('button')]
+      .find(b => b.innerText.trim() === 'str' && b.offsetParent);
+    if (str) { str.click(); return null; }  // its text field renders on the next poll
   }
   return null;
 })"""
@@ -195,7 +230,7 @@ def test_prefect_form_fills_and_starts_a_pipeline_run(prefect_server, tmp_path, 
         assert len(runs) == 1, "submitting the form started no run with the typed tokenizer"
         # The UI moves on to the new run's page.
         page.wait_for_text(runs[0].name, 60)
-        run = _wait_finished(api, runs[0].id, 1200)
+        run = _wait_finished(api, runs[0].id, 1800)  # minutes on 2 loaded cores
         assert run.state_type.value == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
     finally:
         page.screenshot(tmp_path / "prefect-form.png")
