@@ -190,6 +190,19 @@ def _make_temp(tmp_root: Path, kind: str) -> tuple[Path, int]:
         raise
 
 
+def claim_private_dir(parent: str | Path, name: str) -> tuple[Path, int]:
+    """A fresh folder ``<parent>/<name>@<host>@<pid>@...`` and the fd of the writer lock
+    held inside it (close the fd, after deleting the folder, to release it). Folders of
+    processes that died without deleting theirs are removed by :func:`sweep_abandoned`."""
+    return _make_temp(Path(parent), name)
+
+
+def sweep_abandoned(parent: str | Path) -> None:
+    """Delete the folders under ``parent`` (from :func:`claim_private_dir` or store
+    writers) whose holder died, on this host; live holders' folders are kept."""
+    _sweep_dead_writers(Path(parent), socket.gethostname())
+
+
 def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
     skip = {MANIFEST, WRITER_LOCK}
     files = sorted(p for p in folder.rglob("*")
