@@ -19,6 +19,7 @@ CHILD = """
 import os, sys, time
 from pathlib import Path
 from flows.env import embedded_defaults
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)  # as `tokalign demo` does
 embedded_defaults(sys.argv[1])
 from prefect import flow, task
 
@@ -92,7 +93,9 @@ def test_two_flows_started_together_on_one_run_folder(tmp_path):
     gate.mkdir()
     child_env = {k: v for k, v in os.environ.items()
                  if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
-    child_env.update(PYTHONPATH=str(ROOT), PREFECT_LOGGING_LEVEL="INFO")
+    # A fresh home migrates its database on first start: minutes on a loaded 2-core box.
+    child_env.update(PYTHONPATH=str(ROOT), PREFECT_LOGGING_LEVEL="INFO",
+                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="900")
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(run), str(gate)], cwd=ROOT,
                               env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
