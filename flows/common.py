@@ -102,7 +102,22 @@ def publish_markdown(key: str, markdown: str, description: str = "") -> None:
 
 
 def publish_table(key: str, rows: list[dict[str, Any]], description: str = "") -> None:
-    _publish("create_table_artifact", table=rows, key=artifact_key(key), description=description)
+    """A table artifact, floats rounded to 4 significant digits (as the markdown tables)."""
+    table = [{k: rounded(v) for k, v in row.items()} for row in rows]
+    _publish("create_table_artifact", table=table, key=artifact_key(key),
+             description=description)
+
+
+def rounded(value: Any) -> Any:
+    """Floats to 4 significant digits (counts stay whole); NaN becomes None (an empty
+    cell, not the string "NaN"); anything else as it is."""
+    if not isinstance(value, float):
+        return value
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    if value.is_integer():
+        return int(value)
+    return float(f"{value:.4g}")
 
 
 def _publish(fn_name: str, **kwargs: Any) -> None:

@@ -29,6 +29,7 @@ from flows.evaluate import (
     source_first,
     submit_evaluate,
 )
+from flows.publish import publish_models
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, parent_run
@@ -46,8 +47,12 @@ def eval_texts(r: Runner, cfg: PipelineConfig, corpus: ArtifactRef) -> str:
 
 def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
                  teacher: ArtifactRef | str | None = None,
-                 texts: str | None = None) -> dict[str, Any]:
-    """Every stage on runner ``r``; returns refs, metrics and the summary rows."""
+                 texts: str | None = None, student_layers: int | None = None) -> dict[str, Any]:
+    """Every stage on runner ``r``; returns refs, metrics and the summary rows.
+
+    Distillation runs when ``cfg.distill`` is set and there is a teacher: ``teacher`` (or
+    the config's), distilled into the adapted model; or, with ``student_layers`` and no
+    teacher, the adapted model itself distilled into a copy of it with that many layers."""
     source_model = source_model or cfg.source_model
     aligned = run_align(r, cfg, source_model)
     texts = texts or eval_texts(r, cfg, aligned["corpus"])
@@ -57,15 +62,26 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
                           aligned["tokens"]["target"], texts)
     pending = adapted["pending"]
     teacher = teacher or teacher_of(cfg)
+    student = adapted["models"].get("aligned (adapted)", adapted["inits"]["aligned"])
+    if teacher is None and student_layers and cfg.distill is not None:
+        teacher = student
+        student = r.run("shrink-student", stages.shrink_task, teacher, student_layers)
+        adapted["models"]["student (init)"] = student
+        pending.update(submit_evaluate(r, cfg, {"student (init)": student}, texts,
+                                       after=list(pending.values())[-1]))
     if teacher is not None and cfg.distill is not None:
-        student = adapted["models"].get("aligned (adapted)", adapted["inits"]["aligned"])
         distilled = run_distill(r, cfg, student, teacher, aligned["tokens"]["target"], None)
-        adapted["models"]["distilled"] = distilled["model"]
-        pending.update(submit_evaluate(r, cfg, {"distilled": distilled["model"]}, texts,
+        label = "student (distilled)" if "student (init)" in adapted["models"] else "distilled"
+        adapted["models"][label] = distilled["model"]
+        pending.update(submit_evaluate(r, cfg, {label: distilled["model"]}, texts,
                                        after=list(pending.values())[-1]))
     evaluation = source_first(collect(pending))
+    tables = summary_tables(aligned["metrics"], evaluation)
+    published = publish_models(r.ws, cfg, adapted["models"], evaluation, aligned["alignment"],
+                               {row["metric"]: row["value"] for row in tables["alignment"]},
+                               teacher if cfg.distill is not None else None)
     return {**aligned, "texts": texts, "models": adapted["models"], "evaluation": evaluation,
-            "tables": summary_tables(aligned["metrics"], evaluation)}
+            "tables": tables, "published": {k: str(v) for k, v in published.items()}}
 
 
 def summary_tables(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, list]:
@@ -95,6 +111,7 @@ def publish_summary(ws: Workspace, tables: dict[str, list], name: str) -> str:
     publish_markdown(f"{name}-summary", text, f"{name} summary")
     lineage = Lineage(ws)
     lineage.log_text(ws.parent_run_id, text, "summary.md")
+    lineage.describe(ws.parent_run_id, text)
     # The headline numbers on the parent run too, so MLflow's run comparison lines up
     # whole runs (a cached rerun's nested runs only point at the artifacts).
     lineage.log_metrics(ws.parent_run_id, summary_metrics(tables))
@@ -111,25 +128,25 @@ def slug(label: str) -> str:
 
 
 def summary_metrics(tables: dict[str, list]) -> dict[str, float]:
-    """The summary tables as flat metrics: ``bpb.<model>``, ``norm_ppl.<model>``,
-    ``bpb.<model>.<group>``, ``length_change.<group>`` and ``length_change.mean``, and
-    ``alignment.<metric>``. NaNs (a group a model was not scored on) are left out."""
+    """The summary tables as flat metrics, each name with one separator so MLflow groups
+    the charts by what is measured: ``bpb/<model>``, ``norm_ppl/<model>``,
+    ``bpb_<group>/<model>``, ``length_change/<group>`` and ``length_change/mean``, and
+    ``alignment/<metric>``. NaNs (a group a model was not scored on) are left out."""
     out: dict[str, float] = {}
     for row in tables.get("bits_per_byte", []):
         model = slug(row["model"])
         for key, value in row.items():
             if key == "model":
                 continue
-            name = {"bits_per_byte": f"bpb.{model}", "norm_ppl": f"norm_ppl.{model}"}.get(
-                key, f"bpb.{model}.{slug(key)}")
-            out[name] = value
+            name = {"bits_per_byte": "bpb", "norm_ppl": "norm_ppl"}.get(key, f"bpb_{slug(key)}")
+            out[f"{name}/{model}"] = value
     changes = {slug(row["group"]): row["length_change"] for row in tables.get("compression", [])}
-    out.update({f"length_change.{group}": change for group, change in changes.items()})
+    out.update({f"length_change/{group}": change for group, change in changes.items()})
     finite = [c for c in changes.values() if isinstance(c, (int, float)) and math.isfinite(c)]
     if finite:
-        out["length_change.mean"] = sum(finite) / len(finite)
+        out["length_change/mean"] = sum(finite) / len(finite)
     for row in tables.get("alignment", []):
-        out[f"alignment.{row['metric']}"] = row["value"]
+        out[f"alignment/{slug(row['metric'])}"] = row["value"]
     return {k: float(v) for k, v in out.items()
             if isinstance(v, (int, float)) and math.isfinite(v)}
 

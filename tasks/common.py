@@ -60,10 +60,24 @@ def warm_imports() -> None:
         _WARM = True
 
 
+def stage_run_name(parameters: dict[str, Any]) -> str:
+    """A task run's name: the flow's label for the stage (``glove:source``, ``init:mean``,
+    ``evaluate:distilled``) from the workspace argument, else the task's name."""
+    ws = parameters.get("ws")
+    label = ws.get("stage_label") if isinstance(ws, dict) else getattr(ws, "stage_label", None)
+    if label:
+        return str(label)
+    from prefect.runtime import task_run
+
+    return str(task_run.task_name or "stage")
+
+
 def stage_task(name: str, **options: Any) -> Callable[[F], F]:
-    """``@task`` with content-hash caching, persisted results and I/O-only retries."""
+    """``@task`` with content-hash caching, persisted results, I/O-only retries, and runs
+    named by the flow's stage label (:func:`stage_run_name`)."""
     defaults: dict[str, Any] = {
         "name": name,
+        "task_run_name": stage_run_name,
         "cache_policy": CONTENT_HASH,
         "persist_result": True,
         "result_serializer": JSON_RESULTS,  # never pickle: see tasks/records.py
@@ -118,6 +132,17 @@ def executor(ws: Workspace, workers: int | None = None) -> Iterator[Executor]:
         yield ex
     finally:
         ex.close()
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's logger of the calling task/flow run (its lines reach the Prefect UI), or
+    this module's logger outside a run."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a Prefect run context
+        return log
 
 
 def pinned_env(extra: dict[str, str] | None = None) -> dict[str, str]:

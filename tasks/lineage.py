@@ -34,15 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
-from tasks.common import warm_imports
+from tasks.common import run_logger, warm_imports
 from tokalign_core import hashing
 from tokalign_core.artifacts import ArtifactRef
-from tokalign_core.config import FrozenConfig
+from tokalign_core.config import FrozenConfig, redact_uris, redact_userinfo
 from tokalign_core.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 500  # MLflow rejects longer param values
+# MLflow's UI opens an experiment in the mode this tag names; without it, a new store's
+# experiment opens in GenAI mode (traces, prompts) instead of model training (runs, models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+# Files of a model folder logged with its MLflow model (the card and what describes the
+# model); the weights stay in the run folder's artifact store, named by a tag.
+MODEL_FILES = ("README.md", "config.json", "generation_config.json", "tokenizer_config.json",
+               "special_tokens_map.json", "training.json")
 BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
 
 
@@ -64,11 +73,26 @@ def prefect_ids() -> dict[str, str]:
         if flow_run.id:
             out["prefect.flow_run_id"] = str(flow_run.id)
             out["prefect.flow_name"] = str(flow_run.flow_name)
+            url = flow_run_url(str(flow_run.id))
+            if url:
+                out["prefect.flow_run_url"] = url
         if task_run.id:
             out["prefect.task_run_id"] = str(task_run.id)
     except Exception:  # noqa: BLE001 - lineage tags are best effort
         pass
     return out
+
+
+def flow_run_url(flow_run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI (None when no UI URL is known, e.g. the
+    temporary server of a one-off command)."""
+    try:
+        from prefect.settings import PREFECT_UI_URL
+
+        base = PREFECT_UI_URL.value()
+    except Exception:  # noqa: BLE001 - a link is best effort
+        return None
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
 
 
 def ref_tags(prefix: str, refs: dict[str, Any]) -> dict[str, str]:
@@ -99,7 +123,7 @@ class Lineage:
     # ------------------------------------------------------------------ plumbing
     def _record(self, event: str, **data: Any) -> None:
         self.local.parent.mkdir(parents=True, exist_ok=True)
-        row = {"time": time.time(), "event": event, **data}
+        row = redact_uris({"time": time.time(), "event": event, **data})
         with open(self.local, "a") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
 
@@ -112,7 +136,8 @@ class Lineage:
             self.failed = True
             log.warning(
                 "MLflow at %s failed during %s (%s); the pipeline continues and lineage is "
-                "kept locally in %s", self.uri, what, exc, self.local,
+                "kept locally in %s", redact_userinfo(self.uri), what,
+                redact_userinfo(str(exc)), self.local,
             )
             self._record("mlflow_unavailable", what=what, error=str(exc))
             return None
@@ -167,12 +192,16 @@ class Lineage:
     def _get_or_create_experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.ws.experiment)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                               EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts next to the SQLite store
             location = (self.ws.root / "mlartifacts").as_uri()
         try:
-            return self.client.create_experiment(self.ws.experiment, artifact_location=location)
+            return self.client.create_experiment(self.ws.experiment, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created concurrently by a sibling task
             return self.client.get_experiment_by_name(self.ws.experiment).experiment_id
 
@@ -290,6 +319,61 @@ class Lineage:
         if run_id:
             self._call("log_text", self.client.log_text, run_id, text, name)
 
+    def describe(self, run_id: str | None, markdown: str) -> None:
+        """``markdown`` as the run's description (MLflow's note)."""
+        self.set_tags(run_id, {NOTE_TAG: markdown})
+
+    def log_dict(self, run_id: str | None, data: Any, name: str) -> None:
+        if run_id:
+            self._call("log_dict", self.client.log_dict, run_id, data, name)
+
+    def log_model(self, run_id: str | None, name: str, folder: Path,
+                  tags: dict[str, str] | None = None,
+                  params: dict[str, str] | None = None) -> str | None:
+        """An MLflow model named ``name`` produced by ``run_id``: its card and config files
+        (:data:`MODEL_FILES`) as the model's artifacts, the full folder's path as the
+        ``tokalign.model_path`` tag (the weights are not copied). Returns the model id."""
+        if not run_id or self.experiment_id() is None:
+            return None
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+
+        tags = {"tokalign.model_path": str(folder), **(tags or {})}
+        model = self._call("create_logged_model", self.client.create_logged_model,
+                           self.experiment_id(), name=name, source_run_id=run_id, tags=tags,
+                           params=params, model_type="transformers causal LM")
+        if model is None:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname in MODEL_FILES:
+                if (folder / fname).is_file():
+                    (Path(tmp) / fname).write_bytes((folder / fname).read_bytes())
+            self._call("log_model_artifacts", self.client.log_model_artifacts,
+                       model.model_id, tmp)
+        self._call("finalize_logged_model", self.client.finalize_logged_model,
+                   model.model_id, "READY")
+        self._call("log_outputs", self.client.log_outputs, run_id,
+                   [LoggedModelOutput(model.model_id, 0)])
+        self._record("model", run_id=run_id, name=name, model_id=model.model_id)
+        return model.model_id
+
+    def register(self, name: str, model_id: str | None, run_id: str | None,
+                 description: str = "") -> Any:
+        """A new version of registered model ``name`` from a logged model."""
+        if not model_id:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self._call("create_registered_model", self.client.create_registered_model, name,
+                       description=description)
+        return self._call("create_model_version", self.client.create_model_version, name,
+                          source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                          description=description)
+
     def metrics_logger(self, run_id: str | None, stage: str) -> MetricsLogger:
         """JSONL (always) + MLflow (when the run exists) logger for a core loop."""
         loggers: list[MetricsLogger] = [JsonlLogger(self.ws.logs_dir / f"{stage}.jsonl")]
@@ -375,9 +459,11 @@ class StageRun:
         self.lineage = lineage
         self.run_id = run_id
         self.stage = stage
+        self.last: dict[str, float] = {}  # the latest value of each metric (for the log)
 
     def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.lineage.log_metrics(self.run_id, metrics, step)
+        self.last.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
 
     def outputs(self, **refs: Any) -> None:
         self.lineage.set_tags(self.run_id, ref_tags("output", refs))
@@ -415,12 +501,64 @@ def stage_run(
                                tags=tags)
     lineage.log_config(run_id, config)
     handle = StageRun(lineage, run_id, stage)
+    start = time.perf_counter()
     try:
         yield handle
     except BaseException:
         lineage.end_run(run_id, "FAILED")
         raise
     lineage.end_run(run_id, "FINISHED")
+    run_logger().info("%s done in %.1f s%s", ws.stage_label or stage,
+                      time.perf_counter() - start, key_numbers(handle.last))
+
+
+# How many of a stage's metrics its "done" log line shows (the rest are in MLflow).
+LOG_NUMBERS = 8
+
+
+def key_numbers(metrics: dict[str, float]) -> str:
+    """``"; loss=3.214, count.aligned=19143"``: a stage's last metric values, rounded, for
+    the Prefect log (at most :data:`LOG_NUMBERS`; '' when there are none)."""
+    if not metrics:
+        return ""
+    shown = [f"{k}={v:.4g}" for k, v in list(metrics.items())[:LOG_NUMBERS]]
+    more = len(metrics) - LOG_NUMBERS
+    return "; " + ", ".join(shown) + (f" (+{more} more in MLflow)" if more > 0 else "")
+
+
+def _pipeline_of(config: Any) -> Any:
+    """The pipeline config inside ``config`` (itself, or e.g. the demo's ``.pipeline``)."""
+    for candidate in (config, getattr(config, "pipeline", None)):
+        if candidate is not None and hasattr(candidate, "key_params"):
+            return candidate
+    return None
+
+
+def run_title(flow: str, config: Any) -> str:
+    """A parent run's name: what ran (``SmolLM2-135M -> qwen2 (tokalign++)``), with the
+    flow's name when it is not the whole pipeline (``demo: ...``, ``align: ...``)."""
+    pipe = _pipeline_of(config)
+    if pipe is None:
+        return flow
+    return pipe.title() if flow == "pipeline" else f"{flow}: {pipe.title()}"
+
+
+def log_parent_config(lineage: Lineage, run_id: str | None, config: Any) -> None:
+    """A pipeline's key settings as params (a few tens) and the whole config as
+    ``config.json``; any other config flattened as a stage's is."""
+    pipe = _pipeline_of(config)
+    if pipe is None:
+        lineage.log_config(run_id, config)
+        return
+    from mlflow.entities import Param, RunTag
+
+    params = {k: v[:MAX_PARAM_LEN] for k, v in pipe.key_params().items()}
+    lineage._record("params", run_id=run_id, params=params, digest=config.digest())
+    if run_id:
+        lineage._call("log_params", lineage.client.log_batch, run_id,
+                      params=[Param(k, v) for k, v in sorted(params.items())],
+                      tags=[RunTag("tokalign.config_digest", config.digest())])
+    lineage.log_dict(run_id, config.model_dump(mode="json"), "config.json")
 
 
 @contextmanager
@@ -433,8 +571,8 @@ def parent_run(ws: Workspace, name: str, config: FrozenConfig | None = None) -> 
         yield ws
         return
     lineage = Lineage(ws)
-    run_id = lineage.start_run(name, tags={"tokalign.flow": name})
-    lineage.log_config(run_id, config)
+    run_id = lineage.start_run(run_title(name, config), tags={"tokalign.flow": name})
+    log_parent_config(lineage, run_id, config)
     try:
         yield ws.model_copy(update={"parent_run_id": run_id})
     except BaseException:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
-from tasks.common import executor, pinned_env, stage_task, store
+from tasks.common import executor, pinned_env, run_logger, stage_task, store
 from tasks.lineage import stage_run
 from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.align import AlignConfig
@@ -114,20 +114,23 @@ def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelS
     tokens artifacts are given."""
     from tokalign_core.hidden_states import extract_hidden_states, write_embeddings
     from tokalign_core.init_model import load_model
+    from tokalign_core.inputs import digest_of
     from tokalign_core.tokenize import load_counts
 
     inputs = {"model": model, "source_tokens": source_tokens, "target_tokens": target_tokens}
     with stage_run(ws, "hidden-states", None, inputs) as run:
-        src, tgt = extract_hidden_states(load_model(_spec(model)), _tok(source_tokenizer),
-                                         _tok(target_tokenizer), batch_size=batch_size,
-                                         progress=ws.progress)
+        s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
+        src, tgt = extract_hidden_states(load_model(_spec(model)), s_tok, t_tok,
+                                         batch_size=batch_size, progress=ws.progress)
         counts = [load_counts(t) if t is not None else None for t in (source_tokens,
                                                                        target_tokens)]
         st = store(ws)
         refs = {"source": write_embeddings(st, src.ordered(counts[0]),
-                                           {"tokenizer": _spec(source_tokenizer)}),
+                                           {"tokenizer": _spec(source_tokenizer),
+                                            "tokenizer_digest": digest_of(s_tok)}),
                 "target": write_embeddings(st, tgt.ordered(counts[1]),
-                                           {"tokenizer": target_tokenizer})}
+                                           {"tokenizer": target_tokenizer,
+                                            "tokenizer_digest": digest_of(t_tok)})}
         run.outputs(**refs)
     return refs
 
@@ -153,7 +156,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
                source_tokenizer: ModelSpec, target_tokenizer: str,
                cfg: AlignConfig) -> ArtifactRef:
     """The target -> source alignment artifact (VecMap objective per iteration to MLflow)."""
-    from tokalign_core.align import Embeddings, build_alignment
+    from tokalign_core.align import Embeddings, build_alignment, check_embedding_tokenizers
     from tokalign_core.commands.align import tokenization_fallbacks
     from tokalign_core.vocab import build_vocab, shared_tokens
 
@@ -161,6 +164,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
     with stage_run(ws, f"align:{cfg.method}", cfg, inputs) as run:
         s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
         source, target = Embeddings.load(source_emb.path), Embeddings.load(target_emb.path)
+        digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
         s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
         shared = shared_tokens(s_vocab, t_vocab)
         have = target.rows_of(len(t_tok)) >= 0
@@ -173,7 +177,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
             progress=ws.progress)
         result.alignment.meta.update({"source_tokenizer": _spec(source_tokenizer),
                                       "target_tokenizer": target_tokenizer,
-                                      "n_shared": len(shared)})
+                                      "n_shared": len(shared), **digests})
         with store(ws).writer("alignment") as w:
             result.save(w.dir)
         run.metrics({f"count.{k}": v for k, v in result.alignment.counts().items()})
@@ -194,8 +198,10 @@ def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: Artifa
     with stage_run(ws, "evaluate-alignment", cfg, inputs) as run:
         toks = (_tok(source_tokenizer), _tok(target_tokenizer)) if cfg.bertscore else (None,
                                                                                         None)
+        ali = Alignment.load(alignment.path)
+        ali.check_tokens(source_tokens.path, target_tokens.path)
         result = am.evaluate_alignment(
-            Alignment.load(alignment.path), am.load_heldout(source_tokens.path, cfg.strip_bos_eos),
+            ali, am.load_heldout(source_tokens.path, cfg.strip_bos_eos),
             am.load_heldout(target_tokens.path, cfg.strip_bos_eos), cfg, *toks)
         run.metrics(_numbers(result))
         run.lineage.log_text(run.run_id, am.format_table(result), "alignment_metrics.md")
@@ -213,18 +219,99 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
     alignment for ``aligned``, else a baseline) -> model artifact (save_pretrained)."""
     from tokalign_core.alignment import Alignment
     from tokalign_core.init_model import initialize, load_model, save_initialized
+    from tokalign_core.model_card import CardInfo, method_label
+    from tokalign_core.models import model_slot
 
     inputs = {"model": model, "alignment": alignment}
-    with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run:
+    with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run, model_slot():
         t_tok = _tok(target_tokenizer, cfg.trust_remote_code)
         ali = Alignment.load(alignment.path) if alignment is not None else None
         result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
                             _tok(source_tokenizer, cfg.trust_remote_code))
+        card = CardInfo(
+            method=method_label(cfg.method, (ali.meta.get("method") if ali else None)),
+            source_model=_spec(model), target_tokenizer=target_tokenizer,
+            alignment=f"sha256:{alignment.sha256}" if alignment is not None else "",
+            counts=result.report.counts, config_digest=cfg.digest())
         with store(ws).writer("model") as w:
-            save_initialized(result.model, t_tok, w.dir / "model", overwrite=True)
+            save_initialized(result.model, t_tok, w.dir / "model", card, overwrite=True)
         run.metrics({f"count.{k}": v for k, v in result.report.counts.items()})
         run.outputs(model=w.ref)
     return w.ref
+
+
+@stage_task("shrink-model")
+def shrink_task(ws: Workspace, model: ArtifactRef, layers: int) -> ArtifactRef:
+    """A shallower copy of a model artifact (``layers`` evenly spread decoder blocks kept,
+    same vocabulary): a student to distil from the full-depth model."""
+    from tokalign_core.init_model import keep_layers, load_model, save_initialized
+    from tokalign_core.models import model_slot
+
+    with stage_run(ws, f"shrink:{layers}", None, {"model": model}) as run, model_slot():
+        folder = model_dir(model)
+        net = load_model(str(folder))
+        kept = keep_layers(net, layers)
+        with store(ws).writer("model") as w:
+            save_initialized(net, _tok(str(folder)), w.dir / "model", overwrite=True,
+                             card_info={"method": f"student: layers {kept} of the model"})
+        run.metrics({"layers_kept": len(kept)})
+        run.outputs(model=w.ref)
+    return w.ref
+
+
+# Seconds between progress lines of a training subprocess in the Prefect log.
+PROGRESS_SECONDS = 15.0
+
+
+def follow_training(proc: subprocess.Popen, metrics: Path, label: str, total: int,
+                    every: float = PROGRESS_SECONDS) -> int:
+    """Wait for a training subprocess, logging its newest step from ``metrics`` (the
+    JSONL it appends to) every ``every`` seconds and once at the end:
+    ``adapt: step 12/24 (stage 1), loss 3.214, lr 0.00064``. Returns its exit code."""
+    logger = run_logger()
+    offset = metrics.stat().st_size if metrics.exists() else 0  # a resumed run's old lines
+    shown = None
+    while True:
+        try:
+            code = proc.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            code = None
+        latest, offset = _latest_step(metrics, offset)
+        if latest is not None and latest.get("step") != shown:
+            shown = latest.get("step")
+            logger.info("%s: %s", label, step_line(latest, total))
+        if code is not None:
+            return code
+
+
+def _latest_step(path: Path, offset: int) -> tuple[dict[str, Any] | None, int]:
+    """The last complete training-step row appended to ``path`` after ``offset``."""
+    if not path.exists():
+        return None, offset
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
+    latest = None
+    for line in data[:end].splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in row and row.get("step") is not None:
+            latest = row
+    return latest, offset + end
+
+
+def step_line(row: dict[str, Any], total: int) -> str:
+    """``step 12/24 (stage 1), loss 3.214, lr 0.00064, 1234 tokens/s``."""
+    parts = [f"step {row['step']}/{total}" + (f" (stage {row['stage']})" if "stage" in row
+                                              else "")]
+    for key, fmt in (("loss", "loss {:.4g}"), ("kl", "kl {:.4g}"), ("lr", "lr {:.3g}"),
+                     ("tokens_per_s", "{:.0f} tokens/s"), ("eval_loss", "eval loss {:.4g}")):
+        if isinstance(row.get(key), (int, float)):
+            parts.append(fmt.format(row[key]))
+    return ", ".join(parts)
 
 
 def model_dir(ref: ArtifactRef) -> Path:
@@ -248,11 +335,14 @@ def train_task(ws: Workspace, model: ArtifactRef, tokens: ArtifactRef,
     with stage_run(ws, f"train:{cfg.mode}", run_cfg, {"model": model, "tokens": tokens}) as run:
         run_cfg.save(work / "run.json")
         cmd = [sys.executable, "-m", "tokalign_core.train", "--config", str(work / "run.json")]
-        proc = subprocess.run(cmd, env=pinned_env(run.env()), capture_output=True, text=True)
-        (work / "train.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            raise RuntimeError(f"training failed (exit {proc.returncode}); see {work}/train.log:"
-                               f"\n{proc.stderr[-2000:]}")
+        label = ws.stage_label or cfg.mode
+        with open(work / "train.log", "w") as out:
+            proc = subprocess.Popen(cmd, env=pinned_env(run.env()), stdout=out,
+                                    stderr=subprocess.STDOUT, text=True)
+            code = follow_training(proc, work / "metrics.jsonl", label, cfg.total_steps)
+        if code != 0:
+            tail = (work / "train.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"training failed (exit {code}); see {work}/train.log:\n{tail}")
         with store(ws).writer("model") as w:
             shutil.copytree(work / "model", w.dir / "model")
         run.outputs(model=w.ref)

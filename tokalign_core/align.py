@@ -83,10 +83,19 @@ class Embeddings:
                     f"{folder} has no {name}: pass an embeddings artifact folder "
                     "(from `tokalign glove` or `tokalign hidden-states`)"
                 )
+        from tokalign_core.inputs import reading
+
+        fix = f"delete {folder} and rebuild it (`tokalign glove` or `tokalign hidden-states`)"
         meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return cls(np.load(folder / "vectors.npy", allow_pickle=False),
-                   np.load(folder / "token_ids.npy", allow_pickle=False), meta)
+        with reading(meta_path, fix):
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        with reading(folder, fix):
+            return cls(np.load(folder / "vectors.npy", allow_pickle=False),
+                       np.load(folder / "token_ids.npy", allow_pickle=False), meta)
+
+    def tokenizer_digest(self) -> str | None:
+        """The ``tokenizer_digest`` the artifact recorded (GloVe and hidden states do)."""
+        return self.meta.get("tokenizer_digest")
 
     def rows_of(self, size: int) -> np.ndarray:
         """int64 [size]: row of each token id, -1 when the id has no vector."""
@@ -278,6 +287,32 @@ def _apply_shared(source_ids, scores, prov, reverse, shared: SharedPairs | None)
     prov[tids] = np.where(reason == ROLE_REASON, Provenance.SPECIAL, Provenance.SHARED)
     # Reverse: a source id shared with several targets keeps its first pair.
     reverse[sids[::-1]] = tids[::-1]
+
+
+def check_embedding_tokenizers(source: Embeddings, target: Embeddings, source_tok: Any,
+                               target_tok: Any) -> dict[str, str]:
+    """Check that each embeddings artifact was built for its side's tokenizer (the
+    recorded ``tokenizer_digest``; swapped --source-emb / --target-emb are named as such)
+    and return the digests to record in the alignment's meta:
+    ``{"source_tokenizer_digest": ..., "target_tokenizer_digest": ...}``."""
+    from tokalign_core.inputs import TokenizerMismatchError, check_same_tokenizer, digest_of
+
+    digests = {"source": digest_of(source_tok), "target": digest_of(target_tok)}
+    recorded = {"source": source.tokenizer_digest(), "target": target.tokenizer_digest()}
+    if (recorded["source"] and recorded["target"] and recorded["source"] != digests["source"]
+            and recorded == {"source": digests["target"], "target": digests["source"]}):
+        raise TokenizerMismatchError(
+            "the source and target embeddings are swapped: the source embeddings were built "
+            "with the target tokenizer and the other way round; exchange --source-emb and "
+            "--target-emb")
+    for side, emb, tok in (("source", source, source_tok), ("target", target, target_tok)):
+        check_same_tokenizer(
+            recorded[side], tok, what=f"the {side} embeddings",
+            recorded_name=repr(emb.meta.get("tokenizer", "?")),
+            given_name=repr(getattr(tok, "name_or_path", "") or f"the {side} tokenizer"),
+            fix=f"give the embeddings built from the {side} tokenizer's tokens, or the "
+                f"{side} tokenizer they were built with")
+    return {f"{side}_tokenizer_digest": d for side, d in digests.items()}
 
 
 def build_alignment(source: Embeddings, target: Embeddings, shared: SharedPairs | None,

@@ -86,6 +86,41 @@ class Alignment:
                 f"{source_rows}; was it built for another source model?"
             )
 
+    def check_tokenizers(self, source_tok: Any = None, target_tok: Any = None) -> None:
+        """Raise :class:`~tokalign_core.inputs.TokenizerMismatchError` when a tokenizer is
+        not the one this alignment was built for (``align`` records both digests as
+        ``source_tokenizer_digest`` / ``target_tokenizer_digest``). A tokenizer of the same
+        size but another vocabulary would otherwise give a silently wrong model."""
+        from tokalign_core.inputs import check_same_tokenizer
+
+        for side, tok in (("target", target_tok), ("source", source_tok)):
+            if tok is None:
+                continue
+            check_same_tokenizer(
+                self.meta.get(f"{side}_tokenizer_digest"), tok,
+                what=f"the alignment's {side} side",
+                recorded_name=repr(self.meta.get(f"{side}_tokenizer", "?")),
+                given_name=repr(getattr(tok, "name_or_path", "") or "the given tokenizer"),
+                fix=f"give the {side} tokenizer the alignment was built with, or re-run "
+                    "`tokalign align` with this one")
+
+    def check_tokens(self, source_tokens: str | Path, target_tokens: str | Path) -> None:
+        """Raise :class:`~tokalign_core.inputs.TokenizerMismatchError` when a tokens
+        artifact was made with another tokenizer than this alignment's side (digests
+        recorded by both stages; either missing = not checked)."""
+        from tokalign_core.inputs import TokenizerMismatchError
+
+        for side, folder in (("source", source_tokens), ("target", target_tokens)):
+            meta_path = Path(folder) / "meta.json"
+            got = json.loads(meta_path.read_text()).get("tokenizer_digest") \
+                if meta_path.is_file() else None
+            want = self.meta.get(f"{side}_tokenizer_digest")
+            if got and want and got != want:
+                raise TokenizerMismatchError(
+                    f"--{side}-tokens {folder} was tokenized with digest {got[:12]} but the "
+                    f"alignment's {side} tokenizer has digest {want[:12]}; give the tokens "
+                    f"made with the {side} tokenizer (are source and target swapped?)")
+
     def save(self, folder: str | Path) -> Path:
         """Write ``alignment.npz`` (+ reference-format ``alignment.json``, ``meta.json``)."""
         folder = Path(folder)
@@ -111,10 +146,14 @@ class Alignment:
         path = folder / "alignment.npz"
         if not path.exists():
             raise FileNotFoundError(f"no alignment.npz in {folder}; run `tokalign align` first")
-        with np.load(path, allow_pickle=False) as z:
+        from tokalign_core.inputs import reading
+
+        fix = "re-run `tokalign align` to rebuild it"
+        with reading(path, fix), np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("source_ids", "scores", "provenance", "reverse")}
         meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        with reading(meta_path, fix):
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         return cls(**arrays, meta=meta)
 
     @classmethod

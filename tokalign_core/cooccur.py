@@ -29,6 +29,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -235,9 +237,8 @@ def dense_layout(n_kept: int, entries: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _drop_rare_positions(rows: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove dropped positions (-1) and shift document offsets accordingly."""
-    keep = rows >= 0
-    kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    return rows[keep], kept_before[offsets]
+    dropped = np.flatnonzero(rows < 0)  # few (rare ids): no int64 per token
+    return rows[rows >= 0], offsets - np.searchsorted(dropped, offsets, side="left")
 
 
 def _check_shard(ids: np.ndarray, offsets: np.ndarray, vocab_size: int, name: str) -> None:
@@ -275,6 +276,10 @@ class _Runs:
         m = self._merge(a[0], a[1], b[0], b[1], out_k, out_v)
         return _trim(out_k, out_v, m)
 
+    def entries(self) -> int:
+        """Distinct pairs held (an upper bound: runs may share pairs)."""
+        return sum(len(k) for k, _ in self.runs)
+
     def total(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.runs:
             return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -299,47 +304,67 @@ def count_shard(
     [n_kept, n_kept] with U[a, b] = sum over pairs (a before b, distance d <= window, same
     document) of lcm(1..window) / d. Pure: the same inputs give the same matrix.
     """
-    ids = np.asarray(ids)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    _check_shard(ids, offsets, row_of_id.size, name)
-    n_kept = int(row_of_id.max()) + 1 if row_of_id.size else 0
-    rows = row_of_id[ids]
-    if config.skip_rare:
-        rows, offsets = _drop_rare_positions(rows, offsets)
-    shift = int(config.window).bit_length()
-    if n_kept and (n_kept * n_kept) >= (1 << (62 - shift)):
-        raise ValueError(f"{n_kept} kept tokens is too many for 64-bit pair keys; set max_vocab")
-    lcm = window_lcm(config.window)
-    weights = np.array([0] + [lcm // d for d in range(1, config.window + 1)], dtype=np.int64)
-    n_pairs = rows.size * config.window
-    entries = min(int(config.dense_table_mb * 2**20) // 8, n_kept * n_kept, n_pairs)
-    row_start, row_len = dense_layout(n_kept, max(entries, 0))
-    dense = np.zeros(int(row_len.sum()), dtype=np.int64)
-    buf = np.empty(min(config.buffer_pairs, max(n_pairs, 4 * config.window)), dtype=np.int64)
-    runs = _scan(rows, offsets, config.window, weights, row_start, row_len, dense, buf,
-                 n_kept, shift, progress, name)
-    return _to_csr(runs, dense, row_start, row_len, n_kept)
+    scan = _ShardScan(ids, offsets, row_of_id, config, name)
+    runs = scan.run(progress)
+    return _to_csr(runs, scan.dense, scan.row_start, scan.row_len, scan.n_kept)
 
 
-def _scan(rows, offsets, window, weights, row_start, row_len, dense, buf, n_kept, shift,
-          progress, name) -> _Runs:
-    """Drive the kernel over a shard, flushing the pair buffer into sorted runs."""
-    count_range, sum_sorted, merge = _kernels()[:3]
-    runs = _Runs(merge)
-    n = rows.size
-    bar = _bar(n, progress, name)
-    j, nbuf = 0, 0
-    while j < n:
-        j_new, nbuf = count_range(rows, offsets, j, min(n, j + STEP_TOKENS), window, weights,
-                                  row_start, row_len, dense, buf, nbuf, n_kept, shift)
-        bar.update(j_new - j)
-        j = j_new
-        if buf.shape[0] - nbuf < window:  # buffer full: sort, sum, keep as a run
-            _flush(buf, nbuf, shift, weights, sum_sorted, runs)
-            nbuf = 0
-    _flush(buf, nbuf, shift, weights, sum_sorted, runs)
-    bar.close()
-    return runs
+class _ShardScan:
+    """The counting state of one shard: kept rows per position, the dense table, the pair
+    buffer and its sorted runs (see the module docstring)."""
+
+    def __init__(self, ids, offsets, row_of_id: np.ndarray, config: CooccurConfig, name: str):
+        ids = np.asarray(ids)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        _check_shard(ids, offsets, row_of_id.size, name)
+        self.name, self.window = name, config.window
+        self.n_kept = int(row_of_id.max()) + 1 if row_of_id.size else 0
+        rows = row_of_id[ids]
+        if config.skip_rare:
+            rows, offsets = _drop_rare_positions(rows, offsets)
+        self.rows, self.offsets = rows, offsets
+        self.shift = int(config.window).bit_length()
+        if self.n_kept and (self.n_kept * self.n_kept) >= (1 << (62 - self.shift)):
+            raise ValueError(f"{self.n_kept} kept tokens is too many for 64-bit pair keys; "
+                             "set max_vocab")
+        lcm = window_lcm(config.window)
+        self.weights = np.array([0] + [lcm // d for d in range(1, config.window + 1)],
+                                dtype=np.int64)
+        n_pairs = rows.size * config.window
+        entries = min(int(config.dense_table_mb * 2**20) // 8, self.n_kept * self.n_kept,
+                      n_pairs)
+        self.row_start, self.row_len = dense_layout(self.n_kept, max(entries, 0))
+        self.dense = np.zeros(int(self.row_len.sum()), dtype=np.int64)
+        self.buf = np.empty(min(config.buffer_pairs, max(n_pairs, 4 * config.window)),
+                            dtype=np.int64)
+
+    def run(self, progress: bool = False, spill: Callable[[_Runs], None] | None = None,
+            spill_entries: int = 0) -> _Runs:
+        """Count the whole shard; returns the sparse runs (the dense table is ``self.dense``).
+
+        spill: called with the runs whenever they hold more than ``spill_entries`` distinct
+        pairs; it must take them out of memory (empty ``runs.runs``).
+        """
+        count_range, sum_sorted, merge = _kernels()[:3]
+        runs = _Runs(merge)
+        rows, buf, window = self.rows, self.buf, self.window
+        n = rows.size
+        bar = _bar(n, progress, self.name)
+        j, nbuf = 0, 0
+        while j < n:
+            j_new, nbuf = count_range(rows, self.offsets, j, min(n, j + STEP_TOKENS), window,
+                                      self.weights, self.row_start, self.row_len, self.dense,
+                                      buf, nbuf, self.n_kept, self.shift)
+            bar.update(j_new - j)
+            j = j_new
+            if buf.shape[0] - nbuf < window:  # buffer full: sort, sum, keep as a run
+                _flush(buf, nbuf, self.shift, self.weights, sum_sorted, runs)
+                nbuf = 0
+                if spill is not None and runs.entries() > spill_entries:
+                    spill(runs)
+        _flush(buf, nbuf, self.shift, self.weights, sum_sorted, runs)
+        bar.close()
+        return runs
 
 
 def _flush(buf, nbuf, shift, weights, sum_sorted, runs: _Runs) -> None:
@@ -464,13 +489,171 @@ def _check_exact(n_tokens: int, window: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Bounded memory: runs spilled to disk, merged streaming
+# ---------------------------------------------------------------------------------------
+
+# Bytes per distinct directed pair while the sparse runs are spilled: the runs and their
+# merge (32), row/column ids (12), U, U^T and U + U^T as CSR int64 (12 each, the sum up to
+# twice as many entries).
+SPILL_BYTES = 96
+# Bytes per entry of a row band while the final merge sums the runs' slices of it (each
+# slice's indices and data, the pairwise sums, the float values written out).
+MERGE_BYTES = 48
+
+
+def runs_budget_entries(config: CooccurConfig) -> int:
+    """Distinct directed pairs the in-memory runs may hold before they are spilled: what
+    ``memory_budget_mb`` leaves after the dense table (and its CSR copy at the end) and the
+    pair buffer."""
+    mb = 2**20
+    fixed = 3 * config.dense_table_mb * mb + config.buffer_pairs * 8
+    return max(int((config.memory_budget_mb * mb - fixed) // SPILL_BYTES), 1)
+
+
+def _symmetrise(u: sp.csr_matrix) -> sp.csr_matrix:
+    """U + U^T as CSR int64 with sorted indices (a self-pair counts twice, as the C tool)."""
+    sym = (u + u.T.tocsr()).tocsr()
+    sym.sort_indices()
+    return sym
+
+
+def _run_matrix(keys: np.ndarray, vals: np.ndarray, n: int) -> sp.csr_matrix:
+    """Directed CSR int64 [n, n] of sorted unique pair keys a*n+b with their sums."""
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // n, minlength=n), out=indptr[1:])
+    return sp.csr_matrix((vals, (keys % n).astype(np.int32), indptr), shape=(n, n))
+
+
+def write_run(sym: sp.csr_matrix, folder: Path) -> str:
+    """Save a symmetric run (``indptr.npy`` int64 [n+1], ``indices.npy`` int32,
+    ``data.npy`` int64 summed L/d counts) into a new ``folder``; returns its path."""
+    folder.mkdir(parents=True)
+    np.save(folder / "indptr.npy", sym.indptr.astype(np.int64), allow_pickle=False)
+    np.save(folder / "indices.npy", sym.indices.astype(np.int32), allow_pickle=False)
+    np.save(folder / "data.npy", sym.data.astype(np.int64), allow_pickle=False)
+    return str(folder)
+
+
+def count_shard_runs(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    row_of_id: np.ndarray,
+    config: CooccurConfig,
+    spill_dir: str | Path,
+    name: str = "shard",
+    progress: bool = False,
+) -> list[str]:
+    """Count one shard within ``config.memory_budget_mb``: its symmetric counts as sorted
+    runs on disk, for :func:`merge_runs`.
+
+    Whenever the in-memory runs pass :func:`runs_budget_entries`, they are symmetrised and
+    written to ``spill_dir/<name>-runNNNNN``; the last run also holds the dense table.
+    Summed by :func:`merge_runs`, the runs of all shards give exactly the matrix of
+    :func:`count_cooccurrences` (integer sums). ``name`` must be unique per shard.
+    Returns the run folders (strings, cheap to send back from a worker).
+    """
+    scan = _ShardScan(ids, offsets, row_of_id, config, name)
+    n = max(scan.n_kept, 1)
+    paths: list[str] = []
+
+    def spill(runs: _Runs) -> None:
+        keys, vals = runs.total()
+        runs.runs.clear()
+        sym = _symmetrise(_run_matrix(keys, vals, n))
+        del keys, vals
+        paths.append(write_run(sym, Path(spill_dir) / f"{name}-run{len(paths):05d}"))
+
+    runs = scan.run(progress, spill, runs_budget_entries(config))
+    last = _symmetrise(_to_csr(runs, scan.dense, scan.row_start, scan.row_len, scan.n_kept))
+    paths.append(write_run(last, Path(spill_dir) / f"{name}-run{len(paths):05d}"))
+    return paths
+
+
+def count_shard_dir_runs(shard: str, row_of_id: np.ndarray, config: CooccurConfig,
+                         spill_dir: str) -> list[str]:
+    """:func:`count_shard_runs` on a tokens shard folder (memory-mapped reads). Picklable:
+    an executor maps it over shard folders; ``spill_dir`` must be visible to every worker
+    and to the process that merges."""
+    folder = Path(shard)
+    ids = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
+    offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+    return count_shard_runs(ids, offsets, row_of_id, config, spill_dir, name=folder.name)
+
+
+def _bands(per_row: np.ndarray, cap: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [r0, r1) of at most ``cap`` entries each (a longer row
+    alone)."""
+    ends = np.cumsum(per_row)
+    bands, r0 = [], 0
+    while r0 < per_row.size:
+        base = ends[r0 - 1] if r0 else 0
+        r1 = max(int(np.searchsorted(ends, base + cap, side="right")), r0 + 1)
+        bands.append((r0, min(r1, per_row.size)))
+        r0 = bands[-1][1]
+    return bands
+
+
+def merge_runs(run_paths: Sequence[str | Path], n: int, config: CooccurConfig,
+               out: str | Path) -> int:
+    """Sum symmetric runs into ``out``, a ``cooc.npz`` (CSR of X = sum / lcm(1..window) in
+    ``config.value_dtype``, as :func:`finalize` writes it), row band by row band.
+
+    Each band holds at most ``memory_budget_mb`` / :data:`MERGE_BYTES` entries; the band's
+    slice of every run is read from disk, summed (exact integer addition), divided and
+    appended to raw files, then framed into the npz. Returns the number of nonzeros.
+    """
+    from tokalign_core.npzstream import NpzWriter, npy_member
+
+    out = Path(out)
+    runs = [(np.load(Path(p) / "indptr.npy", allow_pickle=False),
+             npy_member(Path(p) / "indices.npy"), npy_member(Path(p) / "data.npy"))
+            for p in run_paths]
+    per_row = sum(np.diff(ip) for ip, _, _ in runs) if runs else np.zeros(n, np.int64)
+    cap = max(int(config.memory_budget_mb * 2**20) // MERGE_BYTES, 1)
+    lcm = float(window_lcm(config.window))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    raw_indices, raw_data = out.with_name(out.name + ".indices"), out.with_name(out.name + ".data")
+    try:
+        with raw_indices.open("wb") as fi, raw_data.open("wb") as fd:
+            for r0, r1 in _bands(per_row, cap):
+                band = _sum_band(runs, r0, r1, n)
+                band.indices.astype(np.int32, copy=False).tofile(fi)
+                (band.data.astype(np.float64) / lcm).astype(config.value_dtype).tofile(fd)
+                indptr[r0 + 1:r1 + 1] = indptr[r0] + band.indptr[1:]
+        with NpzWriter(out) as z:  # the member order and dtypes of scipy's save_npz
+            z.write_file("indices", np.int32, raw_indices)
+            z.write("indptr", indptr)
+            z.write("format", np.array(b"csr"))
+            z.write("shape", np.array((n, n)))
+            z.write_file("data", np.dtype(config.value_dtype), raw_data)
+    finally:
+        raw_indices.unlink(missing_ok=True)
+        raw_data.unlink(missing_ok=True)
+    return int(indptr[-1])
+
+
+def _sum_band(runs, r0: int, r1: int, n: int) -> sp.csr_matrix:
+    """Rows [r0, r1) summed over the runs: CSR int64 [r1-r0, n], sorted indices."""
+    total = sp.csr_matrix((r1 - r0, n), dtype=np.int64)
+    for ip, indices, data in runs:
+        lo, hi = int(ip[r0]), int(ip[r1])
+        if hi > lo:
+            part = sp.csr_matrix((data.read(lo, hi), indices.read(lo, hi), ip[r0:r1 + 1] - lo),
+                                 shape=(r1 - r0, n))
+            total = total + part
+    total.sort_indices()
+    return total
+
+
+# ---------------------------------------------------------------------------------------
 # Artifacts
 # ---------------------------------------------------------------------------------------
 
 
 def _artifact_dir(ref: ArtifactRef | str | Path, kind: str, required: Sequence[str]) -> Path:
     """The folder of an artifact given as a ref or a path, with its files checked."""
-    folder = Path(ref.path if isinstance(ref, ArtifactRef) else ref).expanduser()
+    # resolved: the meta records this path, so ./x and /abs/x must give one artifact
+    folder = Path(ref.path if isinstance(ref, ArtifactRef) else ref).expanduser().resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"{kind} artifact {folder} does not exist (expected a folder)")
     for name in required:
@@ -516,7 +699,10 @@ def build_cooccur(
 ) -> ArtifactRef:
     """Count a tokens artifact into a **cooccur** artifact (``cooc.npz``, ``token_ids.npy``,
     ``meta.json``). ``executor``: a :mod:`tokalign_core.executor` executor (default serial,
-    one shard at a time). Returns the new artifact's ref.
+    one shard at a time). Memory stays within ``config.memory_budget_mb`` per shard count
+    (:func:`count_shard_runs` spills sorted runs under ``<store root>/.spill``) and for the
+    merge (:func:`merge_runs` streams them into ``cooc.npz``), plus the shard's tokens (8
+    bytes each). The result equals :func:`count_cooccurrences` exactly. Returns the ref.
     """
     from tokalign_core.executor import SerialExecutor
 
@@ -526,20 +712,27 @@ def build_cooccur(
     token_ids = _vocabulary_or_raise(counts, config, f"{folder}/counts.npy")
     n_tokens = sum(_shard_tokens(s) for s in shards)
     _check_exact(n_tokens, config.window)
-    fn = functools.partial(count_shard_dir, row_of_id=row_lookup(token_ids, counts.size),
-                           config=config)
     executor = executor or SerialExecutor(progress=True, desc="cooccur shards")
-    parts = executor.map(fn, [str(s) for s in shards])
-    cooc = finalize(merge_counts(parts), config.window, config.value_dtype)
-    meta = _meta(folder, config, token_ids, counts, cooc, n_tokens, len(shards))
-    with store.writer("cooccur", meta) as w:
-        sp.save_npz(w.path("cooc.npz"), cooc, compressed=False)
-        np.save(w.path("token_ids.npy"), token_ids, allow_pickle=False)
-    log.info("cooccur: %d kept tokens, %d nonzeros -> %s", token_ids.size, cooc.nnz, w.ref.path)
+    spill_root = store.root / ".spill"
+    spill_root.mkdir(parents=True, exist_ok=True)
+    # Runs and the merged matrix are written next to the store (same file system, so the
+    # finished cooc.npz is moved, not copied); the folder goes on success and on error.
+    with tempfile.TemporaryDirectory(prefix="cooccur-", dir=spill_root) as tmp:
+        fn = functools.partial(count_shard_dir_runs, row_of_id=row_lookup(token_ids, counts.size),
+                               config=config, spill_dir=tmp)
+        runs = [r for part in executor.map(fn, [str(s) for s in shards]) for r in part]
+        nnz = merge_runs(runs, int(token_ids.size), config, Path(tmp) / "cooc.npz")
+        meta = _meta(folder, config, token_ids, counts, nnz, n_tokens, len(shards))
+        meta["spilled_runs"] = len(runs) - len(shards)
+        with store.writer("cooccur", meta) as w:
+            os.replace(Path(tmp) / "cooc.npz", w.path("cooc.npz"))
+            np.save(w.path("token_ids.npy"), token_ids, allow_pickle=False)
+    log.info("cooccur: %d kept tokens, %d nonzeros, %d runs -> %s", token_ids.size, nnz,
+             len(runs), w.ref.path)
     return w.ref
 
 
-def _meta(folder: Path, config: CooccurConfig, token_ids, counts, cooc, n_tokens: int,
+def _meta(folder: Path, config: CooccurConfig, token_ids, counts, nnz: int, n_tokens: int,
           n_shards: int) -> dict[str, Any]:
     tokens_meta = _read_json(folder / "meta.json")
     kept = int(counts[token_ids].sum())
@@ -557,7 +750,7 @@ def _meta(folder: Path, config: CooccurConfig, token_ids, counts, cooc, n_tokens
         "n_tokens": n_tokens,
         "n_tokens_kept": kept,
         "n_tokens_dropped": int(counts.sum()) - kept,
-        "nnz": int(cooc.nnz),
+        "nnz": int(nnz),
         "lcm": window_lcm(config.window),
         "symmetric": True,
         "weighting": "1/distance",
@@ -581,8 +774,13 @@ def _read_manifest_digest(folder: Path) -> str | None:
 def load_cooccur(ref: ArtifactRef | str | Path) -> tuple[sp.csr_matrix, np.ndarray, dict]:
     """(X CSR [n, n], token_ids int64 [n], meta) of a cooccur artifact (no pickle)."""
     folder = _artifact_dir(ref, "cooccur", ["cooc.npz", "token_ids.npy"])
-    cooc = sp.load_npz(folder / "cooc.npz").tocsr()
-    token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
+    from tokalign_core.inputs import reading
+
+    fix = f"delete {folder} and rerun `tokalign cooccur`"
+    with reading(folder / "cooc.npz", fix):
+        cooc = sp.load_npz(folder / "cooc.npz").tocsr()
+    with reading(folder / "token_ids.npy", fix):
+        token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
     if cooc.shape != (token_ids.size, token_ids.size):
         raise ValueError(f"cooccur artifact {folder}: matrix {cooc.shape} does not match "
                          f"{token_ids.size} token ids; delete it and rerun `tokalign cooccur`")

@@ -16,7 +16,12 @@ Input policy (never crashes a run; every case is counted per source in ``meta.js
 - bytes that are not valid UTF-8 are decoded with U+FFFD replacement
   (``invalid_utf8_sequences``); malformed jsonl lines and records without a string text
   field are skipped (``bad_json_lines``, ``missing_text_field``);
-- NUL characters are removed (``nul_chars_removed``, ``docs_with_nul``);
+- NUL characters are removed (``nul_chars_removed``, ``docs_with_nul``); a plain-text
+  file that looks binary (a NUL or >10% non-text in its first 8 KB) is still read but
+  logged as a warning and listed in ``binary_files``; a leading UTF-8 byte-order mark is
+  dropped;
+- a path is a glob only when no file of that literal name exists (``data[1].txt``); a
+  device or pipe (``/dev/zero``) is refused; a damaged ``.gz`` is an error naming it;
 - documents empty or only whitespace after that, or shorter than ``min_doc_chars``, are
   dropped (``empty_dropped``);
 - documents longer than ``max_doc_chars`` (default 1,000,000) are split into pieces at the
@@ -41,6 +46,7 @@ leakage). Sorting spills to 256 hash-bucket files, so memory stays about corpus/
 from __future__ import annotations
 
 import codecs
+import errno
 import glob as globlib
 import gzip
 import hashlib
@@ -48,6 +54,7 @@ import io
 import json
 import logging
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -111,6 +118,7 @@ class SourceStats:
     bad_json_lines: int = 0
     missing_text_field: int = 0
     files_skipped: list[str] = field(default_factory=list)
+    binary_files: list[str] = field(default_factory=list)
 
 
 def split_long(text: str, max_chars: int) -> list[str]:
@@ -164,7 +172,7 @@ def resolve_files(spec: SourceSpec) -> list[tuple[Path, str]]:
     whose format cannot be told from its name (set ``format``)."""
     raw = spec.path
     path = Path(raw).expanduser()
-    if any(ch in raw for ch in "*?["):
+    if not path.exists() and any(ch in raw for ch in "*?["):  # data[1].txt is a file name
         files = sorted(Path(p) for p in globlib.glob(str(path), recursive=True))
         files = [f for f in files if f.is_file()]
         if not files:
@@ -181,6 +189,11 @@ def resolve_files(spec: SourceSpec) -> list[tuple[Path, str]]:
         return kept
     if path.is_file():
         return [(path, _format_of(path, spec))]
+    if path.exists():
+        raise ValueError(
+            f"source path {raw!r} is not a regular file or folder (a device, pipe or socket); "
+            "give a file, folder, glob or hf:<name>"
+        )
     raise FileNotFoundError(
         f"source path {raw!r} does not exist (for a hub dataset write hf:<name>, for a "
         "`datasets` folder give the save_to_disk path)"
@@ -243,7 +256,8 @@ def read_text_file(path: Path, unit: str, max_chars: int) -> Iterator[tuple[str,
     document longer than ``max_chars``). Lines are read at most ``max_chars`` characters at
     a time, so a file with one enormous line never sits in memory as one string."""
     with _open_binary(path) as raw:
-        fh = io.TextIOWrapper(raw, encoding="utf-8", errors="tokalign-replace")
+        # utf-8-sig: a leading byte-order mark is not part of the first document
+        fh = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="tokalign-replace")
         doc = _Pieces(max_chars)
         pending = False  # something was added since the last document ended
         while line := fh.readline(max_chars):
@@ -265,7 +279,9 @@ def read_text_file(path: Path, unit: str, max_chars: int) -> Iterator[tuple[str,
 def read_jsonl_file(path: Path, field_name: str, stats: SourceStats) -> Iterator[str]:
     """Text field of every record; bad lines and missing fields are counted and skipped."""
     with _open_binary(path) as fh:
-        for line in fh:
+        for number, line in enumerate(fh):
+            if number == 0 and line.startswith(codecs.BOM_UTF8):  # editors on Windows
+                line = line[len(codecs.BOM_UTF8):]
             if not line.strip():
                 continue
             try:
@@ -353,12 +369,44 @@ def iter_source(
     files = resolve_files(spec)
     for path, fmt in files:
         stats.files += 1
-        if fmt == "text":
-            yield from read_text_file(path, spec.text_unit, cfg.max_doc_chars)
-        elif fmt == "jsonl":
-            yield from ((t, 0) for t in read_jsonl_file(path, spec.text_field, stats))
-        else:
-            yield from ((t, 0) for t in read_parquet_file(path, spec.text_field, stats))
+        try:
+            if fmt == "text":
+                _warn_if_binary(path, stats)
+                yield from read_text_file(path, spec.text_unit, cfg.max_doc_chars)
+            elif fmt == "jsonl":
+                yield from ((t, 0) for t in read_jsonl_file(path, spec.text_field, stats))
+            else:
+                yield from ((t, 0) for t in read_parquet_file(path, spec.text_field, stats))
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ValueError(f"source file {path} is damaged ({type(exc).__name__}: {exc}); "
+                             "restore or re-download it, or leave it out") from exc
+
+
+BINARY_SNIFF_BYTES = 8192
+
+
+def looks_binary(head: bytes) -> bool:
+    """True for bytes that are not text: a NUL byte, or more than 10% control characters
+    (other than tab/newline/CR/form feed) or invalid UTF-8 in the first block."""
+    if not head:
+        return False
+    if b"\x00" in head:
+        return True
+    text = head.decode("utf-8", errors="replace")
+    bad = sum(1 for ch in text if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r\f"))
+    return bad > 0.1 * len(text)
+
+
+def _warn_if_binary(path: Path, stats: SourceStats) -> None:
+    """A plain-text source that looks binary is still read (the input policy decodes it),
+    but logged and counted (``binary_files``): usually a file that does not belong there."""
+    with _open_binary(path) as fh:
+        head = fh.read(BINARY_SNIFF_BYTES)
+    if looks_binary(head):
+        stats.binary_files.append(str(path))
+        log.warning("source file %s looks binary (NUL bytes or mostly non-text in its first "
+                    "%d bytes); it is read as text anyway: remove it from the source if it "
+                    "is not text", path, BINARY_SNIFF_BYTES)
 
 
 def _is_saved_dataset(raw: str) -> bool:
@@ -417,6 +465,7 @@ class _Spill:
         self.folder = folder
         self.files = [open(folder / f"b{i:03d}.bin", "wb", buffering=1 << 16)  # noqa: SIM115
                       for i in range(N_BUCKETS)]
+        self.forced_heldout: bytes | None = None  # order key read back as held out
 
     def add(self, key: bytes, heldout: bool, data: bytes) -> None:
         fh = self.files[key[0]]
@@ -434,8 +483,8 @@ class _Spill:
             records = list(_read_records(path))
             path.unlink()
             records.sort(key=lambda r: (r[0], r[2]))
-            for _, heldout, data in records:
-                yield heldout, data
+            for key, heldout, data in records:
+                yield heldout or key == self.forced_heldout, data
 
 
 def _read_records(path: Path) -> Iterator[tuple[bytes, bool, bytes]]:
@@ -537,11 +586,18 @@ def build_corpus(cfg: CorpusConfig, store: ArtifactStore, progress: bool = True)
     # The spill folder holds the whole corpus at scale: a store scratch folder is removed on
     # exit and, after a kill -9, by the next store opened on this host (its flock is gone).
     with store.scratch("corpus-spill") as tmp:
-        spill = _Spill(tmp)
         try:
-            counts = _spill_documents(cfg, stats, spill, progress)
-        finally:
-            spill.close()
+            spill = _Spill(tmp)
+            try:
+                counts = _spill_documents(cfg, stats, spill, progress)
+            finally:
+                spill.close()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OSError(exc.errno, f"disk full while spilling the corpus to {tmp.parent} "
+                          "(it needs about the corpus size free); free space or choose an "
+                          "artifact root on a larger disk") from exc
         _check_not_empty(cfg, stats, counts)
         with store.writer("corpus") as w:
             shards, held = _write_shards(spill, w.dir, cfg.n_shards, counts["train_bytes"],
@@ -562,6 +618,7 @@ def _spill_documents(cfg: CorpusConfig, stats: list[SourceStats], spill: _Spill,
 
         docs = tqdm(docs, desc="reading sources", unit="doc")
     counts = {"train_docs": 0, "train_bytes": 0, "heldout_docs": 0}
+    smallest: tuple[bytes, bytes, int] | None = None  # (draw, order key, bytes) of the min draw
     for doc in docs:
         data = doc.encode("utf-8")
         digest = document_digest(data, cfg.seed)
@@ -572,6 +629,18 @@ def _spill_documents(cfg: CorpusConfig, stats: list[SourceStats], spill: _Spill,
         else:
             counts["train_docs"] += 1
             counts["train_bytes"] += len(data)
+            draw = digest[:8][::-1]  # big-endian bytes compare as the little-endian number
+            if smallest is None or draw < smallest[0]:
+                smallest = (draw, digest[8:32], len(data))
+    # A small corpus can draw no held-out document at all (65 documents at 2%: 27% of
+    # seeds), and then every held-out metric fails. Hold out the one with the smallest
+    # draw: the document a slightly larger fraction would have taken first.
+    if (cfg.heldout_fraction > 0 and counts["heldout_docs"] == 0 and counts["train_docs"] > 1
+            and smallest is not None):
+        spill.forced_heldout = smallest[1]
+        counts["train_docs"] -= 1
+        counts["train_bytes"] -= smallest[2]
+        counts["heldout_docs"] = 1
     return counts
 
 
@@ -635,7 +704,26 @@ def ref_from_dir(path: str | Path, kind: str) -> ArtifactRef:
     digest = _digest(json.loads(manifest.read_text()))
     ref = ArtifactRef(kind=kind, sha256=digest, path=str(folder))
     verify(ref, full=True, memo=True)  # content, not sizes: inputs are checked in full
+    _check_kind(ref, path)
     return ref
+
+
+# Files only an artifact of that kind has: a folder of another kind (a tokens artifact given
+# as --corpus) is refused by name instead of failing later on a missing key.
+_KIND_MARKERS = {"corpus": ("heldout.parquet",), "tokens": ("counts.npy",),
+                 "cooccur": ("cooc.npz",), "embeddings": ("vectors.npy",)}
+
+
+def _check_kind(ref: ArtifactRef, given: str | Path) -> None:
+    folder = Path(ref.path)
+    markers = _KIND_MARKERS.get(ref.kind, ())
+    if all((folder / m).exists() for m in markers):
+        return
+    actual = next((k for k, ms in _KIND_MARKERS.items()
+                   if all((folder / m).exists() for m in ms)), None)
+    what = f"a {actual} artifact" if actual else "not an artifact of a known kind"
+    raise ValueError(f"{given} is {what}, not a {ref.kind} artifact; give the folder printed "
+                     f"by `tokalign {ref.kind}`")
 
 
 def shard_files(ref: ArtifactRef) -> list[Path]:

@@ -1,6 +1,16 @@
 """Pre-flight checks of a (model, tokenizer) pair before heavy work (issue 4, item 3).
 
-``tokalign doctor MODEL TOKENIZER`` answers, in seconds and without loading weights (the
+Two questions, two entry points:
+
+- :func:`diagnose_pair` (``tokalign doctor SOURCE TARGET``): is this source model ready to
+  get TARGET's vocabulary? The source model is checked with its own tokenizer, the target
+  tokenizer on its own (specials, chat template, reachable tokens), and the pair for what
+  the swap will do (new matrix size, shared tokens that seed the alignment). A target
+  larger than the model's matrix is the point of the swap, not a blocker.
+- :func:`diagnose` (``tokalign doctor MODEL --with-tokenizer TOK``): does MODEL work with
+  TOK as it is now (e.g. a folder after ``tokalign init``)?
+
+:func:`diagnose` answers, in seconds and without loading weights (the
 model is built on PyTorch's ``meta`` device from its config):
 
 - custom code: ``config.auto_map`` needs ``--trust-remote-code`` (refused otherwise);
@@ -47,6 +57,7 @@ class DoctorReport:
     model: str
     tokenizer: str
     findings: list[Finding] = field(default_factory=list)
+    swap: bool = False  # tokenizer = the target of a vocabulary swap (diagnose_pair)
 
     def add(self, check: str, severity: str, message: str, **detail: Any) -> None:
         if severity not in SEVERITIES:
@@ -72,7 +83,9 @@ class DoctorReport:
         order = {s: i for i, s in enumerate(reversed(SEVERITIES))}
         rows = sorted(self.findings, key=lambda f: order[f.severity])
         width = max([len(f.check) for f in rows] + [5])
-        lines = [f"tokalign doctor: model {self.model} / tokenizer {self.tokenizer}",
+        head = (f"source model {self.model} -> target tokenizer {self.tokenizer}" if self.swap
+                else f"model {self.model} / tokenizer {self.tokenizer}")
+        lines = [f"tokalign doctor: {head}",
                  f"{'severity':<9} {'check':<{width}} message"]
         lines += [f"{f.severity.upper():<9} {f.check:<{width}} {f.message}" for f in rows]
         lines.append(f"{len(self.blockers)} blocker(s), {len(self.warnings)} warning(s)")
@@ -107,6 +120,68 @@ def diagnose(
     return report
 
 
+def diagnose_pair(
+    source: Any, target: Any, source_tokenizer: Any = None, trust_remote_code: bool = False,
+    max_check_tokens: int = 20000, seed: int = 0,
+) -> DoctorReport:
+    """Pre-flight of a vocabulary swap: ``source`` (model: object, config or spec) with its
+    own tokenizer (``source_tokenizer``, default the model's), ``target`` (the new
+    vocabulary) on its own, and the pair. Checks are named ``source.*``, ``target.*`` and
+    ``pair.*``."""
+    report = DoctorReport(_name(source), _name(target), swap=True)
+    src = diagnose(source, source_tokenizer if source_tokenizer is not None else source,
+                   trust_remote_code, max_check_tokens, seed)
+    _merge(report, "source", src)
+    if any(f.check == "remote_code" and f.severity == "blocker" for f in src.findings):
+        return report
+    from tokalign_core.init_model import load_tokenizer
+
+    tgt_tok = load_tokenizer(target, trust_remote_code)
+    tgt = DoctorReport(report.model, report.tokenizer)
+    check_specials(tgt, tgt_tok, None, 0)
+    check_chat_template(tgt, tgt_tok)
+    check_reachable(tgt, tgt_tok, max_check_tokens, seed)
+    _merge(report, "target", tgt)
+    src_tok = load_tokenizer(source_tokenizer if source_tokenizer is not None else source,
+                             trust_remote_code)
+    rows = next((f.detail["rows"] for f in src.by_check("embeddings") if "rows" in f.detail), 0)
+    check_swap(report, src_tok, tgt_tok, rows)
+    return report
+
+
+def _merge(into: DoctorReport, side: str, part: DoctorReport) -> None:
+    """``part``'s findings in ``into``, check names prefixed with ``side``."""
+    for f in part.findings:
+        into.add(f"{side}.{f.check}", f.severity, f.message, **f.detail)
+
+
+def check_swap(report: DoctorReport, src_tok: Any, tgt_tok: Any, rows: int,
+               pad_multiple: int = 64) -> None:
+    """What the swap does to the matrices, and how many tokens the two vocabularies share
+    (the alignment's seed dictionary; none at all leaves VecMap unseeded)."""
+    n = len(tgt_tok)
+    new_rows = -(-n // pad_multiple) * pad_multiple
+    report.add("pair.vocabulary", "ok",
+               f"target has {n} tokens (source {len(src_tok)}): `tokalign init` replaces the "
+               f"{rows}-row embedding and LM head with {new_rows} rows (padded to a multiple "
+               f"of {pad_multiple})", target_tokens=n, source_tokens=len(src_tok),
+               rows=rows, new_rows=new_rows)
+    from tokalign_core.vocab import build_vocab, overlap_stats, shared_tokens
+
+    s_vocab, t_vocab = build_vocab(src_tok), build_vocab(tgt_tok)
+    stats = overlap_stats(s_vocab, t_vocab, shared_tokens(s_vocab, t_vocab))
+    n_shared, share = stats["n_shared"], stats["target_share"]
+    detail = {"n_shared": n_shared, "target_share": share}
+    if n_shared == 0:
+        report.add("pair.shared_tokens", "warning",
+                   "the vocabularies share no token: the alignment has no seed dictionary; "
+                   "set align.vecmap.init to 'unsupervised'", **detail)
+    else:
+        report.add("pair.shared_tokens", "ok",
+                   f"{n_shared} target tokens ({share:.1%}) also exist in the source "
+                   "vocabulary: they are copied directly and seed the alignment", **detail)
+
+
 def _name(obj: Any) -> str:
     if isinstance(obj, (str, os.PathLike)):
         return str(obj)
@@ -127,7 +202,10 @@ def _config(model: Any, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+        from tokalign_core.models import resolve_model
+
+        where = resolve_model(model)  # a .gguf or builtin alias: its converted folder
+        return AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ValueError(
@@ -142,7 +220,9 @@ def _meta_model(config: Any, trust_remote_code: bool) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    from tokalign_core.models import transformers_lock
+
+    with transformers_lock(), torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
@@ -222,7 +302,8 @@ def check_sizes(report: DoctorReport, tok: Any, rows: int, config: Any) -> None:
 
 
 def check_specials(report: DoctorReport, tok: Any, model: Any, rows: int) -> None:
-    """Roles present, ids inside the matrix, config/generation ids equal the tokenizer's."""
+    """Roles present, ids inside the matrix, config/generation ids equal the tokenizer's
+    (``model`` None, ``rows`` 0: the tokenizer alone)."""
     for role, severity in (("eos", "blocker"), ("bos", "warning"), ("pad", "warning"),
                            ("unk", "ok")):
         tid = getattr(tok, f"{role}_token_id", None)
@@ -240,7 +321,8 @@ def check_specials(report: DoctorReport, tok: Any, model: Any, rows: int) -> Non
         else:
             report.add("special_tokens", "ok",
                        f"{role} = {tok.convert_ids_to_tokens(tid)!r} (id {tid})", role=role)
-        _compare_config_id(report, model, role, tid)
+        if model is not None:
+            _compare_config_id(report, model, role, tid)
 
 
 def _compare_config_id(report: DoctorReport, model: Any, role: str, tid: int) -> None:

@@ -387,12 +387,16 @@ def run_lm_eval(
     limit: float | None = None, device: str = "cpu", include_path: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Run lm-evaluation-harness tasks on a saved model folder; returns its results dict.
+    """Run lm-evaluation-harness tasks on a model spec (folder, hub id, ``.gguf`` or builtin
+    alias, see :mod:`tokalign_core.models`); returns its results dict.
 
     ``include_path`` adds a folder of local task YAMLs (offline tasks)."""
+    from tokalign_core.models import resolve_model
+
     if not tasks:
         raise ValueError("no tasks given; pass e.g. --tasks arc_easy,piqa")
     lm_eval = import_lm_eval()
+    model_path = resolve_model(model_path)
     kwargs: dict[str, Any] = {}
     if include_path:
         from lm_eval.tasks import TaskManager

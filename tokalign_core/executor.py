@@ -77,9 +77,15 @@ class DaskExecutor:
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         futures = self.client.map(fn, list(items), pure=False)
         if self.progress:
+            import contextlib
+            import sys
+
             from dask.distributed import progress
 
-            progress(futures, notebook=False)
+            # Dask's text bar writes to stdout, where the commands print the artifact path
+            # that scripts read: it goes to stderr, like every other progress bar here.
+            with contextlib.redirect_stdout(sys.stderr):
+                progress(futures, notebook=False)
         return self.client.gather(futures)
 
     def close(self) -> None:

@@ -59,7 +59,9 @@ class GloveResult:
     """vectors: float32 [n, dim] (w + c or w); word/context: float32 [n, dim];
     costs: mean 0.5*f*diff^2 per iteration; seconds: wall time per iteration;
     skipped: updates skipped per iteration for a non-finite residual (numba engine);
-    engine: "numba" or "torch"."""
+    engine: "numba" or "torch"; threads: threads used (they do not change the result in
+    the deterministic schedule); buckets: number of buckets of the nonzeros; spilled:
+    whether they were streamed from disk."""
 
     vectors: np.ndarray
     word: np.ndarray
@@ -68,6 +70,9 @@ class GloveResult:
     seconds: list[float] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     engine: str = "torch"
+    threads: int = 1
+    buckets: int = 1
+    spilled: bool = False
 
 
 def resolve_device(name: str) -> str:
@@ -97,23 +102,20 @@ def resolve_engine(config: GloveConfig) -> tuple[str, str]:
     return "torch", device
 
 
-def _check_matrix(cooc: sp.spmatrix) -> sp.coo_matrix:
+def _check_matrix(cooc: sp.spmatrix) -> sp.csr_matrix:
+    """The matrix as canonical CSR (duplicates summed); raises ValueError when it is not
+    square or sparse, or has non-finite entries."""
     if not sp.issparse(cooc) or cooc.shape[0] != cooc.shape[1]:
         raise ValueError(f"GloVe needs a square sparse co-occurrence matrix, got "
                          f"{type(cooc).__name__} {getattr(cooc, 'shape', None)}")
-    coo = sp.coo_matrix(cooc)
-    coo.sum_duplicates()
-    keep = coo.data > 0
-    if not keep.any():
-        raise ValueError("the co-occurrence matrix has no positive entries: nothing to train on")
-    if not np.all(np.isfinite(coo.data[keep])):
-        raise ValueError("the co-occurrence matrix has non-finite entries")
-    return sp.coo_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
+    csr = sp.csr_matrix(cooc)
+    csr.sum_duplicates()
+    return csr
 
 
-def _data(coo: sp.coo_matrix, config: GloveConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(log X float64 [nnz], f(X) float64 [nnz]) of the nonzeros."""
-    x = coo.data.astype(np.float64)
+def _data(x: np.ndarray, config: GloveConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(log X float64 [m], f(X) float64 [m]) of positive values x [m]."""
+    x = x.astype(np.float64)
     return np.log(x), np.minimum(1.0, (x / config.x_max) ** config.alpha)
 
 
@@ -127,10 +129,177 @@ def _initial_params(n: int, dim: int, rng: np.random.Generator) -> tuple[np.ndar
     return word, context
 
 
-def _order(rng: np.random.Generator, nnz: int) -> np.ndarray:
-    """A fresh random order of the nonzeros: int32 (int64 past 2^31) [nnz]."""
-    perm = rng.permutation(nnz)
-    return perm.astype(np.int32) if nnz < 2**31 else perm
+# ---------------------------------------------------------------------------------------
+# The nonzeros: a fixed block grid of random buckets, in memory or streamed from disk
+# ---------------------------------------------------------------------------------------
+
+# Bytes per nonzero while a bucket is trained on: the record plus its permutation (int64),
+# block key (int16), stable argsort (int64) and visiting order (int64).
+WORK_BYTES = 26
+# Bytes per nonzero while the buckets are built: COO row/col, value, log x and f(x) in
+# float64, the record, bucket id, argsort and the sorted records.
+BUILD_BYTES = 72
+# Spill the buckets to disk when their records take more than this fraction of the budget
+# (the rest is the working memory of one bucket and of the build).
+SPILL_FRACTION = 0.5
+
+
+def record_dtype(dtype: str | np.dtype) -> np.dtype:
+    """One nonzero as the C tool's record: int32 row i, int32 column j, log X_ij, f(X_ij)
+    (16 bytes in float32)."""
+    return np.dtype([("i", "<i4"), ("j", "<i4"), ("logx", dtype), ("fx", dtype)])
+
+
+@dataclass
+class CsrSource:
+    """A CSR matrix read piece by piece: ``indptr`` int64 [n+1] in memory, ``indices`` and
+    ``data`` [nnz] as arrays or :class:`~tokalign_core.npzstream.Member` (read from disk)."""
+
+    n: int
+    indptr: np.ndarray
+    indices: Any
+    data: Any
+
+    @classmethod
+    def from_matrix(cls, csr: sp.csr_matrix) -> CsrSource:
+        return cls(csr.shape[0], csr.indptr.astype(np.int64), csr.indices, csr.data)
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> CsrSource:
+        """The ``cooc.npz`` of a cooccur artifact, without loading its nonzeros."""
+        from tokalign_core.npzstream import member
+
+        fmt = np.load(path, allow_pickle=False)["format"].item()
+        fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+        shape = tuple(int(v) for v in np.load(path, allow_pickle=False)["shape"])
+        if fmt != "csr" or len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"{path}: GloVe needs a square CSR co-occurrence matrix, got "
+                             f"{fmt} {shape}; rerun `tokalign cooccur`")
+        indptr = member(path, "indptr.npy").read().astype(np.int64)
+        return cls(shape[0], indptr, member(path, "indices.npy"), member(path, "data.npy"))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def _slice(self, array: Any, lo: int, hi: int) -> np.ndarray:
+        return array[lo:hi] if isinstance(array, np.ndarray) else array.read(lo, hi)
+
+    def chunks(self, max_entries: int):
+        """(rows int32 [m], cols int32 [m], values [m]) over row ranges of <= max_entries
+        entries (one longer row is a chunk of its own)."""
+        r0 = 0
+        while r0 < self.n:
+            target = self.indptr[r0] + max(max_entries, 1)
+            r1 = max(int(np.searchsorted(self.indptr, target, side="right")) - 1, r0 + 1)
+            r1 = min(r1, self.n)
+            lo, hi = int(self.indptr[r0]), int(self.indptr[r1])
+            rows = np.repeat(np.arange(r0, r1, dtype=np.int32), np.diff(self.indptr[r0:r1 + 1]))
+            yield (rows, self._slice(self.indices, lo, hi).astype(np.int32, copy=False),
+                   self._slice(self.data, lo, hi))
+            r0 = r1
+
+
+class Buckets:
+    """The nonzeros as records grouped by a fixed block grid and random buckets.
+
+    Rows and columns are grouped by index mod B (``blocks``); block (r, (r+s) mod B) belongs
+    to stratum s, so the B blocks of a stratum share no row and no column (DSGD, Gemulla et
+    al. 2011) and can be trained in parallel without races. Each stratum is split into K
+    random buckets (every nonzero draws its bucket from the seeded generator: an external
+    shuffle), K chosen so that one bucket fits the memory budget. Buckets live in memory or,
+    past half the budget, as files under ``folder`` (streamed back at every pass). The grid
+    never depends on the thread count, so neither does the result.
+    """
+
+    def __init__(self, blocks: int, n_buckets: int, record: np.dtype, folder: Path | None):
+        self.blocks, self.k, self.record, self.folder = blocks, n_buckets, record, folder
+        self.sizes = np.zeros(blocks * n_buckets, dtype=np.int64)
+        self._memory: list[list[np.ndarray]] = [[] for _ in range(blocks * n_buckets)]
+
+    def __len__(self) -> int:
+        return self.sizes.size
+
+    def _file(self, b: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"bucket-{b:06d}.rec"
+
+    def add(self, records: np.ndarray, bucket: np.ndarray) -> None:
+        """Append records [m] to their buckets (bucket int64 [m])."""
+        order = np.argsort(bucket, kind="stable")
+        records, counts = records[order], np.bincount(bucket, minlength=len(self))
+        ends = np.cumsum(counts)
+        for b in np.flatnonzero(counts):
+            part = records[ends[b] - counts[b]:ends[b]]
+            if self.folder is None:
+                self._memory[b].append(part)
+            else:
+                with self._file(b).open("ab") as fh:
+                    part.tofile(fh)
+        self.sizes += counts
+
+    def read(self, b: int) -> np.ndarray:
+        """The records [sizes[b]] of bucket b, in their stored order."""
+        if self.folder is None:
+            parts = self._memory[b]
+            if len(parts) > 1:
+                self._memory[b] = parts = [np.concatenate(parts)]
+            return parts[0] if parts else np.empty(0, self.record)
+        if self.sizes[b] == 0:
+            return np.empty(0, self.record)
+        return np.fromfile(self._file(b), dtype=self.record)
+
+    def visits(self, rng: np.random.Generator, by_block: bool, threads: int):
+        """One pass: (records, order int64 [m], bounds int64 [P+1]) per bucket, buckets in a
+        fresh seeded order and each bucket's nonzeros in a fresh seeded permutation.
+
+        by_block: order sorted by block (stable, so random within a block), bounds the B
+        block boundaries (part p is block p); else bounds split the order into ``threads``
+        equal parts (Hogwild).
+        """
+        for b in rng.permutation(len(self)):
+            if self.sizes[b] == 0:
+                continue
+            rec = self.read(int(b))
+            perm = rng.permutation(rec.size)
+            if not by_block:
+                yield rec, perm, np.linspace(0, rec.size, threads + 1).astype(np.int64)
+                continue
+            key = (rec["i"][perm] % self.blocks).astype(np.int16)
+            order = perm[np.argsort(key, kind="stable")]
+            sizes = np.bincount(key, minlength=self.blocks)
+            yield rec, order, np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+
+
+def build_buckets(source: CsrSource, config: GloveConfig, rng: np.random.Generator,
+                  folder: Path | None) -> Buckets:
+    """Records of the positive nonzeros of ``source`` in a :class:`Buckets` grid.
+
+    Reads at most a budget's worth of nonzeros at a time; spills to ``folder`` (must exist)
+    when the records take more than half the budget. Raises ValueError on non-finite values
+    or when no value is positive.
+    """
+    record = record_dtype(config.dtype)
+    budget = int(config.memory_budget_mb * 2**20)
+    nnz, blocks = source.nnz, config.blocks
+    cap = max(budget // (record.itemsize + WORK_BYTES), 1)  # nonzeros per bucket
+    k = max(1, math.ceil(1.25 * nnz / (blocks * cap)))  # 25% room: buckets are random
+    spill = folder if nnz * record.itemsize > SPILL_FRACTION * budget else None
+    store = Buckets(blocks, k, record, spill)
+    for rows, cols, x in source.chunks(max(budget // BUILD_BYTES, 1)):
+        if not np.all(np.isfinite(x)):
+            raise ValueError("the co-occurrence matrix has non-finite entries")
+        keep = x > 0
+        rows, cols, x = rows[keep], cols[keep], x[keep]
+        rec = np.empty(x.size, dtype=record)
+        rec["i"], rec["j"] = rows, cols
+        rec["logx"], rec["fx"] = _data(x, config)
+        stratum = ((cols % blocks - rows % blocks) % blocks).astype(np.int64)
+        bucket = stratum * k + (rng.integers(0, k, x.size) if k > 1 else 0)
+        store.add(rec, bucket)
+    if store.sizes.sum() == 0:
+        raise ValueError("the co-occurrence matrix has no positive entries: nothing to train on")
+    return store
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,56 +387,34 @@ def _threads(config: GloveConfig) -> int:
 
 
 class _NumbaTrainer:
-    """Parameters, AdaGrad accumulators and data of one run for the numba engine (numpy)."""
+    """Parameters and AdaGrad accumulators of one run for the numba engine (numpy); the
+    nonzeros come from a :class:`Buckets` grid, one bucket at a time."""
 
-    def __init__(self, coo: sp.coo_matrix, config: GloveConfig, rng: np.random.Generator):
+    def __init__(self, n: int, buckets: Buckets, config: GloveConfig,
+                 rng: np.random.Generator, word: np.ndarray, context: np.ndarray):
         self.kernel = _numba_pass()
-        self.cfg, self.rng = config, rng
+        self.cfg, self.rng, self.buckets = config, rng, buckets
         self.threads = _threads(config)
-        self.rows = coo.row.astype(np.int32)
-        self.cols = coo.col.astype(np.int32)
         dtype = np.dtype(config.dtype)
-        # data in the parameter dtype so the float32 kernel never converts per element
-        self.logx, self.fx = (a.astype(dtype) for a in _data(coo, config))
-        word, context = _initial_params(coo.shape[0], config.dim, rng)
         self.w, self.c = word.astype(dtype), context.astype(dtype)
         self.hw, self.hc = np.ones_like(self.w), np.ones_like(self.c)
         self.skipped = 0
 
-    def _schedule(self, order: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Kernel calls of one pass: (order slice, block bounds int64 [T+1]) each."""
-        t, m = self.threads, order.size
-        if self.cfg.deterministic and t > 1:
-            return self._strata(order, t)
-        calls = []
-        for start in range(0, m, STEP_NNZ):
-            part = order[start:start + STEP_NNZ]
-            calls.append((part, np.linspace(0, part.size, t + 1).astype(np.int64)))
-        return calls
-
-    def _strata(self, order: np.ndarray, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Conflict-free schedule: stratum s holds blocks (r, (r+s) % t) of rows % t and
-        cols % t, kept in shuffled order inside each block (stable radix sort on int16)."""
-        rb = self.rows[order] % t
-        s = (self.cols[order] % t - rb) % t
-        key = (s * t + rb).astype(np.int16)
-        sorted_order = order[np.argsort(key, kind="stable")]
-        sizes = np.bincount(key, minlength=t * t)
-        ends = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        calls = []
-        for stratum in range(t):
-            lo, hi = ends[stratum * t], ends[(stratum + 1) * t]
-            calls.append((sorted_order[lo:hi], ends[stratum * t:(stratum + 1) * t + 1] - lo))
-        return calls
-
     def iteration(self, progress: bool = False) -> float:
-        """One pass over all nonzeros in a fresh seeded order; returns the C tool's cost."""
+        """One pass over all nonzeros in a fresh seeded order; returns the C tool's cost.
+
+        Deterministic: per bucket, its B blocks run in parallel (prange), each block in
+        sequence; blocks share no row, so the result is the same for any thread count, and
+        per-block costs are summed in a fixed order. Else Hogwild: ``threads`` contiguous
+        parts of the bucket's permutation race on shared rows.
+        """
         import numba
         from tqdm.auto import tqdm
 
-        nnz = self.rows.size
-        cost = np.zeros(self.threads, dtype=np.float64)
-        bad = np.zeros(self.threads, dtype=np.int64)
+        nnz = int(self.buckets.sizes.sum())
+        parts = max(self.cfg.blocks, self.threads)
+        cost = np.zeros(parts, dtype=np.float64)
+        bad = np.zeros(parts, dtype=np.int64)
         eta = self.w.dtype.type(self.cfg.eta)
         clip = self.w.dtype.type(self.cfg.grad_clip)
         previous = numba.get_num_threads()
@@ -275,10 +422,11 @@ class _NumbaTrainer:
         try:
             with tqdm(total=nnz, disable=not progress, leave=False, desc="glove nonzeros",
                       unit="nz", unit_scale=True) as bar:
-                for part, bounds in self._schedule(_order(self.rng, nnz)):
-                    self.kernel(part, bounds, self.rows, self.cols, self.logx, self.fx,
+                for rec, order, bounds in self.buckets.visits(self.rng, self.cfg.deterministic,
+                                                              self.threads):
+                    self.kernel(order, bounds, rec["i"], rec["j"], rec["logx"], rec["fx"],
                                 self.w, self.c, self.hw, self.hc, eta, clip, cost, bad)
-                    bar.update(part.size)
+                    bar.update(order.size)
         finally:
             numba.set_num_threads(previous)
         self.skipped = int(bad.sum())
@@ -304,48 +452,55 @@ class _TorchTrainer:
     w_i . c_j + b_i + b'_j is one dot product. The constant columns get zero gradient.
     """
 
-    def __init__(self, coo: sp.coo_matrix, config: GloveConfig, rng: np.random.Generator,
-                 device: str):
+    def __init__(self, n: int, buckets: Buckets, config: GloveConfig,
+                 rng: np.random.Generator, word: np.ndarray, context: np.ndarray, device: str):
         import torch
 
         self.torch, self.cfg, self.device, self.rng = torch, config, device, rng
-        dtype = getattr(torch, config.dtype)
-        n, dim = coo.shape[0], config.dim
-        # int64 indices: torch's CPU gathers/scatters are ~2x faster with them than int32.
-        self.rows = torch.as_tensor(coo.row.astype(np.int64), device=device)
-        self.cols = torch.as_tensor(coo.col.astype(np.int64), device=device)
-        logx, fx = _data(coo, config)
-        self.logx = torch.as_tensor(logx, dtype=dtype, device=device)
-        self.fx = torch.as_tensor(fx, dtype=dtype, device=device)
-        word, context = _initial_params(n, dim, rng)
+        self.buckets, self.dtype = buckets, getattr(torch, config.dtype)
+        dim = config.dim
         w = np.concatenate([word, np.ones((n, 1))], axis=1)  # [w, b, 1]
         c = np.concatenate([context[:, :dim], np.ones((n, 1)), context[:, dim:]], axis=1)
-        self.w = torch.as_tensor(w, dtype=dtype, device=device)
-        self.c = torch.as_tensor(c, dtype=dtype, device=device)
+        self.w = torch.as_tensor(w, dtype=self.dtype, device=device)
+        self.c = torch.as_tensor(c, dtype=self.dtype, device=device)
         self.hw, self.hc = torch.ones_like(self.w), torch.ones_like(self.c)
         self.dim = dim
         self.skipped = 0
 
+    def _tensors(self, rec: np.ndarray, order: np.ndarray) -> tuple[Any, ...]:
+        """(i, j, log x, f) of a bucket's records in ``order``, on the device. int64
+        indices: torch's CPU gathers/scatters are ~2x faster with them than int32."""
+        torch, dev = self.torch, self.device
+        picked = rec[order]
+        return (torch.as_tensor(picked["i"].astype(np.int64), device=dev),
+                torch.as_tensor(picked["j"].astype(np.int64), device=dev),
+                torch.as_tensor(picked["logx"], dtype=self.dtype, device=dev),
+                torch.as_tensor(picked["fx"], dtype=self.dtype, device=dev))
+
     def iteration(self, progress: bool = False) -> float:
-        """One pass over all nonzeros in a fresh seeded order; returns the C tool's cost."""
+        """One pass over all nonzeros in the numba engine's deterministic order (bucket by
+        bucket, block by block); returns the C tool's cost."""
         from tqdm.auto import tqdm
 
         torch = self.torch
-        nnz = self.rows.numel()
-        perm = torch.as_tensor(_order(self.rng, nnz).astype(np.int64), device=self.device)
+        nnz = int(self.buckets.sizes.sum())
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         bs = self.cfg.batch_size
-        for start in tqdm(range(0, nnz, bs), disable=not progress, leave=False,
-                          desc="glove batches", unit="batch"):
-            total += self.step(perm[start:start + bs])
+        with tqdm(total=nnz, disable=not progress, leave=False, desc="glove nonzeros",
+                  unit="nz", unit_scale=True) as bar:
+            for rec, order, _ in self.buckets.visits(self.rng, True, 1):
+                i, j, logx, fx = self._tensors(rec, order)
+                for start in range(0, order.size, bs):
+                    part = slice(start, start + bs)
+                    total += self.step(i[part], j[part], logx[part], fx[part])
+                bar.update(order.size)
         return float(total) / nnz
 
-    def step(self, sel: Any) -> Any:
-        """One mini-batch AdaGrad update on the nonzeros ``sel``; returns their summed cost."""
-        i, j = self.rows[sel], self.cols[sel]
+    def step(self, i: Any, j: Any, logx: Any, fx: Any) -> Any:
+        """One mini-batch AdaGrad update on nonzeros (i, j) [b]; returns their summed cost."""
         wi, cj = self.w.index_select(0, i), self.c.index_select(0, j)
-        diff = (wi * cj).sum(1) - self.logx[sel]
-        fdiff = self.fx[sel] * diff
+        diff = (wi * cj).sum(1) - logx
+        fdiff = fx * diff
         cost = 0.5 * (fdiff * diff).sum(dtype=self.torch.float64)
         clip, eta = self.cfg.grad_clip, self.cfg.eta
         g = fdiff.unsqueeze(1)
@@ -377,21 +532,35 @@ class _TorchTrainer:
 # ---------------------------------------------------------------------------------------
 
 
-def _make_trainer(coo: sp.coo_matrix, config: GloveConfig) -> tuple[Any, str]:
-    """The trainer of the configured engine; "auto" falls back to torch (logged) without
-    numba."""
+def _make_trainer(source: CsrSource, config: GloveConfig, folder: Path
+                  ) -> tuple[Any, str]:
+    """The trainer of the configured engine, its nonzeros in a :class:`Buckets` grid
+    (spilled under ``folder`` past the budget); "auto" falls back to torch (logged) without
+    numba. The seeded generator draws the init, then the buckets, then each pass's order."""
     engine, device = resolve_engine(config)
-    rng = np.random.default_rng(config.seed)
     if engine == "numba":
         try:
-            return _NumbaTrainer(coo, config, rng), "numba"
+            _numba_pass()
         except ImportError:
             if config.engine == "numba":
                 raise ImportError("engine 'numba' needs numba: `pip install numba`, or set "
                                   "engine 'torch'") from None
             log.warning("glove: numba is not installed; falling back to the torch engine "
                         "(mini-batch AdaGrad, batch_size %d)", config.batch_size)
-    return _TorchTrainer(coo, config, rng, device), "torch"
+            engine = "torch"
+    rng = np.random.default_rng(config.seed)
+    word, context = _initial_params(source.n, config.dim, rng)
+    buckets = build_buckets(source, config, rng, folder)
+    if engine == "numba":
+        return _NumbaTrainer(source.n, buckets, config, rng, word, context), "numba"
+    return _TorchTrainer(source.n, buckets, config, rng, word, context, device), "torch"
+
+
+def _used_threads(trainer: Any) -> int:
+    """Threads the run used (numba's, or torch's intra-op pool)."""
+    if isinstance(trainer, _NumbaTrainer):
+        return trainer.threads
+    return int(trainer.torch.get_num_threads())
 
 
 def _no_grad() -> Any:
@@ -404,22 +573,37 @@ def _no_grad() -> Any:
 
 
 def train_glove(
-    cooc: sp.spmatrix,
+    cooc: sp.spmatrix | CsrSource,
     config: GloveConfig = GloveConfig(),
     callback: Callback | None = None,
     logger: Any = None,
     progress: bool = True,
+    workdir: str | Path | None = None,
 ) -> GloveResult:
     """Train GloVe vectors on a symmetric co-occurrence matrix.
 
-    cooc: scipy sparse [n, n] (float; only positive entries are used). ``callback(it, cost)``
-    and ``logger.log({"glove/cost": ..., "glove/seconds": ...}, step=it)`` run after every
+    cooc: scipy sparse [n, n] (float; only positive entries are used), or a
+    :class:`CsrSource` read piece by piece (e.g. a cooccur artifact's ``cooc.npz``: then
+    memory holds the parameters plus ``config.memory_budget_mb`` of nonzeros, whatever the
+    corpus). Spilled buckets go to a temporary folder under ``workdir`` (default: the
+    system's), deleted at the end. ``callback(it, cost)`` and
+    ``logger.log({"glove/cost": ..., "glove/seconds": ...}, step=it)`` run after every
     iteration (1-based). Returns :class:`GloveResult` with float32 vectors [n, dim].
     """
+    import tempfile
+
+    source = cooc if isinstance(cooc, CsrSource) else CsrSource.from_matrix(_check_matrix(cooc))
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="glove-spill-", dir=workdir) as folder:
+        return _train(source, config, callback, logger, progress, Path(folder))
+
+
+def _train(source: CsrSource, config: GloveConfig, callback: Callback | None, logger: Any,
+           progress: bool, folder: Path) -> GloveResult:
     from tqdm.auto import tqdm
 
-    coo = _check_matrix(cooc)
-    trainer, engine = _make_trainer(coo, config)
+    trainer, engine = _make_trainer(source, config, folder)
     costs, seconds, skipped = [], [], []
     bar = tqdm(range(1, config.iterations + 1), disable=not progress, desc=f"glove {engine}",
                unit="it")
@@ -440,8 +624,11 @@ def train_glove(
             _report(it, cost, seconds[-1], callback, logger)
     word, context = trainer.result()
     vectors = word + context if config.vectors == "w+c" else word.copy()
+    buckets = trainer.buckets
     return GloveResult(vectors=vectors, word=word, context=context, costs=costs,
-                       seconds=seconds, skipped=skipped, engine=engine)
+                       seconds=seconds, skipped=skipped, engine=engine,
+                       threads=_used_threads(trainer), buckets=len(buckets),
+                       spilled=buckets.folder is not None)
 
 
 def _report(it: int, cost: float, secs: float, callback: Callback | None, logger: Any) -> None:
@@ -461,12 +648,24 @@ def build_glove(
     progress: bool = True,
 ) -> ArtifactRef:
     """Train on a cooccur artifact and write an **embeddings** artifact (``vectors.npy``
-    float32 [n, dim], ``token_ids.npy`` int64 [n], ``meta.json`` with the cost history)."""
-    from tokalign_core.cooccur import _read_manifest_digest, load_cooccur
+    float32 [n, dim], ``token_ids.npy`` int64 [n], ``meta.json`` with the cost history and
+    the threads used). The nonzeros are streamed from ``cooc.npz`` (never loaded whole);
+    spilled buckets live under ``<store root>/.spill`` while training."""
+    from tokalign_core.cooccur import _artifact_dir, _read_json, _read_manifest_digest
+    from tokalign_core.inputs import reading
 
-    cooc, token_ids, cmeta = load_cooccur(cooccur)
-    result = train_glove(cooc, config, callback=callback, logger=logger, progress=progress)
-    folder = Path(cooccur.path if isinstance(cooccur, ArtifactRef) else cooccur)
+    folder = _artifact_dir(cooccur, "cooccur", ["cooc.npz", "token_ids.npy"])
+    fix = f"delete {folder} and rerun `tokalign cooccur`"
+    with reading(folder / "token_ids.npy", fix):
+        token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
+    cmeta = _read_json(folder / "meta.json")
+    with reading(folder / "cooc.npz", fix):
+        source = CsrSource.from_npz(folder / "cooc.npz")
+    if source.n != token_ids.size:
+        raise ValueError(f"cooccur artifact {folder}: matrix of {source.n} rows does not match "
+                         f"{token_ids.size} token ids; delete it and rerun `tokalign cooccur`")
+    result = train_glove(source, config, callback=callback, logger=logger, progress=progress,
+                         workdir=store.root / ".spill")
     meta = {
         "stage": "glove",
         "source": "glove",
@@ -481,7 +680,10 @@ def build_glove(
         "tokenizer_digest": cmeta.get("tokenizer_digest"),
         "n": int(token_ids.size),
         "dim": config.dim,
-        "nnz": int(cooc.nnz),
+        "nnz": source.nnz,
+        "threads": result.threads,
+        "buckets": result.buckets,
+        "spilled": result.spilled,
         "costs": result.costs,
         "seconds_per_iteration": result.seconds,
     }

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokalign_core import baselines
+from tokalign_core import baselines, models
 from tokalign_core.alignment import Alignment
 from tokalign_core.configs.init import InitConfig
 
@@ -56,22 +56,13 @@ class InitResult:
 
 
 def load_tokenizer(spec: Any, trust_remote_code: bool = False) -> Any:
-    """A tokenizer object from a spec (hub id, folder, tokenizer.json, builtin alias),
-    through ``tokalign_core.tokenizers_io`` when present; objects pass through."""
+    """A tokenizer object from a spec (see :func:`tokalign_core.tokenizers_io.load_tokenizer`:
+    hub id, folder, tokenizer.json, builtin alias, ``.gguf``); objects pass through."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    try:
-        from tokalign_core.tokenizers_io import load_tokenizer as _load
-    except ImportError:  # the tokenizers_io module is optional at this layer
-        _load = None
-    if _load is not None:
-        return _load(str(spec), trust_remote_code=trust_remote_code)
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokalign_core.tokenizers_io import load_tokenizer as _load
 
-    path = Path(spec)
-    if path.is_file() and path.suffix == ".json":
-        return PreTrainedTokenizerFast(tokenizer_file=str(path))
-    return AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
+    return _load(str(spec), trust_remote_code=trust_remote_code)
 
 
 def check_remote_code(spec: str, trust_remote_code: bool) -> None:
@@ -97,16 +88,66 @@ def check_remote_code(spec: str, trust_remote_code: bool) -> None:
 
 
 def load_model(spec: Any, trust_remote_code: bool = False, dtype: Any = None) -> Any:
-    """A causal LM from a hub id / folder; objects pass through unchanged."""
+    """A causal LM from a model spec (hub id, folder, ``.gguf``, ``builtin:smollm2-135m``;
+    see :mod:`tokalign_core.models`); objects pass through unchanged."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
-    from transformers import AutoModelForCausalLM
+    where = models.resolve_model(spec)
+    check_model_source(where)
+    check_remote_code(where, trust_remote_code)
+    try:
+        return models.load_causal_lm(where, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        if not Path(where).is_dir() or not _is_damaged_weights(exc):
+            raise
+        raise ValueError(f"model folder {spec}: its weights cannot be read ({exc}); the file "
+                         "is truncated or damaged: save or download the model again") from exc
 
-    check_remote_code(str(spec), trust_remote_code)
-    kwargs = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(str(spec), **kwargs).eval()
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def _is_damaged_weights(exc: BaseException) -> bool:
+    """A weights file that does not parse (matched by class name: safetensors' error type
+    lives in a compiled module)."""
+    chain = [e for e in (exc, exc.__cause__, exc.__context__) if e is not None]
+    names = {type(e).__name__ for e in chain}
+    return bool(names & {"SafetensorError", "HeaderTooLarge", "UnpicklingError"}) or \
+        any(isinstance(e, EOFError) for e in chain)
+
+
+def check_model_source(spec: str) -> None:
+    """Fail in one line before transformers does (its messages for a local folder speak of
+    repo ids): a path that does not exist, a folder without ``config.json`` or weights, a
+    ``config.json`` that is not JSON. Hub ids (``name`` or ``org/name`` that is not a local
+    path), ``.gguf`` files and ``builtin:`` aliases (checked by
+    :func:`tokalign_core.models.resolve_model`) pass through."""
+    import json
+
+    if spec.lower().endswith(".gguf") or spec.lower().startswith("builtin:"):
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
+            raise FileNotFoundError(f"model path {spec} does not exist; give a model folder "
+                                    "(config.json + weights) or a hub id such as org/name")
+        return
+    if not path.is_dir():
+        raise ValueError(f"model {spec} is a file; give the folder that holds config.json "
+                         "and the weights")
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"model folder {spec} has no config.json: it is not a saved "
+                                "model (save it with save_pretrained)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"model folder {spec}: config.json is not valid JSON ({exc}); "
+                         "restore or re-save the model") from exc
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(f"model folder {spec} has no weights (none of "
+                                f"{', '.join(WEIGHT_FILES)}); copy or re-save the model")
 
 
 # --------------------------------------------------------------------------------------
@@ -216,6 +257,7 @@ def initialize(
     n_target, rows_before = len(target_tok), emb_in.weight.shape[0]
     n_source = source_real_rows(model, source_tok, alignment)
     if alignment is not None:
+        alignment.check_tokenizers(source_tok, target_tok)
         alignment.check_sizes(n_target, n_source)
     plan = make_plan(cfg, target_tok, source_tok, alignment, n_source)
     _check_plan(plan, n_source)
@@ -260,7 +302,8 @@ def _install(model: Any, new: dict, total: int, tied: bool) -> None:
     """Resize to ``total`` rows and write the new rows (+ mean padding) in place."""
     import torch
 
-    model.resize_token_embeddings(total, mean_resizing=False)
+    with models.transformers_lock():  # resizing re-ties through patched global state
+        model.resize_token_embeddings(total, mean_resizing=False)
     emb_in, emb_out = embedding_modules(model)
     with torch.no_grad():
         emb_in.weight.copy_(_with_padding(new["in"], total).to(emb_in.weight.dtype))
@@ -295,6 +338,61 @@ def set_special_ids(model: Any, tokenizer: Any) -> dict[str, int | None]:
         gen.eos_token_id = ids["eos_token_id"]
         gen.pad_token_id = ids["pad_token_id"] if ids["pad_token_id"] is not None \
             else ids["eos_token_id"]
+    return ids
+
+
+# --------------------------------------------------------------------------------------
+# A shallower student (for distillation from the full-depth model)
+# --------------------------------------------------------------------------------------
+
+
+def decoder_layers(model: Any) -> tuple[Any, str]:
+    """(the ``nn.ModuleList`` of decoder blocks, its dotted name): the module list whose
+    length is ``config.num_hidden_layers`` (``model.layers`` in Llama, ``gpt_neox.layers``,
+    GPT-2's ``transformer.h``), found by shape so no table of families is needed."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module, name
+    raise ValueError(
+        f"{type(model).__name__}: no module list of config.num_hidden_layers={n} decoder "
+        "blocks; cannot choose layers for this architecture"
+    )
+
+
+def kept_layer_ids(n_layers: int, keep: int) -> list[int]:
+    """``keep`` layer indices spread evenly over ``n_layers``, first and last included
+    (30 -> 15: 0, 2, 4, ..., 27, 29): the embedding-side and output-side blocks matter most."""
+    if not 1 <= keep <= n_layers:
+        raise ValueError(f"cannot keep {keep} of {n_layers} layers; choose 1..{n_layers}")
+    if keep == 1:
+        return [n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def keep_layers(model: Any, keep: int) -> list[int]:
+    """Drop all but ``keep`` evenly spread decoder layers of ``model`` in place (a
+    shallower student sharing the vocabulary; Sajjad et al. 2023 found keeping spread
+    layers a strong start for distillation). Renumbers the kept blocks' ``layer_idx`` (the
+    KV cache is indexed by it) and trims per-layer config lists. Returns the kept ids."""
+    import torch
+
+    layers, name = decoder_layers(model)
+    ids = kept_layer_ids(len(layers), keep)
+    kept = torch.nn.ModuleList([layers[i] for i in ids])
+    for new_idx, block in enumerate(kept):
+        for sub in block.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_idx
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, kept)
+    cfg = model.config
+    for key, value in list(vars(cfg).items()):
+        if isinstance(value, list) and len(value) == cfg.num_hidden_layers:
+            setattr(cfg, key, [value[i] for i in ids])  # e.g. layer_types
+    cfg.num_hidden_layers = len(ids)
     return ids
 
 

@@ -33,6 +33,15 @@ class CardInfo:
     config_digest: str = ""
     init_report: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    # Hugging Face metadata (YAML front matter): ``base_model`` only when the source is a
+    # hub id; ``datasets`` hub dataset ids; ``license`` an HF licence id ("other" if unknown).
+    name: str = ""
+    base_model: str = ""
+    license: str = ""
+    datasets: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    # What happened after initialisation ("" = nothing): e.g. "two-stage adaptation, 24 steps".
+    training: str = ""
 
 
 def as_card_info(info: Any) -> CardInfo:
@@ -98,19 +107,67 @@ def _eval_section(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def front_matter(info: CardInfo) -> dict[str, Any]:
+    """The Hugging Face metadata of the card: library, pipeline, tags, base model, licence,
+    datasets and a ``model-index`` with the bits-per-byte results (one entry per text group
+    plus the mean), so a hub page shows them as evaluation results."""
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation"}
+    if info.base_model:
+        meta["base_model"] = info.base_model
+    meta["license"] = info.license or "other"
+    if info.datasets:
+        meta["datasets"] = list(info.datasets)
+    tags = ["tokalign", "vocabulary-adaptation", *info.tags]
+    if info.method and info.method != "unknown":
+        tags.append(info.method)
+    meta["tags"] = list(dict.fromkeys(tags))  # unique, in order
+    index = _model_index(info)
+    if index:
+        meta["model-index"] = index
+    return meta
+
+
+def _model_index(info: CardInfo) -> list[dict[str, Any]]:
+    """``model-index`` entries from ``eval_results`` shaped like ``evaluate_model``'s output."""
+    res = info.eval_results if isinstance(info.eval_results, dict) else {}
+    groups = res.get("groups") or {}
+    metrics = []
+    macro = res.get("macro") or {}
+    for key, label in (("bits_per_byte", "bits per byte (mean over groups)"),
+                       ("norm_ppl", "normalised perplexity (mean over groups)")):
+        if isinstance(macro.get(key), (int, float)):
+            metrics.append({"type": key, "name": label, "value": round(float(macro[key]), 4)})
+    for group, vals in sorted(groups.items()):
+        if isinstance(vals, dict) and isinstance(vals.get("bits_per_byte"), (int, float)):
+            metrics.append({"type": "bits_per_byte", "name": f"bits per byte ({group})",
+                            "value": round(float(vals["bits_per_byte"]), 4)})
+    if not metrics:
+        return []
+    return [{"name": info.name or f"{info.source_model} -> {info.target_tokenizer}",
+             "results": [{"task": {"type": "text-generation",
+                                   "name": "Causal language modelling"},
+                          "dataset": {"type": "text", "name": "held-out text by language"},
+                          "metrics": metrics}]}]
+
+
 def render(info: CardInfo, model: Any = None, tokenizer: Any = None) -> str:
     """The README.md text (Hugging Face YAML front matter + markdown)."""
+    import yaml
+
+    trained = (f"It was then trained: {info.training}." if info.training else
+               "This model has not been trained after initialisation.")
     parts = [
-        "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- tokalign\n"
-        f"- vocabulary-adaptation\n- {info.method}\n---",
-        f"# {info.source_model or 'model'} with the vocabulary of "
-        f"{info.target_tokenizer or 'a new tokenizer'}",
-        "Initialised by tokalign (TokAlign / TokAlign++ vocabulary "
-        f"adaptation). Initialisation method: **{info.method}**. This model has not been "
-        "trained after initialisation unless the sections below say so.",
+        "---\n" + yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True)
+        + "---",
+        f"# {info.name or info.source_model or 'model'}",
+        f"**{info.source_model or 'A model'}** with the vocabulary of "
+        f"**{info.target_tokenizer or 'a new tokenizer'}**, initialised by tokalign "
+        f"(TokAlign / TokAlign++ vocabulary adaptation). Initialisation method: "
+        f"**{info.method}**. {trained}",
     ]
     overview = [("method", info.method), ("source model", info.source_model),
-                ("target tokenizer", info.target_tokenizer), ("alignment", info.alignment)]
+                ("target tokenizer", info.target_tokenizer), ("alignment", info.alignment),
+                ("training", info.training)]
     if model is not None:
         overview += _model_facts(model, tokenizer)
     parts += ["## Overview", _table([r for r in overview if r[1] not in ("", None)],
@@ -130,7 +187,11 @@ def render(info: CardInfo, model: Any = None, tokenizer: Any = None) -> str:
     if info.eval_results:
         parts += ["## Evaluation", _eval_section(info.eval_results)]
     parts += _provenance_sections(info)
-    parts += ["## How to load", _load_snippet()]
+    parts += ["## How to load", _load_snippet(), "## Publishing",
+              "Upload the whole folder so the hub keeps this card: "
+              "`huggingface_hub.upload_folder(folder_path=..., repo_id=...)` (or "
+              "`huggingface-cli upload REPO_ID FOLDER`). `model.push_to_hub()` uploads the "
+              "weights only and leaves the hub's default card."]
     if info.notes:
         parts += ["## Notes", info.notes]
     return "\n\n".join(parts) + "\n"
@@ -181,3 +242,41 @@ def _load_snippet() -> str:
 def card_dict(info: CardInfo) -> dict[str, Any]:
     """The card's data as a JSON-able dict (also logged next to the README)."""
     return asdict(info)
+
+
+def method_label(init_method: str, align_method: str | None = None) -> str:
+    """A card's method: ``tokalign++`` (VecMap + CSLS alignment), ``tokalign`` (relative
+    representations) or ``cosine`` for ``aligned``; a baseline's own name otherwise."""
+    if init_method != "aligned":
+        return init_method
+    return {"vecmap": "tokalign++", "relative": "tokalign"}.get(align_method or "vecmap",
+                                                                align_method or "aligned")
+
+
+def publish_folder(src: str | os.PathLike, dest: str | os.PathLike, readme: str) -> Path:
+    """``dest``: a Hugging Face folder whose files are symlinks to ``src``'s (the weights
+    are not copied) and whose README.md is ``readme``. Built in a temporary sibling and
+    renamed into place, so ``dest`` is always whole; an older ``dest`` is replaced. Copy
+    the folder (``cp -rL``) before editing files in it: they are the artifact's own."""
+    import shutil
+    import tempfile
+
+    src, dest = Path(src).resolve(), Path(dest).expanduser().absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        for entry in sorted(src.iterdir()):
+            if entry.name != "README.md":
+                (tmp / entry.name).symlink_to(entry)
+        (tmp / "README.md").write_text(readme)
+        old = None
+        if dest.exists() or dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

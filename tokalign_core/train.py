@@ -553,15 +553,28 @@ class Context:
 
 
 def _load_model(name: str, dtype: Any, trust: bool) -> Any:
-    from transformers import AutoModelForCausalLM
+    from tokalign_core.models import load_causal_lm
 
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust)
+    return load_causal_lm(name, dtype=dtype, trust_remote_code=trust, eval_mode=False)
 
 
 def _load_tokenizer(name: str, trust: bool) -> Any:
-    from transformers import AutoTokenizer
+    from tokalign_core.tokenizers_io import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+    return load_tokenizer(name, trust_remote_code=trust)
+
+
+def check_tokens_tokenizer(meta: dict, tok: Any, tokens: str | Path, tok_name: str) -> None:
+    """The tokens artifact must come from the model's tokenizer: its recorded
+    ``tokenizer_digest`` is compared (ids of another tokenizer of the same size would
+    train silently on garbage)."""
+    from tokalign_core.inputs import check_same_tokenizer
+
+    check_same_tokenizer(
+        meta.get("tokenizer_digest"), tok, what=f"tokens artifact {tokens}",
+        recorded_name=repr(meta.get("tokenizer", "?")), given_name=repr(str(tok_name)),
+        fix="tokenize the corpus with the model's tokenizer (tokalign tokenize --tokenizer "
+            f"{tok_name}) or pass the matching --tokenizer")
 
 
 def _check_vocab(model: Any, vocab: int, stream: TokenStream, name: str) -> None:
@@ -591,6 +604,7 @@ def build_context(cfg: TrainConfig, dist: Dist) -> Context:
         raise ValueError(f"tokenizer {cfg.tokenizer or cfg.model} has no eos token; set eos_id")
     model = _load_model(cfg.model, torch.float32, cfg.trust_remote_code)
     stream = TokenStream(cfg.tokens, eos)
+    check_tokens_tokenizer(stream.meta, tok, cfg.tokens, cfg.tokenizer or cfg.model)
     _check_vocab(model, len(tok), stream, cfg.model)
     blocks = PackedBlocks(stream, cfg.seq_len)
     out = Path(cfg.out_dir)

@@ -12,6 +12,7 @@ from tokalign_core.doctor import (
     chat_template_tokens,
     check_remote_code,
     diagnose,
+    diagnose_pair,
     unreachable_tokens,
 )
 from tokalign_core.init_model import load_model
@@ -57,8 +58,47 @@ def test_mismatched_vocab_is_a_blocker(sp_tok, good_folder, capsys):
     assert "700 tokens" in blocker.message and "640 rows" in blocker.message
     sp_tok_dir = good_folder.parent / "sp"
     sp_tok.save_pretrained(sp_tok_dir)
-    assert cli.main(["doctor", str(good_folder), str(sp_tok_dir)]) == 1
+    # The tokenizer as the model's current one (e.g. a hand-edited folder): a blocker.
+    assert cli.main(["doctor", str(good_folder), "--with-tokenizer", str(sp_tok_dir)]) == 1
     assert "BLOCKER" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def sp_dir(good_folder, sp_tok):
+    path = good_folder.parent / "sp-target"
+    sp_tok.save_pretrained(path)
+    return path
+
+
+def test_source_target_pair_is_checked_as_a_swap_not_as_a_match(good_folder, sp_dir, capsys):
+    """`tokalign doctor SOURCE TARGET`: the target is the vocabulary the model will get,
+    so a different size and other special ids are expected, not blockers."""
+    report = diagnose_pair(str(good_folder), str(sp_dir))
+    assert report.blockers == [], report.table()
+    checks = {f.check for f in report.findings}
+    assert {"source.sizes", "source.special_tokens", "target.special_tokens",
+            "target.reachable", "pair.vocabulary"} <= checks
+    [swap] = report.by_check("pair.vocabulary")
+    assert "700" in swap.message and "640" in swap.message
+    assert swap.detail["target_tokens"] == 700 and swap.detail["new_rows"] == 704
+    [shared] = report.by_check("pair.shared_tokens")
+    assert shared.severity == "ok" and shared.detail["n_shared"] > 0
+    assert cli.main(["doctor", str(good_folder), str(sp_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "0 blocker(s)" in out and "target" in out
+
+
+def test_pair_target_without_eos_is_a_target_blocker(good_folder, bpe_tok):
+    report = diagnose_pair(str(good_folder), _tokenizer_without(bpe_tok, eos_token=None))
+    [blocker] = report.blockers
+    assert blocker.check == "target.special_tokens" and "no eos" in blocker.message
+
+
+def test_pair_with_a_too_small_source_tokenizer_is_a_source_blocker(good_folder, sp_dir):
+    """The source side keeps the old checks: a source tokenizer larger than the model's
+    matrix still blocks (with the side named)."""
+    report = diagnose_pair(str(good_folder), str(sp_dir), source_tokenizer=str(sp_dir))
+    assert [f.check for f in report.blockers] == ["source.sizes"]
 
 
 def test_config_vocab_size_disagreement_is_a_warning(good_folder, bpe_tok):

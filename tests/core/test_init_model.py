@@ -260,3 +260,33 @@ def test_model_card_renders_eval_and_metrics():
     assert "sha256:abc" in text and "`d1g`" in text and "AutoModelForCausalLM" in text
     with pytest.raises(ValueError, match="unknown model card fields"):
         as_card_info({"methd": "x"})
+
+
+@pytest.mark.parametrize("family", ["llama", "neox"])
+def test_keep_layers_builds_a_shallower_model_that_reloads_and_generates(tmp_path, family,
+                                                                        bpe_tok):
+    from transformers import AutoModelForCausalLM
+
+    from tokalign_core.init_model import keep_layers, kept_layer_ids
+
+    assert kept_layer_ids(30, 15) == [0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29]
+    assert kept_layer_ids(4, 1) == [3]
+    with pytest.raises(ValueError, match="cannot keep 5 of 4"):
+        kept_layer_ids(4, 5)
+    build = toy.tiny_llama if family == "llama" else toy.tiny_gpt_neox
+    model = build(len(bpe_tok), hidden=32, layers=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert keep_layers(model, 2) == [0, 3]
+    assert model.config.num_hidden_layers == 2
+    prefix = "model.layers" if family == "llama" else "gpt_neox.layers"
+    after = model.state_dict()
+    for new, old in ((0, 0), (1, 3)):  # the kept blocks are the old first and last ones
+        for key, value in after.items():
+            if key.startswith(f"{prefix}.{new}."):
+                assert torch.equal(value, before[key.replace(f".{new}.", f".{old}.", 1)]), key
+    assert not any(k.startswith(f"{prefix}.2.") for k in after)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    ids = torch.tensor([[1, 5, 9]])
+    torch.testing.assert_close(reloaded(ids).logits, model.eval()(ids).logits)
+    assert reloaded.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 6)

@@ -257,6 +257,28 @@ def test_llama_tied_head_trains_in_stage1(workdir):
             assert torch.equal(before[k], v), k
 
 
+def _assert_tied_checkpoint(folder: Path) -> None:
+    """One matrix on disk, and it reloads tied."""
+    from tokalign_core.init_model import is_tied, load_model
+
+    assert "lm_head.weight" not in _weights(folder)
+    reloaded = load_model(str(folder))
+    assert is_tied(reloaded) and reloaded.config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_tied_llama_stays_tied_through_both_stages_and_distillation(workdir, engine,
+                                                                     no_jit_builds):
+    adapted = run_training(_cfg(workdir, f"tied-{engine}", model="llama", engine=engine,
+                                total_steps=2, stage_split=0.5, save_final=True))
+    _assert_tied_checkpoint(adapted.final_model)
+    distilled = run_training(_cfg(
+        workdir, f"tied-dist-{engine}", model="llama", engine=engine, mode="distill",
+        total_steps=1, stage_split=0.0, save_final=True,
+        distill=DistillConfig(teacher=str(workdir / "neox"), chunk_size=8)))
+    _assert_tied_checkpoint(distilled.final_model)
+
+
 def test_token_distillation_with_itself_has_zero_kl(workdir):
     cfg = _cfg(workdir, "dist", engine="torch", mode="distill", total_steps=1, stage_split=0.0,
                distill=DistillConfig(teacher=str(workdir / "neox"), chunk_size=5))

@@ -52,24 +52,57 @@ def test_prefect_yaml_has_a_deployment_per_flow_with_importable_entrypoints():
         module = path.removesuffix(".py").replace("/", ".")
         assert hasattr(importlib.import_module(module), attr), d["entrypoint"]
     assert {d["work_pool"]["name"] for d in deps.values()} == {"cpu", "gpu"}
-    for name in ("align", "pipeline"):
-        trig = deps[name]["triggers"][0]
-        assert trig["expect"] == ["tokalign.tokenizer.landed"]
-        assert trig["parameters"] == {"target_tokenizer": "{{ event.payload.spec }}"}
+    trig = deps["pipeline"]["triggers"][0]
+    assert trig["expect"] == ["tokalign.tokenizer.landed"]
+    assert trig["parameters"] == {"target_tokenizer": "{{ event.payload.spec }}"}
+    assert "triggers" not in deps["align"], "one run per landed tokenizer by default"
     assert deps["pipeline"]["schedules"][0]["cron"]
+    for name in ("align", "pipeline", "adapt", "distill", "evaluate"):
+        assert deps[name]["entrypoint"].startswith("flows/forms.py:"), name
+        assert deps[name]["parameters"]["advanced"]["run_dir"] == "runs/deployed", name
 
 
 def test_served_deployments_carry_trigger_and_schedule(tmp_path):
     from deployments.serve import build_deployments
 
     deps = {d.name: d for d in build_deployments(None, str(tmp_path), str(tmp_path))}
-    assert {"align", "pipeline", "adapt", "distill", "evaluate", "demo",
+    assert {"align", "pipeline", "adapt", "distill", "evaluate", "demo", "demo-quick",
             "watch-tokenizers"} == set(deps)
-    trig = deps["align"].triggers[0]
+    trig = deps["pipeline"].triggers[0]
     assert trig.expect == {"tokalign.tokenizer.landed"}
     assert trig.parameters == {"target_tokenizer": "{{ event.payload.spec }}"}
+    assert not deps["align"].triggers, "one run per landed tokenizer by default"
     assert deps["pipeline"].schedules and deps["watch-tokenizers"].schedules
-    assert deps["align"].parameters["ws"]["run_dir"] == str(tmp_path.resolve())
+    # --run-dir reaches every flow (one MLflow store per run folder).
+    for name in ("align", "pipeline", "adapt", "distill", "evaluate"):
+        assert deps[name].parameters["advanced"]["run_dir"] == str(tmp_path.resolve()), name
+    for name in ("demo", "demo-quick"):
+        assert deps[name].parameters["ws"]["run_dir"] == str(tmp_path.resolve()), name
+    assert deps["demo-quick"].parameters["cfg"]["student_layers"] == 1  # the quick demo
+    again = {d.name: d for d in build_deployments(None, str(tmp_path), None,
+                                                  align_on_event=True)}
+    assert again["align"].triggers and "watch-tokenizers" not in again
+
+
+def test_served_forms_are_short_and_hide_internals(tmp_path):
+    import json
+
+    from deployments.serve import build_deployments
+
+    deps = {d.name: d for d in build_deployments(None, str(tmp_path), None)}
+    top = {name: list(deps[name]._parameter_openapi_schema.properties)
+           for name in ("pipeline", "align", "adapt", "distill", "evaluate")}
+    assert top["pipeline"] == ["preset", "source_model", "target_tokenizer", "corpus", "steps",
+                               "advanced"]
+    assert top["align"] == ["preset", "source_model", "target_tokenizer", "corpus",
+                            "advanced"]
+    for name, schema in ((n, deps[n]._parameter_openapi_schema) for n in top):
+        text = json.dumps(schema.model_dump())
+        for internal in ("parent_run_id", "stage_label", "sha256", "tracking_uri"):
+            assert internal not in text, (name, internal)
+        # Only the optional `advanced` section holds the full pipeline settings.
+        required = set(schema.required or ())
+        assert "advanced" not in required and "preset" not in required, name
 
 
 def test_with_target_overrides_only_the_target():
@@ -153,12 +186,13 @@ def test_demo_and_register_help_explain_options():
     assert reg.returncode == 0 and "PATH_OR_HUB_ID" in reg.stdout
 
 
-def test_demo_retarget_moves_pipeline_and_teacher_together():
+def test_demo_retarget_moves_the_target_only_and_the_full_demo_uses_the_real_model():
     from flows.demo import DemoConfig, retarget
 
     cfg = retarget(DemoConfig.make(quick=True), "/tok/llama3")
     assert cfg.pipeline.target_tokenizer == "/tok/llama3"
-    assert cfg.teacher.tokenizer == "/tok/llama3"
     assert cfg.source.tokenizer == DemoConfig.make(quick=True).source.tokenizer
     full = DemoConfig.make()
+    assert full.source is None and full.source_model == "builtin:smollm2-135m"
+    assert full.pipeline.source_model == "builtin:smollm2-135m"
     assert full.pipeline.adapt.total_steps > cfg.pipeline.adapt.total_steps

@@ -93,7 +93,7 @@ def test_landed_event_starts_a_completed_align_run(prefect_server, tmp_path, tex
     env = dict(env, PREFECT_API_URL=api, OMP_NUM_THREADS="1")
     serve = start([sys.executable, "-m", "deployments.serve", "--config",
                    str(tmp_path / "pipeline.json"), "--run-dir", str(tmp_path / "run"),
-                   "--limit", "2"], env, tmp_path / "serve.log")
+                   "--limit", "2", "--align-on-event"], env, tmp_path / "serve.log")
     try:
         _wait_for_deployments(api, env, serve)
         target = Path(cfg.target_tokenizer)

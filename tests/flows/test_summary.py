@@ -34,12 +34,14 @@ def test_slug_is_mlflow_safe():
 
 def test_summary_metrics_flatten_every_table_and_drop_nan():
     m = summary_metrics(TABLES)
-    assert m["bpb.aligned_init"] == 3.9 and m["norm_ppl.mean_init"] == 579.6
-    assert m["bpb.mean_init.zh"] == 4.0 and "bpb.aligned_init.zh" not in m
-    assert m["length_change.ru"] == -0.80
-    assert math.isclose(m["length_change.mean"], (-0.10 - 0.80 + 0.30) / 3)
-    assert m["alignment.counts.aligned"] == 20710.0
+    assert m["bpb/aligned_init"] == 3.9 and m["norm_ppl/mean_init"] == 579.6
+    assert m["bpb_zh/mean_init"] == 4.0 and "bpb_zh/aligned_init" not in m
+    assert m["length_change/ru"] == -0.80
+    assert math.isclose(m["length_change/mean"], (-0.10 - 0.80 + 0.30) / 3)
+    assert m["alignment/counts_aligned"] == 20710.0
     assert all(isinstance(v, float) for v in m.values())
+    # One separator: MLflow groups charts by the part before the only "/".
+    assert all(k.count("/") == 1 and "." not in k for k in m), sorted(m)
 
 
 def test_alignment_rows_brief_drops_bleu_internals_only():
@@ -87,8 +89,9 @@ def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monk
                          "pipeline-alignment", "pipeline-summary"]
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(pws.parent_run_id)
-    assert run.data.metrics["bpb.mean_init"] == 3.5
-    assert run.data.metrics["length_change.en"] == -0.10
+    assert run.data.metrics["bpb/mean_init"] == 3.5
+    assert run.data.metrics["length_change/en"] == -0.10
+    assert run.data.tags["mlflow.note.content"] == text  # the run's description
     plots = {a.path for a in client.list_artifacts(pws.parent_run_id, "plots")}
     assert plots == {"plots/bits_per_byte.png", "plots/compression.png"}
     assert "summary.md" in {a.path for a in client.list_artifacts(pws.parent_run_id)}

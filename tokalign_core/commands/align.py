@@ -169,7 +169,7 @@ def _fresh_out(path: Path) -> Path:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from tokalign_core.align import Embeddings, build_alignment
+    from tokalign_core.align import Embeddings, build_alignment, check_embedding_tokenizers
     from tokalign_core.artifacts import write_manifest
     from tokalign_core.cli import UserError
     from tokalign_core.vocab import build_vocab, shared_tokens, split_shared
@@ -180,6 +180,7 @@ def run_align(args: argparse.Namespace) -> int:
     out = Path(args.out)
     source, target = Embeddings.load(args.source_emb), Embeddings.load(args.target_emb)
     s_tok, t_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(args.target_tokenizer)
+    digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
     s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
     shared = shared_tokens(s_vocab, t_vocab)
     seed_pairs, heldout = split_shared(shared, args.holdout, cfg.seed)
@@ -194,7 +195,8 @@ def run_align(args: argparse.Namespace) -> int:
         "source_tokenizer": args.source_tokenizer, "target_tokenizer": args.target_tokenizer,
         "source_emb": str(Path(args.source_emb).resolve()),
         "target_emb": str(Path(args.target_emb).resolve()),
-        "n_shared": len(shared), "n_heldout": len(heldout), "holdout": args.holdout})
+        "n_shared": len(shared), "n_heldout": len(heldout), "holdout": args.holdout,
+        **digests})
     tmp = _fresh_out(out)
     try:
         result.save(tmp)

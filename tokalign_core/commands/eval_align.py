@@ -98,12 +98,8 @@ def build_config(args: argparse.Namespace) -> EvalAlignConfig:
 
 def _load_tokenizer(spec: str) -> Any:
     """Tokenizer specs go through tokenizers_io (hub ids, files, tiktoken, builtin:)."""
-    try:
-        from tokalign_core.tokenizers_io import load_tokenizer
-    except ImportError:  # before tokenizers_io lands: plain transformers
-        from transformers import AutoTokenizer
+    from tokalign_core.tokenizers_io import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(spec)
     return load_tokenizer(spec)
 
 
@@ -119,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("pass both --source-tokens and --target-tokens (or neither)")
     src_docs = tgt_docs = None
     if args.source_tokens:
+        alignment.check_tokens(args.source_tokens, args.target_tokens)
         src_docs = am.load_heldout(args.source_tokens, config.strip_bos_eos)
         tgt_docs = am.load_heldout(args.target_tokens, config.strip_bos_eos)
     src_tok = tgt_tok = None

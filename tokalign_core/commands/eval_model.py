@@ -25,7 +25,8 @@ def _register_eval(subparsers) -> None:
             "reference tokenizer. Long documents are scored in sliding windows."
         ),
     )
-    p.add_argument("model", help="model folder or hub id (its tokenizer is loaded from it)")
+    p.add_argument("model", help="model: "
+        "hub id, folder, .gguf or builtin:smollm2-135m (its tokenizer is loaded from it)")
     p.add_argument("--texts", required=True, help="a .txt/.jsonl file or a folder of them")
     p.add_argument("--reference-tokenizer", default=None,
                    help="tokenizer spec whose token counts normalise perplexity (the source "
@@ -64,7 +65,7 @@ def _register_lm_eval(subparsers) -> None:
             " from the Hugging Face hub unless --include-path points at local task YAMLs."
         ),
     )
-    p.add_argument("model", help="model folder or hub id")
+    p.add_argument("model", help="model: hub id, folder, .gguf or builtin:smollm2-135m")
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--num-fewshot", type=int, default=None,
                    help="few-shot examples (default: each task's own)")

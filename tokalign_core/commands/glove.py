@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_ROOT = "runs/artifacts"
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT as DEFAULT_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,9 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="numba threads (default: all cores)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="numba: conflict-free block schedule, bit-reproducible for a seed and "
-                   "thread count; --no-deterministic = Hogwild like the C tool (faster, "
-                   f"not reproducible with >1 thread) (default {d.deterministic})")
+                   help="numba: conflict-free schedule on a fixed block grid, bit-reproducible "
+                   "for a seed whatever the thread count; --no-deterministic = Hogwild like "
+                   "the C tool (faster, not reproducible with >1 thread) "
+                   f"(default {d.deterministic})")
+    p.add_argument("--memory-budget-mb", type=float,
+                   help="nonzeros resident at once, MB; past it they stream from "
+                   f"<artifact root>/.spill in random buckets (default {d.memory_budget_mb})")
     p.add_argument("--batch-size", type=int,
                    help=f"torch engine: nonzeros per AdaGrad step (default {d.batch_size})")
     p.add_argument("--vectors", choices=["w+c", "w"], help=f"output (default {d.vectors})")
@@ -63,13 +67,12 @@ def config_from_args(args: argparse.Namespace):
              "x_max": args.x_max, "alpha": args.alpha, "batch_size": args.batch_size,
              "vectors": args.vectors, "device": args.device, "seed": args.seed,
              "engine": args.engine, "threads": args.threads,
-             "deterministic": args.deterministic}
+             "deterministic": args.deterministic, "memory_budget_mb": args.memory_budget_mb}
     return config_from(GloveConfig, args.config, flags, "glove")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.cli import UserError
+    from tokalign_core.cli import UserError, open_store
     from tokalign_core.glove import build_glove
     from tokalign_core.tracking import default_logger
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cooccur artifact {args.cooccur} does not exist; run `tokalign cooccur`")
     logger = default_logger(args.metrics, prefix="")
     try:
-        ref = build_glove(args.cooccur, config, ArtifactStore(args.artifact_root),
+        ref = build_glove(args.cooccur, config, open_store(args.artifact_root),
                           logger=logger, progress=not args.no_progress)
     finally:
         logger.close()

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("model", metavar="MODEL",
-                   help="source causal LM: hub id or save_pretrained folder")
+                   help="source causal LM: hub id, folder, .gguf or builtin:smollm2-135m")
     p.add_argument("source_tokenizer", metavar="SOURCE_TOK",
                    help="the model's own tokenizer (hub id, folder, tokenizer.json, "
                    "*.tiktoken, builtin:qwen2)")
@@ -61,21 +61,23 @@ def _counts(folder: str | None) -> np.ndarray | None:
 
 def _load_model(spec: str, trust_remote_code: bool) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
 
     from tokalign_core.cli import UserError
+    from tokalign_core.init_model import check_model_source
+    from tokalign_core.models import ModelSpecError, load_causal_lm
 
+    check_model_source(spec)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            spec, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+        return load_causal_lm(spec, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ModelSpecError) as exc:
         raise UserError(f"cannot load causal LM {spec!r}: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
+    from tokalign_core.cli import open_store
     from tokalign_core.commands.eval_align import _load_tokenizer
     from tokalign_core.hidden_states import extract_hidden_states, write_embeddings
+    from tokalign_core.inputs import digest_of
 
     if args.batch_size < 1 or args.max_length < 1:
         raise ValueError("--batch-size and --max-length must be >= 1")
@@ -87,14 +89,16 @@ def run(args: argparse.Namespace) -> int:
     source, target = extract_hidden_states(
         model, src_tok, tgt_tok, batch_size=args.batch_size, device=args.device,
         add_bos=add_bos, max_length=args.max_length, progress=not args.no_progress)
-    store = ArtifactStore(args.out)
+    store = open_store(args.out)
     info = {"model": args.model, "source_tokenizer": args.source_tokenizer,
             "target_tokenizer": args.target_tokenizer}
     refs = {
         "source": write_embeddings(store, source.ordered(src_counts),
-                                   {**info, "tokenizer": args.source_tokenizer}),
+                                   {**info, "tokenizer": args.source_tokenizer,
+                                    "tokenizer_digest": digest_of(src_tok)}),
         "target": write_embeddings(store, target.ordered(tgt_counts),
-                                   {**info, "tokenizer": args.target_tokenizer}),
+                                   {**info, "tokenizer": args.target_tokenizer,
+                                    "tokenizer_digest": digest_of(tgt_tok)}),
     }
     print(json.dumps({k: r.model_dump() for k, r in refs.items()}, indent=2))
     return 0

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
             " + tokenizer + README.md model card to --out."
         ),
     )
-    p.add_argument("--model", required=True, help="source causal LM: hub id or local folder")
+    p.add_argument("--model", required=True, help="source causal LM: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     p.add_argument("--target-tokenizer", required=True,
                    help="target tokenizer spec: hub id, folder, tokenizer.json or builtin:qwen2")
     p.add_argument("--source-tokenizer", default=None,
@@ -65,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from tokalign_core.alignment import Alignment
     from tokalign_core.cli import UserError
     from tokalign_core.init_model import initialize, load_model, load_tokenizer, save_initialized
+    from tokalign_core.inputs import check_out_dir
     from tokalign_core.model_card import CardInfo, hash_input
 
     cfg = build_config(args)
     out_dir = Path(args.out)
+    check_out_dir(out_dir, [args.model, args.target_tokenizer, args.source_tokenizer,
+                            args.alignment])
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     if cfg.method == "aligned" and not args.alignment:

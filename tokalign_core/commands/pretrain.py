@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT
+
 
 def register(subparsers) -> None:
     from tokalign_core.pretrain import DEFAULT_CORPUS, PRESETS
@@ -26,7 +28,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                    help="model/data size preset")
-    p.add_argument("--artifacts", default=".cache/artifacts",
+    p.add_argument("--artifact-root", "--artifacts", dest="artifacts",
+                   default=DEFAULT_ARTIFACT_ROOT,
                    help="artifact store root (the model goes to <root>/model/<digest>)")
     p.add_argument("--corpus", default=str(DEFAULT_CORPUS),
                    help="benchmark corpus folder with <lang>.<domain>.jsonl files; when it "
@@ -50,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.cli import UserError
+    from tokalign_core.cli import UserError, open_store
     from tokalign_core.pretrain import (
         DEFAULT_CORPUS,
         PretrainConfig,
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.corpus != str(DEFAULT_CORPUS) and not Path(args.corpus).is_dir():
         raise UserError(f"--corpus {args.corpus} is not a folder; build it with "
                         "`python benchmarks/make_corpus.py` or leave --corpus out")
+    open_store(args.artifacts)  # refuses a root that is a file before the long load
     texts = load_training_texts(config, args.corpus, args.eval_dir)
     logger = default_logger(args.log, prefix="pretrain/")
     try:

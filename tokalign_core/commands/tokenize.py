@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DEFAULT_ROOT = "runs/default/artifacts"
+from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT as DEFAULT_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,8 +75,7 @@ def tokenize_config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.cli import UserError
+    from tokalign_core.cli import UserError, open_store
     from tokalign_core.corpus import ref_from_dir
     from tokalign_core.executor import make_executor
     from tokalign_core.tokenize import tokenize_corpus
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = ref_from_dir(args.corpus, "corpus")
     executor = make_executor(args.workers, args.dask_address, progress=not args.no_progress)
     try:
-        ref = tokenize_corpus(corpus, cfg, ArtifactStore(args.artifact_root), executor)
+        ref = tokenize_corpus(corpus, cfg, open_store(args.artifact_root), executor)
     finally:
         executor.close()
     print(ref.path)

@@ -146,8 +146,41 @@ def launch_command(args: argparse.Namespace, run_json: Path) -> list[str]:
     return [*cmd, "--module", "tokalign_core.train", *tail]
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Check the inputs before launching a (possibly multi-node) job: the output folder
+    holds no input, the model folders are complete, the tokens artifact exists and was
+    tokenized with the model's tokenizer. Raises UserError / ValueError in one line."""
+    from tokalign_core.data import _read_meta
+    from tokalign_core.init_model import check_model_source
+    from tokalign_core.inputs import check_out_dir
+    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.train import check_tokens_tokenizer
+
+    teacher = cfg.distill.teacher if cfg.distill else None
+    check_out_dir(cfg.out_dir, [cfg.model, cfg.tokens, cfg.tokenizer, teacher])
+    for spec in (cfg.model, teacher):
+        if spec:
+            check_model_source(spec)
+    tokens = Path(cfg.tokens)
+    if not tokens.is_dir():
+        raise UserError(f"--tokens {tokens} does not exist; give the folder printed by "
+                        "`tokalign tokenize`")
+    meta = _read_meta(tokens)
+    name = cfg.tokenizer or cfg.model
+    if meta.get("tokenizer_digest"):
+        tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code)
+        check_tokens_tokenizer(meta, tok, tokens, name)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    from tokalign_core.train import latest_checkpoint
+
+    return (out / "checkpoints").is_dir() and latest_checkpoint(out / "checkpoints") is not None
+
+
 def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
     out = Path(cfg.out_dir)
+    preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     run_json = out / "run.json"
     cfg.save(run_json)
@@ -163,8 +196,12 @@ def _run(args: argparse.Namespace, cfg: TrainConfig) -> int:
             env.pop(key, None)
     rc = subprocess.run(cmd, env=env).returncode  # inherits stdout/stderr: streams live
     if rc != 0:
-        raise UserError(f"training exited with code {rc}; rerun the same command to resume "
-                        f"from {out / 'checkpoints'}")
+        if _has_checkpoint(out):
+            raise UserError(f"training exited with code {rc}; rerun the same command to "
+                            f"resume from {out / 'checkpoints'}")
+        raise UserError(f"training exited with code {rc} before its first checkpoint (the "
+                        "cause is printed above); fix it and run again: there is nothing "
+                        "to resume")
     return 0
 
 
@@ -192,7 +229,8 @@ def register(subparsers: Any) -> None:
         "parameter (TokAlign section 7), on the target-tokenized corpus. Writes OUT/run.json "
         "and runs python -m tokalign_core.train; rerun to resume after a crash.")
     a.add_argument("--model", required=True,
-                   help="initialised model folder (tokalign init) or hub id")
+                   help="initialised model folder (tokalign init) or any model: "
+                       "hub id, folder, .gguf or builtin:smollm2-135m")
     a.add_argument("--split", type=float, default=_d("stage_split"),
                    help=f"share of steps in stage 1 (default {_d('stage_split')})")
     a.add_argument("--lr1", type=float, default=6.4e-4,
@@ -208,9 +246,11 @@ def register(subparsers: Any) -> None:
         description="Token level: loss = CE + lambda * T^2 * KL(teacher^T || student^T), "
         "chunked over the sequence. Sentence level: the teacher continues prompts taken "
         "from the corpus and the student fine-tunes on the continuations (CE).")
-    d.add_argument("--student", required=True, help="student model folder or hub id")
+    d.add_argument("--student", required=True, help="student model: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     d.add_argument("--teacher", required=True,
-                   help="teacher model folder or hub id (same tokenizer as the student)")
+                   help="teacher model: hub id, folder, .gguf or builtin:smollm2-135m "
+                        "(same tokenizer as the student)")
     d.add_argument("--level", choices=["token", "sentence"], default="token",
                    help="token-level KL or the sentence-level baseline (default token)")
     d.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")

@@ -54,6 +54,10 @@ class CooccurConfig(FrozenConfig):
     bound, the C tool's scheme); the rest go through the sparse pair buffer.
     ``buffer_pairs``: sparse pairs buffered before they are sorted and summed (memory bound).
     ``value_dtype``: dtype of the saved CSR values (sums are exact before this cast).
+    ``memory_budget_mb``: memory for the counts of one shard and for the final merge: past
+    it the sorted runs are spilled to disk and merged streaming (same result, exactly).
+    The default, 2 GB, is half the Stanford tool's demo setting (``-memory 4.0``) and counts
+    ~10M tokens of real text without spilling; 1B tokens then spill in ~20-40 runs.
     """
 
     window: int = Field(15, ge=1, le=64)
@@ -63,6 +67,7 @@ class CooccurConfig(FrozenConfig):
     dense_table_mb: float = Field(128.0, ge=0.0)
     buffer_pairs: int = Field(4_000_000, ge=64)
     value_dtype: Literal["float32", "float64"] = "float64"
+    memory_budget_mb: float = Field(2048.0, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _exact_sums_fit(self) -> CooccurConfig:
@@ -77,5 +82,13 @@ class CooccurConfig(FrozenConfig):
             raise ValueError(
                 f"buffer_pairs {self.buffer_pairs} must hold at least 4 windows "
                 f"({4 * self.window} pairs for window {self.window})"
+            )
+        fixed = 3 * self.dense_table_mb + self.buffer_pairs * 8 / 2**20
+        if self.memory_budget_mb <= fixed:
+            raise ValueError(
+                f"memory_budget_mb {self.memory_budget_mb} leaves no room for the sorted runs "
+                f"after the dense table (3 x dense_table_mb {self.dense_table_mb}) and the pair "
+                f"buffer ({self.buffer_pairs} pairs); raise it above {fixed:.1f} "
+                "or lower dense_table_mb / buffer_pairs"
             )
         return self

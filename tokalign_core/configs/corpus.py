@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.config import FrozenConfig, absolute_local_path
 
 SourceFormat = Literal["auto", "jsonl", "parquet", "text", "dataset"]
 TextUnit = Literal["line", "paragraph", "file"]
@@ -52,7 +52,7 @@ class SourceSpec(FrozenConfig):
     def _path_not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("source path is empty; give a file, folder, glob or hf:<name>")
-        return v
+        return absolute_local_path(v)
 
 
 class CorpusConfig(FrozenConfig):

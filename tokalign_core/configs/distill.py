@@ -19,7 +19,8 @@ class DistillConfig(FrozenConfig):
     """Teacher and loss settings of ``mode: distill`` and ``mode: sentence-distill``."""
 
     teacher: str = Field(
-        ..., description="teacher causal LM: a local save_pretrained folder or a hub id; it "
+        ..., description="teacher causal LM: a save_pretrained folder, hub id, .gguf or "
+        "builtin:smollm2-135m; it "
         "must use the student's tokenizer (same vocabulary)"
     )
     kl_weight: float = Field(1.0, ge=0, description="lambda: weight of the KL term")

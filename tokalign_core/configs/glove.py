@@ -21,11 +21,19 @@ class GloveConfig(FrozenConfig):
     ``engine``: "numba" (the C tool's per-nonzero AdaGrad, CPU, Hogwild threads), "torch"
     (mini-batch AdaGrad, CPU or CUDA) or "auto" (numba on CPU, torch on CUDA).
     ``threads``: numba threads (None: numba's default, all cores); ignored by torch.
-    ``deterministic``: numba only; with >1 thread, schedule the nonzeros in conflict-free
-    blocks (no two threads touch the same row) so the result is bit-reproducible for a seed
-    and thread count; on by default so that equal inputs give byte-identical vectors and
+    ``deterministic``: numba only; schedule the nonzeros on a fixed grid of ``blocks`` x
+    ``blocks`` conflict-free blocks (rows and columns by index mod ``blocks``; the blocks
+    trained at once share no row), so the result is bit-reproducible for a seed whatever
+    the thread count; on by default so that equal inputs give byte-identical vectors and
     alignments (cached reruns and audits depend on it). Off: Hogwild (lock-free races, as
     the C tool; somewhat faster), reproducible only with 1 thread.
+    ``blocks``: the grid size; part of the schedule, so changing it changes the result (at
+    least the number of threads, for load balance; 8 serves up to 8 cores).
+    ``memory_budget_mb``: nonzeros resident at once (16 bytes each in float32, plus ~26
+    bytes of shuffling work): past it they are split into random buckets streamed from disk
+    at every pass, as the C tool streams its shuffled file. Memory is then the parameters
+    (4 x n x (dim+1) x dtype) plus this budget, whatever the corpus. The budget sets the
+    number of buckets, so it is part of the schedule too.
     ``batch_size``: torch only, nonzeros per mini-batch step (1 = the C tool's
     sequential algorithm). ``grad_clip``: clip each gradient component to
     [-grad_clip, grad_clip] (the C tool's 100). ``vectors``: "w+c" (model 2) or "w".
@@ -41,6 +49,8 @@ class GloveConfig(FrozenConfig):
     engine: Literal["auto", "numba", "torch"] = "auto"
     threads: int | None = Field(None, ge=1, le=1024)
     deterministic: bool = True
+    blocks: int = Field(8, ge=1, le=256)
+    memory_budget_mb: float = Field(256.0, gt=0, allow_inf_nan=False)
     batch_size: int = Field(8192, ge=1)
     grad_clip: float = Field(100.0, gt=0)
     vectors: Literal["w+c", "w"] = "w+c"

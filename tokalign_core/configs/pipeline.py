@@ -37,6 +37,14 @@ PRESETS = ("tiny", "tokalign", "tokalign++", "paper-scale")
 BASELINES = ("random", "random-permutation", "mean", "multivariate", "fvt")
 
 
+def short_name(spec: str) -> str:
+    """A readable name of a model/tokenizer spec: ``HuggingFaceTB/SmolLM2-135M ->
+    SmolLM2-135M``, ``builtin:qwen2 -> qwen2``, ``/x/runs/model/ab12/model -> model``."""
+    text = str(spec).rstrip("/").split(":", 1)[-1] if str(spec).startswith("builtin:") \
+        else str(spec).rstrip("/")
+    return text.rsplit("/", 1)[-1] or str(spec)
+
+
 def _known(cls: type[FrozenConfig], **fields: Any) -> Any:
     """``cls(**fields)`` keeping only the fields ``cls`` has (quiet/progress switches differ
     between stage configs)."""
@@ -62,7 +70,8 @@ class PipelineConfig(FrozenConfig):
     held-out split).
     """
 
-    source_model: str = Field("EleutherAI/pythia-1b", description="model to adapt")
+    source_model: str = Field("EleutherAI/pythia-1b", description="model to adapt: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     source_tokenizer: str | None = Field(None, description="default: the source model's")
     target_tokenizer: str = Field("builtin:qwen2", description="the new vocabulary")
     corpus: CorpusConfig = Field(
@@ -125,6 +134,58 @@ class PipelineConfig(FrozenConfig):
         data.update(model=model, tokens=tokens, out_dir=out_dir,
                     tokenizer=self.target_tokenizer if base.tokenizer is None else base.tokenizer)
         return TrainConfig.model_validate(data)
+
+    # ------------------------------------------------------------------ for people
+    @property
+    def method_name(self) -> str:
+        """``tokalign++`` (VecMap + CSLS), ``tokalign`` (relative representations) or the
+        alignment method's own name."""
+        return {"vecmap": "tokalign++", "relative": "tokalign"}.get(self.align.method,
+                                                                   self.align.method)
+
+    def title(self) -> str:
+        """What a run does, for run names: ``SmolLM2-135M -> qwen2 (tokalign++)``."""
+        return (f"{short_name(self.source_model)} -> {short_name(self.target_tokenizer)} "
+                f"({self.method_name})")
+
+    def key_params(self) -> dict[str, str]:
+        """The few tens of settings a person compares runs by (MLflow params of a parent
+        run); the full config goes next to them as ``config.json``. Placeholders filled in
+        at run time are left out."""
+        c = self.corpus
+        out: dict[str, Any] = {
+            "source_model": self.source_model,
+            "source_tokenizer": self.source_tokenizer_spec,
+            "target_tokenizer": self.target_tokenizer, "method": self.method_name,
+            "representation": self.representation,
+            "corpus.sources": ", ".join(f"{s.path} x{s.ratio:g}" for s in c.sources),
+            "corpus.token_budget": c.token_budget, "corpus.byte_budget": c.byte_budget,
+            "corpus.n_shards": c.n_shards, "corpus.heldout_fraction": c.heldout_fraction,
+            "cooccur.window": getattr(self.cooccur, "window", None),
+            "cooccur.min_count": getattr(self.cooccur, "min_count", None),
+            "glove.dim": self.glove.dim, "glove.iterations": self.glove.iterations,
+            "align.method": self.align.method, "align.csls_k": self.align.csls_k,
+            "align.vecmap.init": getattr(self.align.vecmap, "init", None),
+            "init.pad_to_multiple_of": self.init.pad_to_multiple_of,
+            "baselines": ", ".join(self.baselines) or "none",
+            "eval.score_groups": ", ".join(self.evaluate.score_groups or ()) or "all",
+        }
+        for name in ("adapt", "distill"):
+            train = getattr(self, name)
+            out[f"{name}"] = "off" if train is None else "on"
+            if train is None:
+                continue
+            for key in ("total_steps", "seq_len", "tokens_per_step", "engine", "precision"):
+                out[f"{name}.{key}"] = getattr(train, key, None)
+            stages = getattr(train, "stages", None) or ()
+            for i, stage in enumerate(stages, 1):
+                out[f"{name}.stage{i}.lr"] = getattr(stage, "lr", None)
+            if name == "distill" and train.distill is not None:
+                out["distill.teacher"] = train.distill.teacher
+                out["distill.kl_weight"] = getattr(train.distill, "kl_weight", None)
+                out["distill.temperature"] = getattr(train.distill, "temperature", None)
+        return {k: str(v) for k, v in out.items()
+                if v is not None and v != SET_BY_PIPELINE}
 
     # ------------------------------------------------------------------ presets
     @classmethod

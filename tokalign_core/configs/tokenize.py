@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.config import FrozenConfig, absolute_local_path
 
 
 class TokenizeConfig(FrozenConfig):
@@ -35,4 +35,4 @@ class TokenizeConfig(FrozenConfig):
                 "tokenizer spec is empty; give a hub id, a folder, a tokenizer.json, "
                 "a *.tiktoken file or builtin:qwen2"
             )
-        return v.strip()
+        return absolute_local_path(v.strip())

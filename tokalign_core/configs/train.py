@@ -41,7 +41,8 @@ class TrainConfig(FrozenConfig):
     """Everything ``python -m tokalign_core.train --config run.json`` needs."""
 
     mode: Mode = Field("adapt", description="adapt | distill | sentence-distill")
-    model: str = Field(..., description="model to train: save_pretrained folder or hub id")
+    model: str = Field(..., description="model to train: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
     tokenizer: str | None = Field(
         None, description="tokenizer folder/hub id; None = the model's own folder"
     )

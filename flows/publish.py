@@ -1,0 +1,157 @@
+"""The produced models under readable names, with the cards a hub page shows, and in
+MLflow as models (issue 17, items 4-5).
+
+Every model the pipeline made (each initialisation, the adapted and the distilled model)
+gets ``<run_dir>/models/<name>`` (``aligned-init``, ``aligned-adapted``, ``distilled``, ...):
+a Hugging Face folder whose files link into the content-addressed artifact store and whose
+README.md is a full model card (method, source model, target tokenizer, alignment digest,
+evaluation, Hugging Face metadata with a ``model-index``). Each is logged as an MLflow model
+of the parent run; the final one is registered in the model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tasks import stages
+from tasks.caching import Workspace
+from tasks.lineage import Lineage
+from tokalign_core.artifacts import ArtifactRef
+from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig, short_name
+from tokalign_core.model_card import CardInfo, method_label, publish_folder, render
+
+# The model a run is for, best first: the registered one.
+FINAL_ORDER = ("student (distilled)", "distilled", "aligned (adapted)", "aligned (init)")
+
+
+def folder_name(label: str) -> str:
+    """``"aligned (init)" -> "aligned-init"``: lowercase letters, digits and dashes."""
+    return re.sub(r"[^0-9a-z]+", "-", label.lower()).strip("-") or "model"
+
+
+def registered_name(cfg: PipelineConfig) -> str:
+    """The model registry name of a run's final model: ``SmolLM2-135M-qwen2-tokalign``."""
+    raw = f"{short_name(cfg.source_model)}-{short_name(cfg.target_tokenizer)}-tokalign"
+    return re.sub(r"[^0-9A-Za-z._-]+", "-", raw)
+
+
+def final_label(models: dict[str, Any]) -> str | None:
+    return next((label for label in FINAL_ORDER if label in models), None)
+
+
+def _training(cfg: PipelineConfig, label: str) -> str:
+    parts = []
+    if label in ("aligned (adapted)", "distilled", "student (init)", "student (distilled)") \
+            and cfg.adapt is not None:
+        parts.append(f"two-stage adaptation ({cfg.adapt.total_steps} steps: embeddings and "
+                     "LM head, then every parameter)")
+    if label == "student (init)":
+        parts.append("a shallower copy of the adapted model (fewer decoder layers)")
+    if label in ("distilled", "student (distilled)") and cfg.distill is not None:
+        teacher = cfg.distill.distill.teacher if cfg.distill.distill is not None else ""
+        source = "the adapted model" if label.startswith("student") or teacher in (
+            "", SET_BY_PIPELINE) else short_name(teacher)
+        parts.append(f"token-level distillation ({cfg.distill.total_steps} steps) from "
+                     f"{source}")
+    return ", then ".join(parts)
+
+
+def _hub_id(spec: str) -> str:
+    """``spec`` when it looks like a hub id (``org/name``, not on disk), else ''."""
+    looks = re.fullmatch(r"[\w.-]+/[\w.-]+", spec or "") is not None
+    return spec if looks and not Path(spec).exists() else ""
+
+
+def _license(source_model: str) -> str:
+    """The source model's licence from its card's front matter, when it has one here."""
+    card = Path(source_model) / "README.md"
+    if card.is_file():
+        found = re.search(r"^license:\s*(\S+)", card.read_text(errors="replace"), re.M)
+        if found:
+            return found.group(1).strip("'\"")
+    return "other"
+
+
+def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
+             evaluation: dict[str, Any], align_metrics: dict[str, Any]) -> CardInfo:
+    """The card of the model ``label`` (``"<method> (init)"``, ``"aligned (adapted)"``,
+    ``"distilled"``)."""
+    init_method = label.removesuffix(" (init)") if label.endswith(" (init)") \
+        and not label.startswith("student") else "aligned"
+    meta: dict[str, Any] = {}
+    if alignment is not None and (Path(alignment.path) / "meta.json").is_file():
+        meta = json.loads((Path(alignment.path) / "meta.json").read_text())
+    aligned = init_method == "aligned"
+    return CardInfo(
+        name=f"{short_name(cfg.source_model)} -> {short_name(cfg.target_tokenizer)}: {label}",
+        method=method_label(init_method, cfg.align.method),
+        source_model=cfg.source_model, target_tokenizer=cfg.target_tokenizer,
+        alignment=f"sha256:{alignment.sha256}" if alignment is not None and aligned else "",
+        counts=meta.get("counts", {}) if aligned else {},
+        alignment_metrics=align_metrics if aligned else {},
+        eval_results=evaluation.get(label, {}),
+        config_digest=cfg.digest(), base_model=_hub_id(cfg.source_model),
+        license=_license(cfg.source_model),
+        datasets=[s.path.removeprefix("hf:") for s in cfg.corpus.sources
+                  if s.path.startswith("hf:")],
+        tags=[init_method] if not aligned else [], training=_training(cfg, label))
+
+
+def lineage_tags(cfg: PipelineConfig, alignment: ArtifactRef | None,
+                 teacher: Any = None) -> dict[str, str]:
+    """The parent run's tags to follow a model back: the source model and the alignment
+    under one hash each, and the teacher."""
+    from tokalign_core.hashing import sha256_tree
+
+    src = Path(cfg.source_model)
+    tags = {"tokalign.source_model": cfg.source_model,
+            "tokalign.source_model.sha256": sha256_tree(src) if src.exists()
+            else f"hub:{cfg.source_model}",
+            "tokalign.target_tokenizer": cfg.target_tokenizer,
+            "tokalign.method": cfg.method_name}
+    if alignment is not None:
+        tags["tokalign.alignment.sha256"] = alignment.sha256
+    if teacher is not None:
+        tags["tokalign.teacher"] = str(stages.model_dir(teacher)) \
+            if isinstance(teacher, ArtifactRef) else str(teacher)
+        if isinstance(teacher, ArtifactRef):
+            tags["tokalign.teacher.sha256"] = teacher.sha256
+    return tags
+
+
+def publish_models(ws: Workspace, cfg: PipelineConfig, models: dict[str, Any],
+                   evaluation: dict[str, Any], alignment: ArtifactRef | None = None,
+                   align_metrics: dict[str, Any] | None = None,
+                   teacher: Any = None) -> dict[str, Path]:
+    """``<run_dir>/models/<name>`` for every model artifact in ``models`` (label -> ref),
+    each logged as an MLflow model of ``ws.parent_run_id``; the final one registered; the
+    parent run tagged with :func:`lineage_tags`. Returns label -> folder."""
+    lineage = Lineage(ws)
+    lineage.set_tags(ws.parent_run_id, lineage_tags(cfg, alignment, teacher))
+    paths: dict[str, Path] = {}
+    ids: dict[str, str | None] = {}
+    for label, ref in models.items():
+        if not isinstance(ref, ArtifactRef):
+            continue
+        card = card_for(cfg, label, alignment, evaluation, align_metrics or {})
+        dest = ws.root / "models" / folder_name(label)
+        paths[label] = publish_folder(stages.model_dir(ref), dest, render(card))
+        ids[label] = lineage.log_model(
+            ws.parent_run_id, folder_name(label), paths[label],
+            tags={"tokalign.label": label, "tokalign.method": card.method,
+                  "output.model.sha256": ref.sha256},
+            params=_model_params(evaluation.get(label, {})))
+    final = final_label(paths)
+    if final is not None:
+        lineage.register(registered_name(cfg), ids.get(final), ws.parent_run_id,
+                         f"{cfg.title()}: {final}")
+        lineage.set_tags(ws.parent_run_id, {"tokalign.final_model": str(paths[final])})
+    return paths
+
+
+def _model_params(result: dict[str, Any]) -> dict[str, str]:
+    macro = result.get("macro", {}) if isinstance(result, dict) else {}
+    return {k: f"{v:.4g}" for k, v in macro.items() if isinstance(v, (int, float))}
