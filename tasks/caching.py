@@ -17,7 +17,8 @@ with no run id, so an unchanged rerun reuses every result across processes and d
 changing a file's bytes under the same path or the library's code recomputes.
 
 A cache record is only trusted when every artifact it references still exists and matches
-its manifest (sizes; :func:`tokalign_core.artifacts.verify` with ``full=False``). A stale
+its manifest in content (:func:`tokalign_core.artifacts.verify`, full sha256, with the
+per-process hash memo so a file is read once per process). A stale
 record (artifact deleted, truncated) is skipped by moving to a derived key
 ``sha256(key:n)``, so the stage recomputes and the new result is stored under that key.
 Records are JSON (:mod:`tasks.records`); one that is not ours, is group/world-writable or
@@ -187,13 +188,15 @@ def quarantine(ref: ArtifactRef) -> Path | None:
 
 
 def result_is_intact(value: Any) -> bool:
-    """True when every artifact a cached result references exists with the right sizes.
+    """True when every artifact a cached result references matches its manifest (sha256).
 
     A damaged artifact is quarantined (never deleted), so the recomputed stage can write
     the same content back to the same content-addressed path."""
     for ref in artifact_refs(value):
         try:
-            verify(ref, full=False)
+            # Content, not sizes: a same-size flipped byte must not be trusted forever.
+            # Files already hashed in this process are not re-read (hashing memo).
+            verify(ref, full=True, memo=True)
         except (CorruptArtifactError, OSError, ValueError) as exc:
             moved = quarantine(ref)
             log.warning("cached result is stale (%s)%s; recomputing the stage", exc,

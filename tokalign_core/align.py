@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tokalign_core.alignment import Alignment, Provenance
-from tokalign_core.artifacts import atomic_write_bytes, atomic_write_text
+from tokalign_core.artifacts import atomic_write_bytes, atomic_write_text, verify_input
 from tokalign_core.configs.align import AlignConfig
 from tokalign_core.retrieval import normalize_rows, retrieve_both
 
@@ -76,6 +76,7 @@ class Embeddings:
     def load(cls, folder: str | Path) -> Embeddings:
         """Read ``vectors.npy``, ``token_ids.npy`` and ``meta.json`` (never unpickled)."""
         folder = Path(folder)
+        verify_input(folder, "embeddings")  # sha256 of every file (manifest) first
         for name in ("vectors.npy", "token_ids.npy"):
             if not (folder / name).exists():
                 raise FileNotFoundError(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tokalign_core.artifacts import atomic_write_bytes, atomic_write_text
+from tokalign_core.artifacts import atomic_write_bytes, atomic_write_text, verify_input
 
 
 class Provenance(IntEnum):
@@ -142,6 +142,7 @@ class Alignment:
     def load(cls, folder: str | Path) -> Alignment:
         """Read an alignment folder (``alignment.npz`` never unpickled)."""
         folder = Path(folder)
+        verify_input(folder, "alignment")  # sha256 of every file (manifest) first
         path = folder / "alignment.npz"
         if not path.exists():
             raise FileNotFoundError(f"no alignment.npz in {folder}; run `tokalign align` first")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tokalign_core.config import FrozenConfig
-from tokalign_core.hashing import sha256_bytes, sha256_file
+from tokalign_core.hashing import sha256_bytes, sha256_file, sha256_file_memo
 
 MANIFEST = "MANIFEST.json"
 # Held (flock LOCK_EX) by a live writer inside its temp folder; never part of an artifact.
@@ -188,6 +188,19 @@ def _make_temp(tmp_root: Path, kind: str) -> tuple[Path, int]:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def claim_private_dir(parent: str | Path, name: str) -> tuple[Path, int]:
+    """A fresh folder ``<parent>/<name>@<host>@<pid>@...`` and the fd of the writer lock
+    held inside it (close the fd, after deleting the folder, to release it). Folders of
+    processes that died without deleting theirs are removed by :func:`sweep_abandoned`."""
+    return _make_temp(Path(parent), name)
+
+
+def sweep_abandoned(parent: str | Path) -> None:
+    """Delete the folders under ``parent`` (from :func:`claim_private_dir` or store
+    writers) whose holder died, on this host; live holders' folders are kept."""
+    _sweep_dead_writers(Path(parent), socket.gethostname())
 
 
 def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
@@ -376,12 +389,15 @@ class _Writer:
             self._lock_fd = -1
 
 
-def verify(ref: ArtifactRef, full: bool = True) -> Path:
+def verify(ref: ArtifactRef, full: bool = True, memo: bool = False) -> Path:
     """Check an artifact against its manifest; return its folder.
 
     ``full`` re-hashes every file (sha256); otherwise only presence and sizes are checked.
+    ``memo`` takes a file's hash from :func:`tokalign_core.hashing.sha256_file_memo` (read
+    once per process while the file's stat, ctime included, is unchanged).
     Raises :class:`CorruptArtifactError` naming the first bad file.
     """
+    hash_file = sha256_file_memo if memo else sha256_file
     folder = Path(ref.path)
     mpath = folder / MANIFEST
     if not mpath.exists():
@@ -398,11 +414,58 @@ def verify(ref: ArtifactRef, full: bool = True) -> Path:
                 f"{ref.kind} artifact file {f} is missing or truncated "
                 f"(expected {entry['size']} bytes); delete {folder} and rerun the stage"
             )
-        if full and sha256_file(f) != entry["sha256"]:
+        if full and hash_file(f) != entry["sha256"]:
             raise CorruptArtifactError(
                 f"{ref.kind} artifact file {f} fails its checksum; delete {folder} and rerun"
             )
     return folder
+
+
+def manifest_ref(folder: str | Path, kind: str) -> ArtifactRef | None:
+    """The ref of an artifact folder from its ``MANIFEST.json`` (None: no manifest)."""
+    folder = Path(folder).expanduser().resolve()
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except ValueError as exc:
+        raise CorruptArtifactError(f"{kind} artifact {folder}: {MANIFEST} is not valid JSON "
+                                   f"({exc}); delete the folder and rerun the stage") from exc
+    return ArtifactRef(kind=kind, sha256=_digest(manifest), path=str(folder))
+
+
+def verify_input(source: ArtifactRef | str | Path, kind: str) -> Path:
+    """Check a stage's input in full (every file's sha256 against ``MANIFEST.json``)
+    before the stage computes; return its folder.
+
+    Hashing costs far less than any stage, and a file already hashed in this process is
+    not re-read while its stat is unchanged (``memo``). A ref must match its manifest's
+    digest. A folder without a manifest (hand-made, e.g. ``data.write_tokens_artifact``)
+    is returned unchecked: its reader checks its structure. Raises
+    :class:`CorruptArtifactError` naming the bad file."""
+    folder = Path(source.path if isinstance(source, ArtifactRef) else source).expanduser()
+    found = manifest_ref(folder, kind)
+    if found is None:
+        if isinstance(source, ArtifactRef):
+            verify(source, full=False)  # raises: a committed artifact always has one
+        return folder
+    if isinstance(source, ArtifactRef) and source.sha256 != found.sha256:
+        raise CorruptArtifactError(
+            f"{kind} artifact {folder}: its manifest does not match the expected digest "
+            f"{source.sha256[:12]}; delete {folder} and rerun the stage that built it")
+    verify(found, full=True, memo=True)
+    return folder
+
+
+def write_manifest(folder: str | Path) -> str:
+    """Write ``MANIFEST.json`` (sha256 and size of every file) into a finished output
+    folder outside the store (``align --out``), so readers can verify it; return its
+    digest."""
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    return _digest(manifest)
 
 
 def new_run_id() -> str:

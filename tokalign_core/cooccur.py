@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from tokalign_core.artifacts import ArtifactRef, ArtifactStore
+from tokalign_core.artifacts import ArtifactRef, ArtifactStore, verify_input
 from tokalign_core.configs.cooccur import CooccurConfig, max_exact_tokens, window_lcm
+from tokalign_core.data import check_shard_names
 from tokalign_core.spill import spill_folder
 
 log = logging.getLogger(__name__)
@@ -661,6 +662,7 @@ def _artifact_dir(ref: ArtifactRef | str | Path, kind: str, required: Sequence[s
                 f"{kind} artifact {folder} has no {name}; is it a {kind} artifact? "
                 "Rerun the stage that writes it"
             )
+    verify_input(ref, kind)  # every file's sha256, before the stage computes
     return folder
 
 
@@ -669,6 +671,7 @@ def tokens_shards(tokens_dir: Path) -> list[Path]:
     shards = sorted(p for p in tokens_dir.glob("shard-*") if p.is_dir())
     if not shards:
         raise FileNotFoundError(f"tokens artifact {tokens_dir} has no shard-* folders")
+    check_shard_names(tokens_dir, [s.name for s in shards])
     for s in shards:
         for f in ("ids.npy", "offsets.npy"):
             if not (s / f).exists():

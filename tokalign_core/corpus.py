@@ -691,7 +691,7 @@ _COUNT_FIELDS = ("files", "docs_read", "docs_kept", "bytes_kept", "quota_shortfa
 
 def ref_from_dir(path: str | Path, kind: str) -> ArtifactRef:
     """An :class:`ArtifactRef` for an artifact folder given by path (CLI input), checked
-    against its manifest (sizes). Raises FileNotFoundError / CorruptArtifactError."""
+    against its manifest (sha256 of every file). Raises FileNotFoundError / CorruptArtifactError."""
     from tokalign_core.artifacts import MANIFEST, _digest
 
     folder = Path(path).expanduser().resolve()
@@ -703,7 +703,7 @@ def ref_from_dir(path: str | Path, kind: str) -> ArtifactRef:
         )
     digest = _digest(json.loads(manifest.read_text()))
     ref = ArtifactRef(kind=kind, sha256=digest, path=str(folder))
-    verify(ref, full=False)
+    verify(ref, full=True, memo=True)  # content, not sizes: inputs are checked in full
     _check_kind(ref, path)
     return ref
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokalign_core.artifacts import verify_input
+
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +81,7 @@ class TokenStream:
                 f"tokens artifact {self.folder} does not exist; run `tokalign tokenize` first "
                 "or pass the artifact folder it printed"
             )
+        verify_input(self.folder, "tokens")  # sha256 of every file (manifest) first
         self.meta = _read_meta(self.folder)
         self.eos_id = int(eos_id)
         self.insert_eos = not bool(self.meta.get("add_eos", False))
@@ -138,7 +141,27 @@ def _split_dirs(folder: Path, split: str) -> list[Path]:
             f"tokens artifact {folder} has no {split} shards "
             f"({'shard-00000/' if split == 'train' else 'heldout/'} ...); is it a tokens artifact?"
         )
+    if split == "train":
+        check_shard_names(folder, [d.name for d in dirs])
     return dirs
+
+
+def check_shard_names(folder: Path, names: list[str]) -> None:
+    """A tokens folder is complete only with exactly the shards its ``meta.json`` counts
+    (``shard-00000`` .. ``shard-<n_shards-1>``): a deleted shard is an error, never a
+    smaller corpus. Folders whose meta does not count shards are not checked."""
+    n = _read_meta(Path(folder)).get("n_shards")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return
+    expected = [f"shard-{k:05d}" for k in range(n)]
+    if sorted(names) != expected:
+        missing = sorted(set(expected) - set(names))
+        extra = sorted(set(names) - set(expected))
+        raise FileNotFoundError(
+            f"tokens artifact {folder} is incomplete: meta.json counts {n} shards, found "
+            f"{len(names)} (missing {missing or 'none'}, unexpected {extra or 'none'}); "
+            "rebuild it with `tokalign tokenize`"
+        )
 
 
 class PackedBlocks:

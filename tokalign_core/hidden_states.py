@@ -296,7 +296,10 @@ def load_embeddings(path: str) -> TokenVectors:
     import json
     from pathlib import Path
 
+    from tokalign_core.artifacts import verify_input
+
     folder = Path(path)
+    verify_input(folder, "embeddings")  # sha256 of every file (manifest) first
     if not (folder / "vectors.npy").exists():
         raise FileNotFoundError(f"{folder} is not an embeddings artifact (no vectors.npy)")
     meta_path = folder / "meta.json"

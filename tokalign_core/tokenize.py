@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from tokalign_core.artifacts import ArtifactRef, ArtifactStore
+from tokalign_core.artifacts import ArtifactRef, ArtifactStore, verify_input
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.corpus import heldout_file, iter_text_batches, shard_files
 from tokalign_core.executor import Executor, SerialExecutor
@@ -215,6 +215,7 @@ def tokenize_corpus(
     if corpus.kind != "corpus":
         raise ValueError(f"expected a corpus artifact, got a {corpus.kind!r} artifact "
                          f"({corpus.path})")
+    verify_input(corpus, "corpus")  # every shard's sha256 before any is tokenized
     tok = tok if tok is not None else load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     vocab_size = len(tok)
     if vocab_size > UINT32_LIMIT:

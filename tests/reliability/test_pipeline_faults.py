@@ -240,7 +240,7 @@ def alignment_bytes_digest(result: dict[str, Any]) -> str:
 # writes). Measured at load ~8 on 2 cores: co-occurrence ~3 s, GloVe ~9 s, alignment ~11 s.
 # Tokenization takes ~0.5 s, so it is killed when its writer's temp folder appears.
 KILLS = (("tokenize", 1, None, "tokens"), ("cooccur", 2, 0.5, "cooccur"),
-         ("glove", 2, 2.0, "embeddings"), ("align:", 1, 1.5, "alignment"))
+         ("glove", 2, 2.0, "embeddings"), ("align", 1, 1.5, "alignment"))
 
 
 def wait_for_tmp(proc: subprocess.Popen, run_dir: Path, kind: str, timeout: float = 900) -> None:
@@ -293,7 +293,7 @@ def test_kill9_mid_stage_then_rerun_reuses_finished_stages(prefect_api, tiny_con
     assert all(states[s] == "Cached" for s in UPSTREAM["align"]), states
     assert states["align"] == "Completed" and states["evaluate-alignment"] == "Completed"
     last = summarise(split_runs(run_dir)[-1])
-    assert n_computed(last, "align:") == 1 and last["outputs"].count("alignment") == 1
+    assert n_computed(last, "align") == 1 and last["outputs"].count("alignment") == 1
 
     # Finished artifacts were reused in place (same folders, manifests untouched).
     after = committed(run_dir)

@@ -204,3 +204,140 @@ def test_compute_lock_folder_is_owner_only(tmp_path):
     assert lock is not None
     assert (tmp_path / "fresh" / ".locks").stat().st_mode & 0o777 == 0o700
     lock.release()
+
+
+# ------------------------------------------------------------ inputs verified in full
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Same size, one byte different: only a checksum notices."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, texts, bpe_tok):
+    """A corpus (3 shards) and its tokens in a fresh store."""
+    from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
+    from tokalign_core.configs.tokenize import TokenizeConfig
+    from tokalign_core.corpus import build_corpus
+    from tokalign_core.tokenize import tokenize_corpus
+
+    root = tmp_path_factory.mktemp("chain")
+    src = root / "docs.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t}) for t in texts[:200]) + "\n")
+    store = ArtifactStore(root / "store")
+    corpus = build_corpus(CorpusConfig(sources=[SourceSpec(path=str(src))], n_shards=3), store,
+                          progress=False)
+    tokens = tokenize_corpus(corpus, TokenizeConfig(tokenizer="toy-bpe"), store, tok=bpe_tok)
+    return store, corpus, tokens
+
+
+def _damaged_copy(ref, tmp_path: Path):
+    """A copy of an artifact (same manifest, so the same ref digest) to damage."""
+    from tokalign_core.artifacts import ArtifactRef
+
+    copy = tmp_path / ref.kind / Path(ref.path).name
+    shutil.copytree(ref.path, copy)
+    return ArtifactRef(kind=ref.kind, sha256=ref.sha256, path=str(copy))
+
+
+def test_a_flipped_byte_in_a_corpus_shard_stops_tokenize(chain, tmp_path, bpe_tok):
+    from tokalign_core.configs.tokenize import TokenizeConfig
+    from tokalign_core.tokenize import tokenize_corpus
+
+    store, corpus, _ = chain
+    bad = _damaged_copy(corpus, tmp_path)
+    _flip_last_byte(Path(bad.path, "shard-00001.parquet"))
+    with pytest.raises(CorruptArtifactError, match="shard-00001.parquet fails its checksum"):
+        tokenize_corpus(bad, TokenizeConfig(tokenizer="toy-bpe"), ArtifactStore(tmp_path / "s"),
+                        tok=bpe_tok)
+    assert not (tmp_path / "s" / "tokens").exists()
+
+
+def test_a_flipped_byte_in_token_ids_stops_cooccur_and_training_reads(chain, tmp_path):
+    from tokalign_core.configs.cooccur import CooccurConfig
+    from tokalign_core.cooccur import build_cooccur
+    from tokalign_core.data import TokenStream
+
+    _, _, tokens = chain
+    bad = _damaged_copy(tokens, tmp_path)
+    _flip_last_byte(Path(bad.path, "shard-00002", "ids.npy"))
+    with pytest.raises(CorruptArtifactError, match="ids.npy fails its checksum"):
+        build_cooccur(bad, CooccurConfig(window=2), ArtifactStore(tmp_path / "s"))
+    with pytest.raises(CorruptArtifactError, match="ids.npy fails its checksum"):
+        TokenStream(bad.path, eos_id=0)
+
+
+def test_a_tokens_folder_missing_a_shard_is_not_complete(chain, tmp_path):
+    """No manifest (a hand-copied folder) and one of three shards deleted: before, it was
+    read as a smaller corpus."""
+    from tokalign_core.configs.cooccur import CooccurConfig
+    from tokalign_core.cooccur import build_cooccur
+    from tokalign_core.data import TokenStream
+
+    _, _, tokens = chain
+    folder = tmp_path / "tokens"
+    shutil.copytree(tokens.path, folder)
+    (folder / MANIFEST).unlink()
+    shutil.rmtree(folder / "shard-00001")
+    with pytest.raises(FileNotFoundError, match=r"counts 3 shards, found 2 .*shard-00001"):
+        TokenStream(folder, eos_id=0)
+    with pytest.raises(FileNotFoundError, match=r"counts 3 shards, found 2"):
+        build_cooccur(folder, CooccurConfig(window=2), ArtifactStore(tmp_path / "s"))
+
+
+def test_a_flipped_byte_in_embedding_vectors_stops_align(tmp_path):
+    from tokalign_core.align import Embeddings
+    from tokalign_core.glove import load_embeddings
+
+    store = ArtifactStore(tmp_path / "store")
+    with store.writer("embeddings") as w:
+        np.save(w.path("vectors.npy"), np.ones((20, 4), np.float32), allow_pickle=False)
+        np.save(w.path("token_ids.npy"), np.arange(20), allow_pickle=False)
+    _flip_last_byte(w.ref.dir / "vectors.npy")
+    with pytest.raises(CorruptArtifactError, match="vectors.npy fails its checksum"):
+        Embeddings.load(w.ref.path)
+    with pytest.raises(CorruptArtifactError, match="vectors.npy fails its checksum"):
+        load_embeddings(w.ref)
+
+
+def test_the_flow_cache_does_not_trust_a_same_size_corruption(tmp_path):
+    """Before: the cache checked sizes only, so the damaged artifact was served forever."""
+    from tasks.caching import result_is_intact
+
+    store = ArtifactStore(tmp_path)
+    with store.writer("blob") as w:
+        w.path("a.bin").write_bytes(b"0123456789" * 100)
+    assert result_is_intact({"out": w.ref})
+    _flip_last_byte(w.ref.dir / "a.bin")
+    assert not result_is_intact({"out": w.ref})
+    assert Path(w.ref.path + ".corrupt-0", "a.bin").exists()  # quarantined, not deleted
+
+
+def test_align_out_has_a_manifest_that_readers_verify(tmp_path, bpe_tok, sp_tok, capsys):
+    from tokalign_core.alignment import Alignment
+    from tokalign_core.artifacts import manifest_ref
+    from tokalign_core.cli import main
+
+    bpe_tok.save_pretrained(tmp_path / "src_tok")
+    sp_tok.save_pretrained(tmp_path / "tgt_tok")
+    base = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    for name, ids in (("src", np.arange(500)), ("tgt", np.arange(600))):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "vectors.npy", base[ids % 500] + 0.01 * (name == "tgt"))
+        np.save(tmp_path / name / "token_ids.npy", ids)
+    out = tmp_path / "run"
+    assert main(["align", "--source-emb", str(tmp_path / "src"), "--target-emb",
+                 str(tmp_path / "tgt"), "--source-tokenizer", str(tmp_path / "src_tok"),
+                 "--target-tokenizer", str(tmp_path / "tgt_tok"), "--method", "cosine",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    ref = manifest_ref(out, "alignment")
+    assert ref is not None and "alignment.npz" in json.loads((out / MANIFEST).read_text())
+    verify(ref, full=True)
+    Alignment.load(out)
+    _flip_last_byte(out / "alignment.npz")
+    with pytest.raises(CorruptArtifactError, match="alignment.npz fails its checksum"):
+        Alignment.load(out)

@@ -170,6 +170,7 @@ def _fresh_out(path: Path) -> Path:
 
 def run_align(args: argparse.Namespace) -> int:
     from tokalign_core.align import Embeddings, build_alignment, check_embedding_tokenizers
+    from tokalign_core.artifacts import write_manifest
     from tokalign_core.cli import UserError
     from tokalign_core.vocab import build_vocab, shared_tokens, split_shared
 
@@ -201,6 +202,7 @@ def run_align(args: argparse.Namespace) -> int:
         result.save(tmp)
         if len(heldout):
             heldout.save(tmp / "heldout_pairs.npz")
+        write_manifest(tmp)  # readers (init, eval-align, neighbors) verify it
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
