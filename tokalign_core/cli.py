@@ -10,6 +10,7 @@ import difflib
 import errno
 import importlib
 import logging
+import os
 import pkgutil
 import re
 import sys
@@ -169,7 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cpu_only_deepspeed() -> None:
+    """DeepSpeed, which ``accelerate`` imports whenever transformers loads a model, prints
+    "Setting accelerator to CPU" on *stdout* when it finds no GPU: that breaks commands
+    whose stdout is the artifact JSON. With no GPU device node the answer is the CPU
+    anyway, so say it up front (a user's own ``DS_ACCELERATOR`` wins)."""
+    gpu_nodes = ("/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/accel")
+    if "DS_ACCELERATOR" not in os.environ and not any(os.path.exists(p) for p in gpu_nodes):
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
+    _cpu_only_deepspeed()
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:

@@ -194,3 +194,24 @@ def test_gguf_is_converted_once_and_matches_the_original(tmp_path, monkeypatch):
 
     report = diagnose(str(gguf_file), str(gguf_file))  # the doctor takes the .gguf too
     assert report.by_check("embeddings")[0].detail["tied"] is True
+
+
+def test_cli_keeps_deepspeeds_accelerator_probe_off_stdout():
+    """Commands print their artifact JSON on stdout; loading any model imports DeepSpeed
+    (through accelerate), whose GPU probe logs to stdout unless told the accelerator."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    build = ("import tempfile; from tokalign_core import toy, models; d = tempfile.mkdtemp(); "
+             "toy.tiny_llama(16, hidden=8, layers=1, heads=2).save_pretrained(d); "
+             "models.load_causal_lm(d)")
+    before = subprocess.run([sys.executable, "-c", build], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert "Setting accelerator" in before.stdout  # the probe this guards against
+    guarded = subprocess.run(
+        [sys.executable, "-c", f"from tokalign_core.cli import _cpu_only_deepspeed; "
+         f"_cpu_only_deepspeed(); {build}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert guarded.returncode == 0 and guarded.stdout == "", guarded.stdout[-500:]
