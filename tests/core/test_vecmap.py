@@ -145,3 +145,13 @@ def test_shared_init_needs_pairs():
     x, z, _ = synthetic(n=50, d=8)
     with pytest.raises(ValueError, match="seed pairs"):
         vecmap.fit(x, z, VecMapConfig(init="shared"))
+
+
+def test_capped_schedule_ends_with_a_dropout_free_dictionary():
+    # A cap reached while dropout is still on must not leave the final dictionary to a
+    # 10% sample of the similarities: the last capped iteration runs with keep 1.0.
+    x, z, _ = synthetic(n=300, d=20, seed=6)
+    cfg = VecMapConfig(init="unsupervised", init_size=300, vocab_cutoff=300, max_iterations=4)
+    res = vecmap.fit(x, z, cfg)
+    keeps = [s.keep_prob for s in res.history]
+    assert keeps == [0.1, 0.1, 0.1, 1.0]

@@ -34,7 +34,8 @@ class VecMapConfig(FrozenConfig):
     ``direction``: dictionary induction ``forward`` (x -> z), ``backward`` or ``union``.
     ``keep_prob``/``stochastic_multiplier``/``stochastic_interval``/``threshold``: the
     stochastic schedule. ``max_iterations``: hard cap on self-learning iterations (the
-    final step still runs). ``whiten``, ``src_reweight``/``trg_reweight`` (exponent of the
+    last capped iteration induces its dictionary without dropout; the final step still
+    runs). ``whiten``, ``src_reweight``/``trg_reweight`` (exponent of the
     singular values for x / z), ``src_dewhiten``/``trg_dewhiten`` (``none``, ``src`` or
     ``trg``: whose whitening to undo): the final step. ``candidates``: cosine candidates
     kept per row before the exact CSLS check (a speed knob; results are exact for any
