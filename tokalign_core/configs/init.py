@@ -27,10 +27,17 @@ class InitConfig(FrozenConfig):
     method: InitMethod = Field(
         "aligned", description="aligned (copy from an alignment) or a baseline"
     )
-    fallback: Literal["fvt", "copy"] = Field(
+    fallback: Literal["fvt", "copy", "mean"] = Field(
         "fvt",
-        description="aligned only: rows of provenance FALLBACK get the FVT mean of their "
-        "source tokenization (fvt) or the alignment's (seeded, random) source row (copy)",
+        description="aligned only: rows of provenance FALLBACK (no vector) get the FVT mean "
+        "of their source tokenization (fvt), the alignment's own source row (copy) or the "
+        "mean source row (mean)",
+    )
+    min_score: float | None = Field(
+        None,
+        description="aligned only: rows the alignment retrieved (provenance ALIGNED) with a "
+        "score below this get the FVT mean of their source tokenization instead (gating by "
+        "the alignment's confidence); None = copy every aligned row",
     )
     reuse_shared: bool = Field(
         True,
@@ -50,6 +57,11 @@ class InitConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _check(self) -> InitConfig:
+        if self.min_score is not None and self.method != "aligned":
+            raise ValueError(
+                f"min_score only applies to method='aligned' (got method={self.method!r}); "
+                "drop min_score"
+            )
         if self.random_std is not None and self.method != "random":
             raise ValueError(
                 f"random_std only applies to method='random' (got method={self.method!r}); "
