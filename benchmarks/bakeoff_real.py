@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -107,7 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--out", default=str(ROOT / ".cache" / "bakeoff_real" / "eval"))
     p.add_argument("--report-only", action="store_true",
-                   help="score nothing: report the rows whose documents are all cached")
+                   help="score nothing: report the rows whose documents are all cached "
+                        "(written to <out>/<split>.json; scoring runs write "
+                        "<split>-<pid>.json, so runs side by side do not collide)")
     return p.parse_args(argv)
 
 
@@ -361,30 +364,23 @@ def main(argv: list[str] | None = None) -> int:
     builder = Builder(args)
     settings = f"window=whole-doc bos=1 v1 chars={args.chars}"
     results: dict[str, dict] = {}
-    index_file = out / "rows.json"  # row name + recipe -> weights digest (for --report-only)
-    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    missing = []
     for name in [r for r in args.rows.split(",") if r]:
         t0 = time.time()
         if name == "source":
             model, tok, counts = builder.source, builder.src_tok, {}
         elif name in ROWS:
-            if args.report_only:
-                if name not in index:
-                    continue
-                model, tok, counts = None, builder.tgt_tok, index[name]["counts"]
-            else:
-                model, counts = builder.build(ROWS[name])
-                tok = builder.tgt_tok
+            model, counts = builder.build(ROWS[name])
+            tok = builder.tgt_tok
         else:
             raise SystemExit(f"unknown row {name!r}; choose source or {sorted(ROWS)}")
-        digest = index[name]["digest"] if model is None else weights_digest(model, settings)
+        digest = weights_digest(model, settings)
         t_init = time.time() - t0
-        index[name] = {"digest": digest, "recipe": ROWS.get(name, {}), "counts": counts}
-        atomic_write_text(index_file, json.dumps(index, indent=1, default=str))
         cache = out / "scores" / f"{digest[:24]}.jsonl"
-        if args.report_only:
+        if args.report_only:  # report rows whose documents are all scored, score nothing
             cached = read_cache(cache)
             if not all(doc_key(g, d) in cached for g, ds in groups.items() for d in ds):
+                missing.append(name)
                 continue
         per_doc = score_row(model, tok, builder.src_tok, groups, cache)
         results[name] = {"summary": summarise(per_doc, args.resamples, args.seed),
@@ -395,11 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: mean bpb %.3f [%.3f, %.3f] (%.0f s)", name, *m["bits_per_byte"],
                  time.time() - t0)
         del model
+    if missing:
+        print(f"not (fully) scored yet: {', '.join(missing)}")
     if not results:
         return 0
     report = {"split": args.split, "args": vars(args), "loadavg": Path("/proc/loadavg").read_text(),
               "docs": {g: len(d) for g, d in groups.items()}, "results": results}
-    atomic_write_text(out / f"{args.split}.json", json.dumps(report, indent=1, default=str))
+    name = f"{args.split}.json" if args.report_only else f"{args.split}-{os.getpid()}.json"
+    atomic_write_text(out / name, json.dumps(report, indent=1, default=str))
     print(f"\n## Bits per byte ({args.split} documents, 95% bootstrap intervals)\n")
     print(table(results, "bits_per_byte", 3))
     print(f"\n## Normalised perplexity ({args.split} documents, 95% bootstrap intervals)\n")
