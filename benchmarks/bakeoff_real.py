@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="document order and baseline seed")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--out", default=str(ROOT / ".cache" / "bakeoff_real" / "eval"))
+    p.add_argument("--merge", action="store_true",
+                   help="score nothing, load no model: summarise every row whose cached "
+                        "scores cover the split (runs side by side) into <split>.json")
     p.add_argument("--report-only", action="store_true",
                    help="score nothing: report the rows whose documents are all cached "
                         "(written to <out>/<split>.json; scoring runs write "
@@ -351,6 +354,65 @@ def table(results: dict[str, dict], metric: str, digits: int) -> str:
     return "\n".join(lines)
 
 
+def print_tables(results: dict[str, dict], split: str) -> None:
+    print(f"\n## Bits per byte ({split} documents, 95% bootstrap intervals)\n")
+    print(table(results, "bits_per_byte", 3))
+    print(f"\n## Normalised perplexity ({split} documents, 95% bootstrap intervals)\n")
+    print(table(results, "norm_ppl", 2))
+
+
+def row_digests(out: Path) -> dict[str, dict]:
+    """row name -> {digest, counts} from ``<out>/rows.jsonl`` (appended by every scoring run;
+    a later line wins) and the older ``rows.json`` index."""
+    rows: dict[str, dict] = {}
+    if (out / "rows.json").exists():
+        rows.update(json.loads((out / "rows.json").read_text()))
+    if (out / "rows.jsonl").exists():
+        for line in (out / "rows.jsonl").read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["name"]] = row
+    return rows
+
+
+def merge(args: argparse.Namespace, out: Path) -> int:
+    """Summarise every row whose cached scores cover the split's documents, from the
+    per-document cache alone (no model is loaded): runs side by side merge here."""
+    from tokalign_core.init_model import load_tokenizer
+
+    groups = group_docs(args)
+    src_tok = load_tokenizer(args.source)
+    wanted = [r for r in args.rows.split(",") if r]
+    known = row_digests(out)
+    results, missing = {}, []
+    for name in wanted + [r for r in known if r not in wanted]:
+        if name not in known:
+            missing.append(name)
+            continue
+        cache = read_cache(out / "scores" / f"{known[name]['digest'][:24]}.jsonl")
+        if not all(doc_key(g, d) in cache for g, ds in groups.items() for d in ds):
+            missing.append(name)
+            continue
+        per_doc = {g: [{**cache[doc_key(g, d)], "bytes": len(d.encode()), "ref_tokens": len(
+            src_tok(d, add_special_tokens=False)["input_ids"])} for d in ds]
+            for g, ds in groups.items()}
+        results[name] = {"summary": summarise(per_doc, args.resamples, args.seed),
+                         "counts": known[name].get("counts", {}),
+                         "digest": known[name]["digest"], "per_doc": per_doc}
+    if not results:
+        raise SystemExit(f"no row has all its {args.split} documents scored in {out}")
+    atomic_write_text(out / f"{args.split}.json", json.dumps(
+        {"split": args.split, "args": vars(args), "not_scored": missing,
+         "docs": {g: len(d) for g, d in groups.items()}, "results": results},
+        indent=1, default=str))
+    print_tables(results, args.split)
+    if missing:
+        print(f"\nnot (fully) scored: {', '.join(missing)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -358,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.merge:
+        return merge(args, out)
     groups = group_docs(args)
     log.info("%s split: %s documents of %d characters", args.split,
              {g: len(d) for g, d in groups.items()}, args.chars)
@@ -376,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown row {name!r}; choose source or {sorted(ROWS)}")
         digest = weights_digest(model, settings)
         t_init = time.time() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "rows.jsonl").open("a") as fh:  # appends: runs side by side are safe
+            fh.write(json.dumps({"name": name, "digest": digest, "counts": counts},
+                                default=str) + "\n")
         cache = out / "scores" / f"{digest[:24]}.jsonl"
         if args.report_only:  # report rows whose documents are all scored, score nothing
             cached = read_cache(cache)
@@ -399,10 +467,7 @@ def main(argv: list[str] | None = None) -> int:
               "docs": {g: len(d) for g, d in groups.items()}, "results": results}
     name = f"{args.split}.json" if args.report_only else f"{args.split}-{os.getpid()}.json"
     atomic_write_text(out / name, json.dumps(report, indent=1, default=str))
-    print(f"\n## Bits per byte ({args.split} documents, 95% bootstrap intervals)\n")
-    print(table(results, "bits_per_byte", 3))
-    print(f"\n## Normalised perplexity ({args.split} documents, 95% bootstrap intervals)\n")
-    print(table(results, "norm_ppl", 2))
+    print_tables(results, args.split)
     return 0
 
 
