@@ -324,3 +324,16 @@ def test_fallback_mean_rows_get_the_source_mean(sp_tok, bpe_tok):
 def test_min_score_needs_the_aligned_method():
     with pytest.raises(ValueError, match="min_score only applies"):
         InitConfig(method="fvt", min_score=0.3)
+
+
+def test_cli_init_flags_reach_the_config():
+    import argparse
+
+    from tokalign_core.commands import init as init_cmd
+
+    parser = argparse.ArgumentParser()
+    init_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["init", "--model", "m", "--target-tokenizer", "t", "--out", "o",
+                              "--fallback", "mean", "--min-score", "0.3"])
+    cfg = init_cmd.build_config(args)
+    assert cfg.fallback == "mean" and cfg.min_score == 0.3
