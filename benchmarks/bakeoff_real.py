@@ -80,6 +80,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "tokalign++ gate q50": {"align": "vecmap", "init": {}, "gate_quantile": 0.5},
     "tokalign++ gate q75": {"align": "vecmap", "init": {}, "gate_quantile": 0.75},
     "tokalign++ gate q90": {"align": "vecmap", "init": {}, "gate_quantile": 0.9},
+    "tokalign gate q50": {"align": "relative", "init": {}, "gate_quantile": 0.5},
+    "tokalign gate q90": {"align": "relative", "init": {}, "gate_quantile": 0.9},
     "tokalign++ emb + fvt head": {"align": "vecmap", "init": {},
                                   "head": {"init": {"method": "fvt"}}},
     "fvt emb + tokalign++ head": {"init": {"method": "fvt"},
