@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tokalign_core.alignment import Alignment, Provenance  # noqa: E402
+from tokalign_core.alignment import Alignment  # noqa: E402
 from tokalign_core.artifacts import atomic_write_text  # noqa: E402
 from tokalign_core.configs.init import InitConfig  # noqa: E402
 
@@ -70,22 +70,23 @@ BASELINES = ("random", "random-permutation", "mean", "multivariate", "fvt")
 # Row name -> how to build it. "align": which --alignment; "init": InitConfig fields;
 # "head": a second recipe for an untied LM head (measurement only: the embedding matrix
 # comes from the row itself, the head from this recipe).
+UNGATED = {"gate_quantile": None}  # copy every aligned row (the default before issue 14)
 ROWS: dict[str, dict[str, Any]] = {
     **{b: {"init": {"method": b}} for b in BASELINES},
-    "tokalign++": {"align": "vecmap", "init": {}},
-    "tokalign": {"align": "relative", "init": {}},
-    "hidden-states": {"align": "hidden-csls", "init": {}},
-    # issue 14 ablations (TokAlign++ = the vecmap alignment)
-    "tokalign++ fallback=mean": {"align": "vecmap", "init": {"fallback": "mean"}},
-    "tokalign++ gate q50": {"align": "vecmap", "init": {}, "gate_quantile": 0.5},
-    "tokalign++ gate q75": {"align": "vecmap", "init": {}, "gate_quantile": 0.75},
-    "tokalign++ gate q90": {"align": "vecmap", "init": {}, "gate_quantile": 0.9},
-    "tokalign gate q50": {"align": "relative", "init": {}, "gate_quantile": 0.5},
-    "tokalign gate q90": {"align": "relative", "init": {}, "gate_quantile": 0.9},
-    "tokalign++ emb + fvt head": {"align": "vecmap", "init": {},
+    "tokalign++": {"align": "vecmap", "init": UNGATED},
+    "tokalign": {"align": "relative", "init": UNGATED},
+    "hidden-states": {"align": "hidden-csls", "init": UNGATED},
+    # issue 14 ablations (TokAlign++ = the vecmap alignment); "gate q90" is the new default
+    "tokalign++ fallback=mean": {"align": "vecmap", "init": {**UNGATED, "fallback": "mean"}},
+    "tokalign++ gate q50": {"align": "vecmap", "init": {"gate_quantile": 0.5}},
+    "tokalign++ gate q75": {"align": "vecmap", "init": {"gate_quantile": 0.75}},
+    "tokalign++ gate q90": {"align": "vecmap", "init": {"gate_quantile": 0.9}},
+    "tokalign gate q50": {"align": "relative", "init": {"gate_quantile": 0.5}},
+    "tokalign gate q90": {"align": "relative", "init": {"gate_quantile": 0.9}},
+    "tokalign++ emb + fvt head": {"align": "vecmap", "init": UNGATED,
                                   "head": {"init": {"method": "fvt"}}},
     "fvt emb + tokalign++ head": {"init": {"method": "fvt"},
-                                  "head": {"align": "vecmap", "init": {}}},
+                                  "head": {"align": "vecmap", "init": UNGATED}},
 }
 
 
@@ -196,13 +197,9 @@ class Builder:
                 raise SystemExit(f"--alignment {spec}: no alignment.npz in {folder}")
             self.alignments[name] = Path(folder)
 
-    def init_cfg(self, recipe: dict, alignment: Alignment | None) -> InitConfig:
+    def init_cfg(self, recipe: dict) -> InitConfig:
         fields = {"seed": self.args.seed, "method": "aligned" if "align" in recipe else
                   "fvt", **recipe.get("init", {})}
-        q = recipe.get("gate_quantile")
-        if q is not None:  # gate at a quantile of the ALIGNED rows' scores
-            aligned = alignment.provenance == Provenance.ALIGNED
-            fields["min_score"] = float(np.quantile(alignment.scores[aligned], q))
         return InitConfig(**fields)
 
     def alignment(self, recipe: dict) -> Alignment | None:
@@ -219,12 +216,12 @@ class Builder:
 
         ali = self.alignment(recipe)
         res = initialize(copy.deepcopy(self.source), self.tgt_tok, ali,
-                         self.init_cfg(recipe, ali), self.src_tok)
+                         self.init_cfg(recipe), self.src_tok)
         model, counts = res.model, dict(res.report.counts)
         if "head" in recipe:
             head_ali = self.alignment(recipe["head"])
             other = initialize(copy.deepcopy(self.source), self.tgt_tok, head_ali,
-                               self.init_cfg(recipe["head"], head_ali), self.src_tok)
+                               self.init_cfg(recipe["head"]), self.src_tok)
             untie(model, other.model.get_input_embeddings().weight)
             counts = {"embeddings": counts, "head": dict(other.report.counts)}
         return model, counts

@@ -212,6 +212,7 @@ def fvt_pieces(
 def plan_aligned(
     alignment: Alignment, fallback: str = "fvt", target_tok: Any = None, source_tok: Any = None,
     n_source: int | None = None, min_score: float | None = None,
+    gate_quantile: float | None = None,
 ) -> RowPlan:
     """Copy ``alignment.source_ids[t]``, except:
 
@@ -222,7 +223,9 @@ def plan_aligned(
       (``fallback='fvt'``), the source mean (``'mean'``) or keep the alignment's row
       (``'copy'``);
     - with ``min_score``, ALIGNED rows scored below it get the FVT mean instead
-      (``gated_fvt``): where the alignment is unsure, the piece mean is the better guess.
+      (``gated_fvt``): where the alignment is unsure, the piece mean is the better guess;
+      ``gate_quantile`` q does the same below the q-quantile of the ALIGNED rows' scores
+      (the stricter of the two thresholds applies).
 
     Rows whose bytes the source tokenizer cannot represent keep the alignment's own
     (seeded, recorded) choice; counted as ``fallback_copied`` / ``gated_kept``."""
@@ -243,14 +246,19 @@ def plan_aligned(
         )
     fb = np.flatnonzero(prov == Provenance.FALLBACK)
     gated = np.zeros(0, dtype=np.int64)
-    if min_score is not None:
-        gated = np.flatnonzero((prov == Provenance.ALIGNED) & (alignment.scores < min_score))
+    aligned = prov == Provenance.ALIGNED
+    threshold = -np.inf if min_score is None else min_score
+    if gate_quantile and aligned.any():
+        threshold = max(threshold, float(np.quantile(alignment.scores[aligned], gate_quantile)))
+    gating = threshold > -np.inf
+    if gating:
+        gated = np.flatnonzero(aligned & (alignment.scores < threshold))
     need_pieces = np.concatenate([fb if fallback == "fvt" else fb[:0], gated])
     if len(need_pieces) and not have_toks:
         raise ValueError(
             f"{len(need_pieces)} alignment rows need the FVT mean (fallback='fvt' or "
-            "min_score) and that needs both tokenizers: pass source_tokenizer=... or set "
-            "fallback='copy' and min_score=None"
+            "gating) and that needs both tokenizers: pass source_tokenizer=... or set "
+            "fallback='copy', gate_quantile=None and min_score=None"
         )
     pieces: dict[int, np.ndarray] = {}
     if len(need_pieces):
@@ -263,7 +271,8 @@ def plan_aligned(
     counts["fallback_fvt"] = fb_fvt
     counts["fallback_mean"] = int(len(fb)) if fallback == "mean" else 0
     counts["fallback_copied"] = int(len(fb) - fb_fvt - counts["fallback_mean"])
-    if min_score is not None:
+    if gating:
+        counts["gate_threshold"] = threshold
         counts["gated_fvt"] = int(sum(int(t) in pieces for t in gated))
         counts["gated_kept"] = int(len(gated) - counts["gated_fvt"])
     counts["copied"] = int((copy >= 0).sum())

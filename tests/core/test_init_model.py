@@ -299,7 +299,8 @@ def test_low_score_aligned_rows_get_the_fvt_mean(sp_tok, bpe_tok):
     al = make_alignment(sp_tok, bpe_tok)
     aligned = np.flatnonzero(al.provenance == Provenance.ALIGNED)
     al.scores[aligned] = np.linspace(0.0, 1.0, len(aligned))
-    result = initialize(model, sp_tok, al, InitConfig(fallback="copy", min_score=0.5), bpe_tok)
+    result = initialize(model, sp_tok, al, InitConfig(fallback="copy", min_score=0.5,
+                                                     gate_quantile=None), bpe_tok)
     new_in, _ = snapshot(model)
     low, high = aligned[al.scores[aligned] < 0.5], aligned[al.scores[aligned] >= 0.5]
     pieces, _ = fvt_pieces(sp_tok, bpe_tok, low)
@@ -337,3 +338,24 @@ def test_cli_init_flags_reach_the_config():
                               "--fallback", "mean", "--min-score", "0.3"])
     cfg = init_cmd.build_config(args)
     assert cfg.fallback == "mean" and cfg.min_score == 0.3
+
+
+def test_default_keeps_only_the_most_confident_tenth_of_aligned_rows(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    src_in, _ = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    aligned = np.flatnonzero(al.provenance == Provenance.ALIGNED)
+    al.scores[aligned] = np.linspace(0.0, 1.0, len(aligned))
+    result = initialize(model, sp_tok, al, InitConfig(fallback="copy"), bpe_tok)
+    new_in, _ = snapshot(model)
+    cut = np.quantile(al.scores[aligned], 0.9)
+    kept, low = aligned[al.scores[aligned] >= cut], aligned[al.scores[aligned] < cut]
+    assert 0 < len(kept) <= 0.11 * len(aligned)
+    assert torch.equal(new_in[kept], src_in[torch.from_numpy(al.source_ids[kept])])
+    pieces, _ = fvt_pieces(sp_tok, bpe_tok, low)
+    assert result.report.counts["gated_fvt"] == len(pieces) > 0.8 * len(aligned)
+    for t, ids in list(pieces.items())[:20]:
+        assert torch.allclose(new_in[t], src_in[torch.from_numpy(ids)].mean(0), atol=1e-6)
+    ungated = initialize(build("gpt_neox"), sp_tok, al,
+                         InitConfig(fallback="copy", gate_quantile=None), bpe_tok)
+    assert "gated_fvt" not in ungated.report.counts

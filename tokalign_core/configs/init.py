@@ -33,6 +33,14 @@ class InitConfig(FrozenConfig):
         "of their source tokenization (fvt), the alignment's own source row (copy) or the "
         "mean source row (mean)",
     )
+    gate_quantile: float | None = Field(
+        0.9, ge=0.0, le=1.0,
+        description="aligned only: retrieved rows (provenance ALIGNED) scored below this "
+        "quantile of the retrieved rows' scores get the FVT mean of their source tokenization "
+        "instead; 0.9 keeps the 10% most confident (benchmarks/bakeoff_real.md: on "
+        "SmolLM2-135M -> Qwen2 it beat copying every row on validation and test documents). "
+        "None or 0 = copy every aligned row",
+    )
     min_score: float | None = Field(
         None,
         description="aligned only: rows the alignment retrieved (provenance ALIGNED) with a "
