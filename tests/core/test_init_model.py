@@ -335,9 +335,10 @@ def test_cli_init_flags_reach_the_config():
     parser = argparse.ArgumentParser()
     init_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["init", "--model", "m", "--target-tokenizer", "t", "--out", "o",
-                              "--fallback", "mean", "--min-score", "0.3"])
+                              "--fallback", "mean", "--min-score", "0.3",
+                              "--gate-quantile", "0"])
     cfg = init_cmd.build_config(args)
-    assert cfg.fallback == "mean" and cfg.min_score == 0.3
+    assert cfg.fallback == "mean" and cfg.min_score == 0.3 and cfg.gate_quantile == 0
 
 
 def test_default_keeps_only_the_most_confident_tenth_of_aligned_rows(sp_tok, bpe_tok):

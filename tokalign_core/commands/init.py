@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--fallback", choices=("fvt", "copy", "mean"), default=None,
                    help="aligned only: FALLBACK rows get the FVT mean (fvt), the alignment's "
                    "seeded row (copy) or the source mean (mean); default fvt")
+    p.add_argument("--gate-quantile", type=float, default=None,
+                   help="aligned only: retrieved rows below this quantile of the retrieved "
+                   "rows' scores get the FVT mean (default 0.9; 0 = copy every aligned row)")
     p.add_argument("--min-score", type=float, default=None,
                    help="aligned only: retrieved rows scored below this get the FVT mean "
                    "(default: none, every aligned row is copied)")
@@ -58,6 +61,7 @@ def build_config(args: argparse.Namespace) -> InitConfig:
     from tokalign_core.cli import config_from
 
     flags = {"method": args.method, "fallback": args.fallback, "min_score": args.min_score,
+             "gate_quantile": args.gate_quantile,
              "pad_to_multiple_of": args.pad_to_multiple_of, "seed": args.seed,
              "reuse_shared": False if args.no_reuse_shared else None,
              "trust_remote_code": True if args.trust_remote_code else None}
