@@ -241,11 +241,15 @@ def run_cached(name: str, path: Path, alignment: Path | None, groups: dict, args
 
 def piece_agreement(alignment: Alignment, src_tok, tgt_tok, groups: dict) -> dict:
     """Why an alignment helps or hurts the LM head, measured without a model: over the
-    target-token occurrences of the evaluation texts whose token is not shared, the share
-    whose aligned source token is the FIRST piece of the token's source tokenization (the
-    piece the source model predicts at that position, so the copied head row scores the
-    right token) and the share aligned to ANY of its pieces. Also the mean number of
-    target ids that share the chosen source row (copies split that row's probability)."""
+    target-token occurrences of the evaluation texts that the alignment *retrieved*
+    (provenance ALIGNED; shared/special tokens are copied, and FALLBACK rows -- no vector,
+    alignment row = the rarest piece of the token's source tokenization -- get the FVT
+    mean at init, so neither is the alignment's choice), the share whose aligned source
+    token is the FIRST piece of the token's source tokenization (the piece the source
+    model predicts at that position, so the copied head row scores the right token) and
+    the share aligned to ANY of its pieces; also the mean number of target ids that share
+    the chosen source row (copies split that row's probability) and the share of the
+    non-shared occurrences that are FALLBACK."""
     import numpy as np
 
     from tokalign_core.baselines import fvt_pieces
@@ -253,16 +257,20 @@ def piece_agreement(alignment: Alignment, src_tok, tgt_tok, groups: dict) -> dic
     occ = np.concatenate([np.asarray(ids, np.int64) for docs in groups.values() for ids in
                           tgt_tok(docs, add_special_tokens=False)["input_ids"]])
     src_ids = np.asarray(alignment.source_ids)
-    shared = np.asarray(alignment.provenance) == Provenance.SHARED
-    occ = occ[~shared[occ]]
+    prov = np.asarray(alignment.provenance)
+    non_shared = occ[~np.isin(prov[occ], (Provenance.SHARED, Provenance.SPECIAL))]
+    occ = non_shared[prov[non_shared] == Provenance.ALIGNED]
     pieces, _ = fvt_pieces(tgt_tok, src_tok, target_ids=np.unique(occ).tolist())
     first = np.array([pieces[t][0] == src_ids[t] if t in pieces else False for t in occ])
     anyp = np.array([src_ids[t] in pieces[t] if t in pieces else False for t in occ])
-    copies = np.bincount(src_ids, minlength=len(src_tok))
-    return {"non_shared_occurrences": int(len(occ)),
-            "first_piece": float(first.mean()) if len(occ) else 0.0,
-            "any_piece": float(anyp.mean()) if len(occ) else 0.0,
-            "row_copies": float(copies[src_ids[occ]].mean()) if len(occ) else 0.0}
+    copied = src_ids[prov == Provenance.ALIGNED]
+    copies = np.bincount(copied, minlength=len(src_tok))
+    n = len(occ)
+    return {"aligned_occurrences": int(n),
+            "fallback_share": float(1 - n / len(non_shared)) if len(non_shared) else 0.0,
+            "first_piece": float(first.mean()) if n else 0.0,
+            "any_piece": float(anyp.mean()) if n else 0.0,
+            "row_copies": float(copies[src_ids[occ]].mean()) if n else 0.0}
 
 
 # ------------------------------------------------------------------------ runs
@@ -376,12 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         print(table({f"{args.target} vs source": target_rows[0]}, "length_change"))
     if diagnosis:
         print("\n## Aligned source row vs the target token's source pieces "
-              "(non-shared target tokens of the evaluation text)\n")
-        print("| alignment | first piece | any piece | target ids per copied row |")
-        print("|---|---|---|---|")
+              "(retrieved target tokens of the evaluation text; FALLBACK excluded)\n")
+        print("| alignment | first piece | any piece | target ids per copied row | "
+              "fallback share of non-shared |")
+        print("|---|---|---|---|---|")
         for name, d in diagnosis.items():
             print(f"| {name} | {d['first_piece']:.1%} | {d['any_piece']:.1%} | "
-                  f"{d['row_copies']:.0f} |")
+                  f"{d['row_copies']:.0f} | {d['fallback_share']:.1%} |")
     print(f"\nmachine: {report['machine']}")
     return 0
 

@@ -13,10 +13,11 @@ For every target id, the source row whose parameters it will copy:
 
 Then shared tokens (provenance SHARED) and special tokens matched by role (SPECIAL)
 override the retrieval; target ids without a vector get an explicit fallback (FALLBACK):
-the most frequent source token of the token's text under the source tokenizer when that
-tokenization is provided, else a seeded random choice among the source rows that have a
-vector. Candidates are only source ids with a vector, so an untrained padding row can never
-be chosen. The reverse source -> target lexicon comes from the same similarity pass.
+the rarest source token with a vector among the pieces of the token's text under the
+source tokenizer when that tokenization is provided (see :func:`_specific_pick`), else a
+seeded random choice among the source rows that have a vector. Candidates are only source
+ids with a vector, so an untrained padding row can never be chosen. The reverse source ->
+target lexicon comes from the same similarity pass.
 Deterministic: the same inputs and seed give a byte-identical ``alignment.npz``.
 """
 

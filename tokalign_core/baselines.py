@@ -211,27 +211,70 @@ def fvt_pieces(
 
 def plan_aligned(
     alignment: Alignment, fallback: str = "fvt", target_tok: Any = None, source_tok: Any = None,
-    n_source: int | None = None,
+    n_source: int | None = None, min_score: float | None = None,
+    gate_quantile: float | None = None,
 ) -> RowPlan:
-    """Copy ``alignment.source_ids[t]``; FALLBACK rows optionally get the FVT mean instead.
+    """Copy ``alignment.source_ids[t]``, except:
 
-    FALLBACK rows whose bytes the source tokenizer cannot represent keep the alignment's
-    own (seeded, recorded) choice; the count is reported as ``fallback_copied``."""
+    - tokens both vocabularies share are always copied from their own source row, also
+      when the alignment held some of them out of its seed dictionary (``--holdout``) and
+      retrieved another row for them (``shared_restored`` counts those);
+    - FALLBACK rows (no vector) get the FVT mean of their source tokenization
+      (``fallback='fvt'``), the source mean (``'mean'``) or keep the alignment's row
+      (``'copy'``);
+    - with ``min_score``, ALIGNED rows scored below it get the FVT mean instead
+      (``gated_fvt``): where the alignment is unsure, the piece mean is the better guess;
+      ``gate_quantile`` q does the same below the q-quantile of the ALIGNED rows' scores
+      (the stricter of the two thresholds applies).
+
+    Rows whose bytes the source tokenizer cannot represent keep the alignment's own
+    (seeded, recorded) choice; counted as ``fallback_copied`` / ``gated_kept``."""
     copy = alignment.source_ids.copy()
+    prov = alignment.provenance.copy()
     counts = {f"alignment_{k}": v for k, v in alignment.counts().items()}
-    fb = np.flatnonzero(alignment.provenance == Provenance.FALLBACK)
+    have_toks = target_tok is not None and source_tok is not None
+    if have_toks:
+        shared = shared_source_ids(target_tok, source_tok, None, n_source)
+        restore = (shared >= 0) & ~np.isin(prov, (Provenance.SHARED, Provenance.SPECIAL))
+        copy[restore] = shared[restore]
+        prov[restore] = Provenance.SHARED
+        counts["shared_restored"] = int(restore.sum())
+    elif int(alignment.meta.get("n_heldout", 0) or 0):
+        raise ValueError(
+            f"the alignment held out {alignment.meta['n_heldout']} shared tokens from its seed "
+            "dictionary; pass source_tokenizer=... so init copies them from their own rows"
+        )
+    fb = np.flatnonzero(prov == Provenance.FALLBACK)
+    gated = np.zeros(0, dtype=np.int64)
+    aligned = prov == Provenance.ALIGNED
+    threshold = -np.inf if min_score is None else min_score
+    if gate_quantile and aligned.any():
+        threshold = max(threshold, float(np.quantile(alignment.scores[aligned], gate_quantile)))
+    gating = threshold > -np.inf
+    if gating:
+        gated = np.flatnonzero(aligned & (alignment.scores < threshold))
+    need_pieces = np.concatenate([fb if fallback == "fvt" else fb[:0], gated])
+    if len(need_pieces) and not have_toks:
+        raise ValueError(
+            f"{len(need_pieces)} alignment rows need the FVT mean (fallback='fvt' or "
+            "gating) and that needs both tokenizers: pass source_tokenizer=... or set "
+            "fallback='copy', gate_quantile=None and min_score=None"
+        )
     pieces: dict[int, np.ndarray] = {}
-    if fallback == "fvt" and len(fb):
-        if target_tok is None or source_tok is None:
-            raise ValueError(
-                f"{len(fb)} alignment rows are FALLBACK and InitConfig.fallback='fvt' needs "
-                "both tokenizers: pass source_tokenizer=... or set fallback='copy'"
-            )
-        pieces, _ = fvt_pieces(target_tok, source_tok, fb, n_source)
+    if len(need_pieces):
+        pieces, _ = fvt_pieces(target_tok, source_tok, need_pieces, n_source)
         for t in pieces:
             copy[t] = -1
-    counts["fallback_fvt"] = len(pieces)
-    counts["fallback_copied"] = int(len(fb) - len(pieces))
+    if fallback == "mean":
+        copy[fb] = -1
+    fb_fvt = int(sum(int(t) in pieces for t in fb))
+    counts["fallback_fvt"] = fb_fvt
+    counts["fallback_mean"] = int(len(fb)) if fallback == "mean" else 0
+    counts["fallback_copied"] = int(len(fb) - fb_fvt - counts["fallback_mean"])
+    if gating:
+        counts["gate_threshold"] = threshold
+        counts["gated_fvt"] = int(sum(int(t) in pieces for t in gated))
+        counts["gated_kept"] = int(len(gated) - counts["gated_fvt"])
     counts["copied"] = int((copy >= 0).sum())
     return RowPlan(copy, pieces, "mean", counts=counts)
 

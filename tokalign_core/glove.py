@@ -9,8 +9,9 @@ Two engines share the initialisation, the shuffling and the update rule (``engin
 * **numba (CPU)**: the Stanford C tool's algorithm itself. Every nonzero is one AdaGrad
   update of w_i, c_j, b_i, b'_j; both gradients use the parameters of before the update;
   the accumulators start at 1 and hold the squared *eta-scaled* gradients; the step is
-  ``eta*g / sqrt(accumulator before the step)`` with every gradient component clipped at
-  ``grad_clip``; a non-finite residual skips the update (counted, as the C tool does
+  ``eta*g / sqrt(accumulator before the step)`` with every vector gradient component
+  clipped at ``grad_clip`` (bias gradients unclipped, as in the paper's AdaGrad and the 2014
+  C tool); a non-finite residual skips the update (counted, as the C tool does
   silently). The nonzeros sit on a fixed grid of B x B blocks (``blocks``; rows and
   columns grouped by index mod B, block (r, r+s mod B) in stratum s, as DSGD, Gemulla et
   al. 2011), each stratum split into random buckets that fit ``memory_budget_mb`` (held in
@@ -349,7 +350,9 @@ def _adagrad_pass_py(order, bounds, rows, cols, logx, fx, w, c, hw, hc, eta, cli
                 cj[b] -= g2 / np.sqrt(hcj[b])
                 hwi[b] += g1 * g1
                 hcj[b] += g2 * g2
-            g = min(max(fdiff, -clip), clip) * eta  # both biases have gradient fdiff
+            # Both biases have gradient fdiff; unclipped, as in the paper's update (the
+            # 2014 C tool); the clip guards the vector products only.
+            g = fdiff * eta
             wi[dim] -= g / np.sqrt(hwi[dim])
             cj[dim] -= g / np.sqrt(hcj[dim])
             hwi[dim] += g * g
@@ -512,6 +515,7 @@ class _TorchTrainer:
         gc = (g * wi).clamp_(-clip, clip).mul_(eta)
         gw[:, self.dim + 1] = 0.0  # the constant-1 column of w
         gc[:, self.dim] = 0.0  # the constant-1 column of c
+        gw[:, self.dim] = gc[:, self.dim + 1] = fdiff * eta  # biases: unclipped (as numba)
         self._adagrad(self.w, self.hw, i, gw)
         self._adagrad(self.c, self.hc, j, gc)
         return cost

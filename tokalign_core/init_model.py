@@ -209,7 +209,9 @@ def make_plan(
     if cfg.method == "aligned":
         if alignment is None:
             raise ValueError("method='aligned' needs an alignment (run `tokalign align`)")
-        return baselines.plan_aligned(alignment, cfg.fallback, target_tok, source_tok, n_source)
+        return baselines.plan_aligned(alignment, cfg.fallback, target_tok, source_tok, n_source,
+                                      min_score=cfg.min_score,
+                                      gate_quantile=cfg.gate_quantile)
     if cfg.method == "fvt":
         return baselines.plan_fvt(target_tok, source_tok, n_source)
     shared = None

@@ -239,6 +239,8 @@ def _schedule(state: VecMapState, cfg: VecMapConfig) -> VecMapState:
         p = min(1.0, state.keep_prob * cfg.stochastic_multiplier)
         state = replace(state, keep_prob=p, last_improvement=it)
     if it == cfg.max_iterations and state.keep_prob < 1.0:
+        # The cap cuts the schedule short: induce the final dictionary without dropout
+        # (as a converged run's last iterations do), not from a keep_prob sample.
         state = replace(state, keep_prob=1.0)
     return state
 

@@ -177,3 +177,25 @@ def test_cli_cooccur_then_glove(tmp_path, capsys):
     assert main(["cooccur", str(tmp_path / "absent"), "--artifact-root", root]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["glove", cooc_path, "--dim", "0", "--artifact-root", root]) == 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bias_step_is_eta_scaled_and_unclipped(engine):
+    # The paper's AdaGrad on the biases: b -= eta * f * diff / sqrt(1) on the first step,
+    # never clipped (grad_clip guards the vector products only). With a clip far below
+    # the gradient, a clipped bias step would leave the second iteration's cost different.
+    x = sp.csr_matrix(np.array([[0.0, 1.0], [0.0, 0.0]]))
+    clip, eta = 1e-9, 0.05
+    cfg = GloveConfig(dim=1, iterations=2, batch_size=1, device="cpu", dtype="float64",
+                      vectors="w", engine=engine, threads=1, grad_clip=clip)
+    rng = np.random.default_rng(cfg.seed)
+    w = rng.random((2, 2)) - 0.5  # columns: vector, bias
+    c = rng.random((2, 2)) - 0.5
+    f = 0.1 ** 0.75
+    fd = f * (w[0, 0] * c[1, 0] + w[0, 1] + c[1, 1])
+    w0 = w[0, 0] - np.clip(fd * c[1, 0], -clip, clip) * eta
+    c1 = c[1, 0] - np.clip(fd * w[0, 0], -clip, clip) * eta
+    bw, bc = w[0, 1] - eta * fd, c[1, 1] - eta * fd
+    diff2 = w0 * c1 + bw + bc
+    res = train_glove(x, cfg, progress=False)
+    assert res.costs[1] == pytest.approx(0.5 * f * diff2 * diff2, rel=1e-9)

@@ -290,3 +290,103 @@ def test_keep_layers_builds_a_shallower_model_that_reloads_and_generates(tmp_pat
     ids = torch.tensor([[1, 5, 9]])
     torch.testing.assert_close(reloaded(ids).logits, model.eval()(ids).logits)
     assert reloaded.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 6)
+
+
+def hold_out_shared(al: Alignment, sp_tok, bpe_tok, n: int = 20) -> np.ndarray:
+    """What ``tokalign align --holdout`` does to ``n`` shared tokens: they leave the seed
+    dictionary and come back retrieved (ALIGNED) with some other source row."""
+    shared = np.flatnonzero(al.provenance == Provenance.SHARED)[:n]
+    al.provenance[shared] = Provenance.ALIGNED
+    al.source_ids[shared] = (al.source_ids[shared] + 1) % len(bpe_tok)
+    al.meta["n_heldout"] = n
+    return shared
+
+
+def test_shared_tokens_held_out_by_the_alignment_are_still_copied(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    src_in, src_out = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    own = shared_source_ids(sp_tok, bpe_tok)
+    held = hold_out_shared(al, sp_tok, bpe_tok)
+    result = initialize(model, sp_tok, al, InitConfig(fallback="copy"), bpe_tok)
+    new_in, new_out = snapshot(model)
+    rows = torch.from_numpy(own[held])
+    assert torch.equal(new_in[held], src_in[rows])
+    assert torch.equal(new_out[held], src_out[rows])
+    assert result.report.counts["shared_restored"] == len(held)
+
+
+def test_held_out_alignment_without_tokenizers_is_a_clear_error(sp_tok, bpe_tok):
+    al = make_alignment(sp_tok, bpe_tok)
+    hold_out_shared(al, sp_tok, bpe_tok)
+    with pytest.raises(ValueError, match="held out 20 shared tokens"):
+        initialize(build("gpt_neox"), sp_tok, al, InitConfig(fallback="copy"))
+
+
+def test_low_score_aligned_rows_get_the_fvt_mean(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    src_in, _ = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    aligned = np.flatnonzero(al.provenance == Provenance.ALIGNED)
+    al.scores[aligned] = np.linspace(0.0, 1.0, len(aligned))
+    result = initialize(model, sp_tok, al, InitConfig(fallback="copy", min_score=0.5,
+                                                     gate_quantile=None), bpe_tok)
+    new_in, _ = snapshot(model)
+    low, high = aligned[al.scores[aligned] < 0.5], aligned[al.scores[aligned] >= 0.5]
+    pieces, _ = fvt_pieces(sp_tok, bpe_tok, low)
+    assert result.report.counts["gated_fvt"] == len(pieces) > 0
+    for t, ids in pieces.items():
+        assert torch.allclose(new_in[t], src_in[torch.from_numpy(ids)].mean(0), atol=1e-6)
+    assert torch.equal(new_in[high], src_in[torch.from_numpy(al.source_ids[high])])
+
+
+def test_fallback_mean_rows_get_the_source_mean(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    src_in, _ = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    fb = np.flatnonzero(al.provenance == Provenance.FALLBACK)
+    result = initialize(model, sp_tok, al, InitConfig(fallback="mean"), bpe_tok)
+    new_in, _ = snapshot(model)
+    mu = src_in[: len(bpe_tok)].mean(0)
+    assert result.report.counts["fallback_mean"] == len(fb) > 0
+    assert torch.allclose(new_in[fb], mu.expand(len(fb), -1), atol=1e-6)
+
+
+def test_min_score_needs_the_aligned_method():
+    with pytest.raises(ValueError, match="min_score only applies"):
+        InitConfig(method="fvt", min_score=0.3)
+
+
+def test_cli_init_flags_reach_the_config():
+    import argparse
+
+    from tokalign_core.commands import init as init_cmd
+
+    parser = argparse.ArgumentParser()
+    init_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["init", "--model", "m", "--target-tokenizer", "t", "--out", "o",
+                              "--fallback", "mean", "--min-score", "0.3",
+                              "--gate-quantile", "0"])
+    cfg = init_cmd.build_config(args)
+    assert cfg.fallback == "mean" and cfg.min_score == 0.3 and cfg.gate_quantile == 0
+
+
+def test_default_keeps_only_the_most_confident_tenth_of_aligned_rows(sp_tok, bpe_tok):
+    model = build("gpt_neox")
+    src_in, _ = snapshot(model)
+    al = make_alignment(sp_tok, bpe_tok)
+    aligned = np.flatnonzero(al.provenance == Provenance.ALIGNED)
+    al.scores[aligned] = np.linspace(0.0, 1.0, len(aligned))
+    result = initialize(model, sp_tok, al, InitConfig(fallback="copy"), bpe_tok)
+    new_in, _ = snapshot(model)
+    cut = np.quantile(al.scores[aligned], 0.9)
+    kept, low = aligned[al.scores[aligned] >= cut], aligned[al.scores[aligned] < cut]
+    assert 0 < len(kept) <= 0.11 * len(aligned)
+    assert torch.equal(new_in[kept], src_in[torch.from_numpy(al.source_ids[kept])])
+    pieces, _ = fvt_pieces(sp_tok, bpe_tok, low)
+    assert result.report.counts["gated_fvt"] == len(pieces) > 0.8 * len(aligned)
+    for t, ids in list(pieces.items())[:20]:
+        assert torch.allclose(new_in[t], src_in[torch.from_numpy(ids)].mean(0), atol=1e-6)
+    ungated = initialize(build("gpt_neox"), sp_tok, al,
+                         InitConfig(fallback="copy", gate_quantile=None), bpe_tok)
+    assert "gated_fvt" not in ungated.report.counts

@@ -32,9 +32,15 @@ def register(subparsers) -> None:
                    "--method aligned, optional for baselines (its shared tokens are reused)")
     p.add_argument("--method", choices=INIT_METHODS, default=None,
                    help="initialisation method (default: the config's, 'aligned')")
-    p.add_argument("--fallback", choices=("fvt", "copy"), default=None,
-                   help="aligned only: FALLBACK rows get the FVT mean (fvt) or the alignment's "
-                   "seeded row (copy); default fvt")
+    p.add_argument("--fallback", choices=("fvt", "copy", "mean"), default=None,
+                   help="aligned only: FALLBACK rows get the FVT mean (fvt), the alignment's "
+                   "seeded row (copy) or the source mean (mean); default fvt")
+    p.add_argument("--gate-quantile", type=float, default=None,
+                   help="aligned only: retrieved rows below this quantile of the retrieved "
+                   "rows' scores get the FVT mean (default 0.9; 0 = copy every aligned row)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="aligned only: retrieved rows scored below this get the FVT mean "
+                   "(default: none, every aligned row is copied)")
     p.add_argument("--pad-to-multiple-of", type=int, default=None,
                    help="round embedding rows up to this multiple (default 64)")
     p.add_argument("--seed", type=int, default=None, help="seed of random choices (default 0)")
@@ -55,7 +61,8 @@ def build_config(args: argparse.Namespace) -> InitConfig:
     """The InitConfig from --config plus explicit overrides."""
     from tokalign_core.cli import config_from
 
-    flags = {"method": args.method, "fallback": args.fallback,
+    flags = {"method": args.method, "fallback": args.fallback, "min_score": args.min_score,
+             "gate_quantile": args.gate_quantile,
              "pad_to_multiple_of": args.pad_to_multiple_of, "seed": args.seed,
              "reuse_shared": False if args.no_reuse_shared else None,
              "trust_remote_code": True if args.trust_remote_code else None}

@@ -127,8 +127,8 @@ class AlignConfig(FrozenConfig):
     ``retrieval``: ``csls`` or ``cosine`` for the final target -> source choice; ``auto`` is
     CSLS for vecmap and cosine for the two baselines (as in their papers).
     ``csls_k``: CSLS neighbourhood. ``n_anchors``: shared anchor tokens of ``relative``
-    (chosen with ``seed``). ``fallback``: for target tokens without a vector, the most
-    frequent source token of the token's source tokenization when known
+    (chosen with ``seed``). ``fallback``: for target tokens without a vector, the rarest
+    piece with a vector of the token's source tokenization when known
     (``tokenization``) else a seeded random trained source row, or always ``random``.
     ``candidates``/``batch_size``: retrieval speed/memory knobs (results do not change).
     """
