@@ -9,7 +9,10 @@ Start-up is most of what two local workers cost on a short run (issue 18): spawn
 workers re-import Dask, NumPy, numba kernels and the tokenizer (4-10 s on 2 shared cores).
 So the LocalCluster starts on the first :meth:`DaskExecutor.map`, after the stage has
 loaded its tokenizer and compiled kernels, and its workers are *forked* from this process
-(``start_method="fork"``, POSIX): they inherit all of that and are up in ~0.3 s.
+when that is safe (POSIX, and no other thread running at that moment): they inherit all of
+that and are up in ~0.3 s. A process with threads (a Prefect flow's task runner, a test
+harness, MLflow's lineage thread) is never forked: a lock held by another thread at the
+fork stays locked in the child forever, and the cluster start hangs. Those spawn.
 """
 
 from __future__ import annotations
@@ -60,28 +63,39 @@ def _pin_threads() -> None:
         torch.set_num_threads(1)
 
 
+def resolve_start_method(requested: str | None) -> str:
+    """``requested``, or for None: ``fork`` when it is safe (POSIX, this is the only thread
+    running), else ``spawn``."""
+    import threading
+
+    if requested is not None:
+        return requested
+    return "fork" if os.name == "posix" and threading.active_count() == 1 else "spawn"
+
+
 class DaskExecutor:
     """Dask ``Client.map`` + gather, results in input order.
 
     ``address=None`` starts a LocalCluster (processes, one thread each, bound to
     127.0.0.1) on the first :meth:`map`, its workers started by ``start_method``
     (``fork``: inherit this process's imports and caches; ``spawn``: Dask's default, what
-    a process with threads that must not be forked needs); otherwise connects to the given
-    scheduler (``tcp://host:8786``) at once, so a wrong address fails early.
+    a process with threads that must not be forked needs; ``None``: fork when this
+    process runs no other thread at that moment, else spawn); otherwise connects to the
+    given scheduler (``tcp://host:8786``) at once, so a wrong address fails early.
     """
 
     #: Workers are other processes: results go through the artifact root, not memory.
     distributed = True
 
     def __init__(self, address: str | None = None, n_workers: int = 2, progress: bool = True,
-                 start_method: str = "fork"):
+                 start_method: str | None = None):
         try:
             import dask.distributed  # noqa: F401
         except ImportError as exc:  # pragma: no cover - dask is a core dependency
             raise ImportError("the Dask executor needs `pip install dask[distributed]`") from exc
         if os.name != "posix":  # no fork outside POSIX
             start_method = "spawn"
-        if start_method not in ("fork", "spawn", "forkserver"):
+        if start_method not in (None, "fork", "spawn", "forkserver"):
             raise ValueError(f"start_method {start_method!r}: choose fork, spawn or forkserver")
         self._cluster = None
         self._client = None
@@ -101,7 +115,7 @@ class DaskExecutor:
             import dask
 
             with dask.config.set({"distributed.worker.multiprocessing-method":
-                                  self._start_method}):
+                                  resolve_start_method(self._start_method)}):
                 self._cluster = LocalCluster(
                     n_workers=self._local_workers, threads_per_worker=1, processes=True,
                     host="127.0.0.1", dashboard_address=None,

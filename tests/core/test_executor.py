@@ -29,9 +29,27 @@ def test_unknown_start_method_is_refused():
         ex_mod.DaskExecutor(start_method="thread")
 
 
+def test_a_process_with_threads_is_never_forked():
+    """Forking while another thread holds a lock hangs the child (the full test suite hung
+    in LocalCluster start-up this way): with a second thread alive, workers spawn."""
+    import threading
+
+    assert ex_mod.resolve_start_method("fork") == "fork"  # an explicit choice is kept
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        assert ex_mod.resolve_start_method(None) == "spawn"
+    finally:
+        stop.set()
+        other.join()
+    if threading.active_count() == 1:
+        assert ex_mod.resolve_start_method(None) == "fork"
+
+
 @pytest.mark.slow  # starts a LocalCluster
 def test_local_cluster_starts_on_first_map_with_forked_workers():
-    ex = ex_mod.DaskExecutor(n_workers=2, progress=False)
+    ex = ex_mod.DaskExecutor(n_workers=2, progress=False, start_method="fork")
     try:
         assert ex._client is None and ex.distributed  # nothing started yet
         MARK["parent"] = os.getpid()
