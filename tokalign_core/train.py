@@ -405,7 +405,7 @@ def _unsafe(path: Path, st: os.stat_result, writable_bits: int) -> str | None:
 def check_resume_safe(out_dir: Path, root: Path) -> None:
     """Refuse to resume from checkpoints someone else could have planted or edited.
 
-    DeepSpeed loads its checkpoint files with ``torch.load(weights_only=False)``, which
+    DeepSpeed unpickles its checkpoint files (torch.load with weights-only mode off), which
     runs code from the file. So ``out_dir`` must be ours and not world-writable, and the
     checkpoint folder and everything below it ours and not group/world-writable (this
     trainer writes them so: folder 0700, files ``go-w``). Raises
