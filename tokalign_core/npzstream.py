@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,14 +65,7 @@ def member(path: str | Path, name: str) -> Member:
         fh.seek(info.header_offset)
         fields = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
         fh.seek(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(fh)
-        offset = fh.tell()
-    if fortran or dtype.hasobject:
-        raise ValueError(f"{path}: member {name} is not a plain C-ordered array")
-    return Member(path, offset, dtype, tuple(shape))
+        return _read_npy_header(fh, path, f"{path}: member {name}")
 
 
 class NpzWriter:
@@ -146,11 +140,15 @@ def npy_member(path: str | Path) -> Member:
     """The data of a plain ``.npy`` file as a :class:`Member` (read piece by piece)."""
     path = Path(path)
     with path.open("rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(fh)
-        offset = fh.tell()
+        return _read_npy_header(fh, path, str(path))
+
+
+def _read_npy_header(fh: Any, path: Path, what: str) -> Member:
+    """The ``.npy`` header at ``fh``'s position -> a :class:`Member` of the data after it."""
+    version = np.lib.format.read_magic(fh)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(fh)
     if fortran or dtype.hasobject:
-        raise ValueError(f"{path} is not a plain C-ordered array")
-    return Member(path, offset, dtype, tuple(shape))
+        raise ValueError(f"{what} is not a plain C-ordered array")
+    return Member(path, fh.tell(), dtype, tuple(shape))
