@@ -30,20 +30,72 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", default="builtin:qwen2", metavar="SPEC",
                    help="target tokenizer: builtin:qwen2, a folder, tokenizer.json, "
                         "*.tiktoken or a hub id (default: %(default)s)")
-    p.add_argument("--run-dir", default="runs/demo", metavar="DIR",
-                   help="artifacts, Prefect results, logs and mlflow.db (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="a micro source model pretrained here and tiny budgets: a wiring "
+                        "smoke test in a few minutes, not a quality result "
+                        "(default: off)")
+    add_run_flags(p, "runs/demo")
+    p.set_defaults(func=run_demo)
+
+
+def add_run_flags(p: Any, run_dir: str) -> None:
+    """The flags of a command that runs flows on the embedded defaults (demo, run)."""
+    p.add_argument("--run-dir", default=run_dir, metavar="DIR",
+                   help="artifacts, models, Prefect results, logs and mlflow.db "
+                        "(default: %(default)s)")
     p.add_argument("--workers", type=int, default=2,
                    help="Dask LocalCluster processes for sharded stages; 1 = serial "
                         "(default: %(default)s)")
     p.add_argument("--dask-address", default=None, metavar="TCP",
                    help="use an existing Dask scheduler instead (default: none)")
-    p.add_argument("--quick", action="store_true",
-                   help="a micro source model pretrained here and tiny budgets: a wiring "
-                        "smoke test in a few minutes, not a quality result "
-                        "(default: off)")
     p.add_argument("--progress", action="store_true",
                    help="show the stages' progress bars (default: off)")
-    p.set_defaults(func=run_demo)
+
+
+def embedded_workspace(args: argparse.Namespace) -> Any:
+    """The flows' Workspace for ``args`` (see :func:`add_run_flags`), after setting the
+    embedded defaults inside the run folder (before Prefect reads its settings), quieting
+    request chatter and progress bars, and starting MLflow's import in the background."""
+    from tokalign_core.cli import UserError
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from flows.env import embedded_defaults
+
+    embedded_defaults(run_dir)
+    quiet_progress_bars(args.progress)
+    import logging
+
+    for noisy in ("httpx", "httpcore", "alembic", "urllib3"):  # request-level chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from tasks.caching import Workspace
+    from tasks.lineage import prewarm
+
+    ws = Workspace(run_dir=str(run_dir), workers=args.workers, dask_address=args.dask_address,
+                   progress=args.progress)
+    prewarm(ws)  # MLflow's import (seconds) overlaps the temporary Prefect server's start
+    return ws
+
+
+def run_flow(what: str, flow: Any, cfg: Any, ws: Any) -> int:
+    """Run ``flow(cfg, ws)`` and print its summary, how much came from the cache, where the
+    models and the MLflow store are, and how to browse them. The flow's own prints go to
+    Prefect's log (stderr, and the UI for served runs); the tables are the stdout promise."""
+    from tasks.lineage import tracking_uri
+    from tokalign_core.config import redact_userinfo
+
+    start = time.perf_counter()
+    out = flow(cfg, ws)
+    took = time.perf_counter() - start
+    cached = sum(v == "Cached" for v in out["states"].values())
+    print(out["summary"])
+    print(f"\n{what} finished in {took:.0f} s ({cached}/{len(out['states'])} stages from the "
+          f"cache); results in {ws.root}\n{model_lines(out)}\n"
+          f"MLflow store: {redact_userinfo(tracking_uri(ws))} (experiment 'tokalign')\n"
+          f"browse them:\n{browse_commands(ws.root)}")
+    return 0
 
 
 def browse_commands(run_dir: Path) -> str:
@@ -73,36 +125,7 @@ def model_lines(out: dict[str, Any]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from tokalign_core.cli import UserError
-
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
-    run_dir = Path(args.run_dir).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from flows.env import embedded_defaults
-
-    embedded_defaults(run_dir)  # before Prefect reads its settings
-    quiet_progress_bars(args.progress)
-    import logging
-
-    for noisy in ("httpx", "httpcore", "alembic", "urllib3"):  # request-level chatter
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ws = embedded_workspace(args)
     from flows.demo import DemoConfig, demo_flow
-    from tasks.caching import Workspace
-    from tasks.lineage import prewarm
 
-    ws = Workspace(run_dir=str(run_dir), workers=args.workers, dask_address=args.dask_address,
-                   progress=args.progress)
-    prewarm(ws)  # MLflow's import (seconds) overlaps the temporary Prefect server's start
-    start = time.perf_counter()
-    out = demo_flow(DemoConfig.make(args.target, quick=args.quick), ws)
-    took = time.perf_counter() - start
-    cached = sum(v == "Cached" for v in out["states"].values())
-    # The flow's own print goes to Prefect's log (stderr, and the UI for served runs); the
-    # command's promise is the three tables on stdout.
-    print(out["summary"])
-    print(f"\ndemo finished in {took:.0f} s ({cached}/{len(out['states'])} stages from the "
-          f"cache); results in {run_dir}\n{model_lines(out)}\n"
-          f"MLflow store: sqlite:///{run_dir / 'mlflow.db'}\n"
-          f"browse them:\n{browse_commands(run_dir)}")
-    return 0
+    return run_flow("demo", demo_flow, DemoConfig.make(args.target, quick=args.quick), ws)

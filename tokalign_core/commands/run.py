@@ -9,7 +9,6 @@ same inputs is served from the content-hash cache.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +57,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--teacher", default=None, metavar="SPEC",
                    help="distil from this model, which must use the target tokenizer "
                         "(default: the config's teacher, if any)")
-    p.add_argument("--run-dir", default="runs/run", metavar="DIR",
-                   help="artifacts, models, Prefect results, logs and mlflow.db "
-                        "(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="Dask LocalCluster processes for sharded stages; 1 = serial "
-                        "(default: %(default)s)")
-    p.add_argument("--dask-address", default=None, metavar="TCP",
-                   help="use an existing Dask scheduler instead (default: none)")
-    p.add_argument("--progress", action="store_true",
-                   help="show the stages' progress bars (default: off)")
+    from tokalign_core.commands.demo import add_run_flags
+
+    add_run_flags(p, "runs/run")
     p.set_defaults(func=run)
 
 
@@ -143,44 +135,12 @@ def check_inputs(cfg: Any) -> None:
             raise UserError(f"{flag} {spec}: no such file or folder")
 
 
-def where(out: dict[str, Any], tracking: str) -> str:
-    """The lines that say where the models and the MLflow store are."""
-    from tokalign_core.commands.demo import model_lines
-
-    return f"{model_lines(out)}\nMLflow store: {tracking} (experiment 'tokalign')"
-
-
 def run(args: argparse.Namespace) -> int:
-    from tokalign_core.cli import UserError
+    from tokalign_core.commands.demo import embedded_workspace, run_flow
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
     cfg = build_config(args)
     check_inputs(cfg)
-    run_dir = Path(args.run_dir).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from flows.env import embedded_defaults
-    from tokalign_core.commands.demo import browse_commands, quiet_progress_bars
-
-    embedded_defaults(run_dir)  # before Prefect reads its settings
-    quiet_progress_bars(args.progress)
-    import logging
-
-    for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ws = embedded_workspace(args)
     from flows.pipeline import pipeline_flow
-    from tasks.caching import Workspace
-    from tasks.lineage import prewarm, tracking_uri
 
-    ws = Workspace(run_dir=str(run_dir), workers=args.workers, dask_address=args.dask_address,
-                   progress=args.progress)
-    prewarm(ws)
-    start = time.perf_counter()
-    out = pipeline_flow(cfg, ws)
-    took = time.perf_counter() - start
-    cached = sum(v == "Cached" for v in out["states"].values())
-    print(out["summary"])
-    print(f"\n{cfg.title()} finished in {took:.0f} s ({cached}/{len(out['states'])} stages "
-          f"from the cache); results in {run_dir}\n{where(out, tracking_uri(ws))}\n"
-          f"browse them:\n{browse_commands(run_dir)}")
-    return 0
+    return run_flow(cfg.title(), pipeline_flow, cfg, ws)
