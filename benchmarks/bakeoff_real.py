@@ -76,6 +76,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "tokalign++": {"align": "vecmap", "init": UNGATED},
     "tokalign": {"align": "relative", "init": UNGATED},
     "hidden-states": {"align": "hidden-csls", "init": UNGATED},
+    "hidden-states gate q90": {"align": "hidden-csls", "init": {"gate_quantile": 0.9}},
     # issue 14 ablations (TokAlign++ = the vecmap alignment); "gate q90" is the new default
     "tokalign++ fallback=mean": {"align": "vecmap", "init": {**UNGATED, "fallback": "mean"}},
     "tokalign++ gate q50": {"align": "vecmap", "init": {"gate_quantile": 0.5}},
