@@ -144,15 +144,19 @@ def group_docs(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
-def pack(docs: list[str], chars: int) -> list[str]:
-    """Documents of exactly ``chars`` characters, in order: a long document is cut, short
-    consecutive ones are joined with a blank line until they reach ``chars`` (held-out man
-    pages of some languages are mostly shorter than 2,000 characters)."""
+CHUNKS_PER_DOC = 2  # the held-out Python has 21 files of >= 2,000 characters: 32 are needed
+
+
+def pack(docs: list[str], chars: int, per_doc: int = CHUNKS_PER_DOC) -> list[str]:
+    """Documents of exactly ``chars`` characters, in order: a long document gives up to
+    ``per_doc`` consecutive chunks (more would make the bootstrap's documents too alike),
+    short consecutive ones are joined with a blank line until they reach ``chars`` (held-out
+    man pages of some languages are mostly shorter than 2,000 characters)."""
     out, buf = [], ""
     for d in docs:
         d = d.strip()
         if len(d) >= chars:
-            out.append(d[:chars])
+            out.extend(d[i * chars:(i + 1) * chars] for i in range(min(per_doc, len(d) // chars)))
             continue
         buf = f"{buf}\n\n{d}" if buf else d
         if len(buf) >= chars:
