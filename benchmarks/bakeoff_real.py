@@ -144,24 +144,27 @@ def group_docs(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
-CHUNKS_PER_DOC = 2  # the held-out Python has 21 files of >= 2,000 characters: 32 are needed
+CHUNKS_PER_DOC = 3  # held-out Python and Japanese are too few files for 32 documents
 
 
 def pack(docs: list[str], chars: int, per_doc: int = CHUNKS_PER_DOC) -> list[str]:
-    """Documents of exactly ``chars`` characters, in order: a long document gives up to
-    ``per_doc`` consecutive chunks (more would make the bootstrap's documents too alike),
-    short consecutive ones are joined with a blank line until they reach ``chars`` (held-out
-    man pages of some languages are mostly shorter than 2,000 characters)."""
+    """Documents of exactly ``chars`` characters, in order. A long document gives up to
+    ``per_doc`` consecutive chunks (more would make the bootstrap's documents too alike);
+    short documents and the tails of long ones (held-out man pages of some languages are
+    mostly shorter than 2,000 characters) are joined with a blank line until they reach
+    ``chars``, and a joined text's remainder starts the next."""
     out, buf = [], ""
     for d in docs:
         d = d.strip()
-        if len(d) >= chars:
-            out.extend(d[i * chars:(i + 1) * chars] for i in range(min(per_doc, len(d) // chars)))
+        n = len(d) // chars
+        out.extend(d[i * chars:(i + 1) * chars] for i in range(min(per_doc, n)))
+        tail = d[n * chars:].strip() if n < per_doc else ""
+        if not tail:
             continue
-        buf = f"{buf}\n\n{d}" if buf else d
+        buf = f"{buf}\n\n{tail}" if buf else tail
         if len(buf) >= chars:
             out.append(buf[:chars])
-            buf = ""
+            buf = buf[chars:].strip()
     return out
 
 
