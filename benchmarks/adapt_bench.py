@@ -45,8 +45,8 @@ def _loadavg() -> str:
 
 def _toy_data(folder: Path, vocab: int, n_docs: int, seed: int = 0):
     """Tokenizer + tokens artifact from the standard library's text (no network)."""
-    from tokalign_core import toy
-    from tokalign_core.data import write_tokens_artifact
+    from tokalign_core.model import toy
+    from tokalign_core.train.data import write_tokens_artifact
 
     texts = toy.stdlib_texts(n_docs, seed=seed)
     tok = toy.train_bytelevel_bpe(texts, vocab_size=vocab)
@@ -66,9 +66,9 @@ def _save(model, tok, folder: Path) -> Path:
 def throughput(args: argparse.Namespace) -> dict:
     import torch
 
-    from tokalign_core import toy
     from tokalign_core.configs.train import TrainConfig
-    from tokalign_core.train import run_training
+    from tokalign_core.model import toy
+    from tokalign_core.train.loop import run_training
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     work = CACHE / "throughput"
@@ -110,9 +110,9 @@ def heldout_bytes_per_token(model_dir: str, tokens: str, seq_len: int,
     """(predicted tokens, their UTF-8 bytes) of the held-out blocks the training loop
     scores: every token's bytes from the canonical vocabulary (special tokens: 0 bytes),
     so bits/byte = bits/token * tokens / bytes is exact, not a decode-and-count estimate."""
-    from tokalign_core.data import heldout_blocks
-    from tokalign_core.init_model import load_tokenizer
-    from tokalign_core.vocab import build_vocab
+    from tokalign_core.model.init import load_tokenizer
+    from tokalign_core.train.data import heldout_blocks
+    from tokalign_core.vocab.vocab import build_vocab
 
     tok = load_tokenizer(model_dir)
     vocab = build_vocab(tok)
@@ -125,7 +125,7 @@ def heldout_bytes_per_token(model_dir: str, tokens: str, seq_len: int,
 def compare(args: argparse.Namespace) -> dict:
     """Adapt each initialised model with the same config; eval curves + a plot."""
     from tokalign_core.configs.train import TrainConfig
-    from tokalign_core.train import run_training
+    from tokalign_core.train.loop import run_training
 
     out = {"loadavg_before": _loadavg(), "curves": {}}
     first = args.model[0].split("=", 1)[1]
@@ -184,7 +184,7 @@ def distill_given(args: argparse.Namespace) -> dict:
     the same steps and tokens per step. Held-out bits/token and bits/byte."""
     from tokalign_core.configs.distill import DistillConfig
     from tokalign_core.configs.train import TrainConfig
-    from tokalign_core.train import run_training
+    from tokalign_core.train.loop import run_training
 
     work = CACHE / "distill-given"
     n_tok, n_bytes = heldout_bytes_per_token(args.student, args.tokens, args.seq_len,
@@ -224,10 +224,10 @@ def distill_bench(args: argparse.Namespace) -> dict:
         return distill_given(args)
     import torch
 
-    from tokalign_core import toy
     from tokalign_core.configs.distill import DistillConfig
     from tokalign_core.configs.train import TrainConfig
-    from tokalign_core.train import run_training
+    from tokalign_core.model import toy
+    from tokalign_core.train.loop import run_training
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     work = CACHE / "distill"

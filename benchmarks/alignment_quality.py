@@ -134,9 +134,9 @@ def corpus_args(corpus_dir: Path, budget: int) -> list[str]:
 def retrieved_views(align_dir: Path, top: int = 10) -> dict:
     """P@1 over held-out pairs the method retrieved itself, and hubness over "aligned"
     targets only (both exclude the tokenization fallback; see the module docstring)."""
-    from tokalign_core.align_metrics import hubness
-    from tokalign_core.alignment import Alignment, Provenance
-    from tokalign_core.vocab import SharedTokens
+    from tokalign_core.align.alignment import Alignment, Provenance
+    from tokalign_core.align.metrics import hubness
+    from tokalign_core.vocab.vocab import SharedTokens
 
     al = Alignment.load(align_dir)
     aligned = al.provenance == Provenance.ALIGNED

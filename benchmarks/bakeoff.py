@@ -5,7 +5,7 @@
         [--alignment NAME=DIR ...] [--max-docs 16] [--max-chars 1500] [--out .cache/bakeoff]
 
 1. Source model: a small GPT-NeoX with an English-centric byte-level BPE, pretrained here by
-   :func:`tokalign_core.pretrain.pretrain` (content-hash cached under ``--artifacts``; a
+   :func:`tokalign_core.train.pretrain.pretrain` (content-hash cached under ``--artifacts``; a
    second run reuses it).
 2. Target tokenizer: the real Qwen2 vocabulary (``builtin:qwen2``, 151,646 ids).
 3. Alignments: every ``--alignment NAME=DIR`` given (e.g. TokAlign++ GloVe + VecMap from the
@@ -16,8 +16,8 @@
 4. For the source model itself (reference line) and for every method -- random,
    random-permutation, mean, multivariate, fvt and each alignment -- initialise a fresh copy
    of the source model for the target vocabulary and score held-out text per language /
-   domain with :func:`tokalign_core.evaluate.evaluate_model`: perplexity normalised to the
-   *source* tokenizer's token count (comparable across vocabularies) and bits per byte.
+   domain with :func:`tokalign_core.evaluate.perplexity.evaluate_model`: perplexity normalised to
+   the *source* tokenizer's token count (comparable across vocabularies) and bits per byte.
 
 Held-out text: ``<bench>/eval/<lang>.jsonl`` from ``benchmarks/make_corpus.py`` when it is
 ready; otherwise a fallback built here: English and 7 other languages from the Debian man
@@ -43,10 +43,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokalign_core.alignment import Alignment, Provenance  # noqa: E402
-from tokalign_core.artifacts import atomic_write_text  # noqa: E402
+from tokalign_core.align.alignment import Alignment, Provenance  # noqa: E402
 from tokalign_core.configs.evaluate import EvalConfig  # noqa: E402
 from tokalign_core.configs.init import InitConfig  # noqa: E402
+from tokalign_core.store.artifacts import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("bakeoff")
 BASELINES = ("random", "random-permutation", "mean", "multivariate", "fvt")
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def corpus_eval_groups(bench: Path, max_docs: int) -> dict[str, list[str]]:
     """Held-out groups from make_corpus.py's ``eval/<lang>.jsonl`` (empty if not ready)."""
-    from tokalign_core.evaluate import load_texts
+    from tokalign_core.evaluate.perplexity import load_texts
 
     eval_dir = bench / "eval"
     if not (bench / "corpus" / "READY").exists() or not eval_dir.is_dir():
@@ -109,7 +109,7 @@ def corpus_eval_groups(bench: Path, max_docs: int) -> dict[str, list[str]]:
 
 def fallback_eval_groups(max_docs: int, seed: int, progress: bool) -> dict[str, list[str]]:
     """English + other languages from man pages; Python code from stdlib sub-packages."""
-    from tokalign_core.textsources import extract_docs, find_man_pages
+    from tokalign_core.data.textsources import extract_docs, find_man_pages
 
     rng = random.Random(seed)
     pages = find_man_pages()
@@ -150,11 +150,11 @@ def eval_groups(args: argparse.Namespace) -> tuple[dict[str, list[str]], str]:
 
 def hidden_alignments(model, src_tok, tgt_tok, args) -> dict[str, Alignment]:
     """hidden-csls and hidden-relative alignments from the source model's hidden states."""
-    from tokalign_core.align import Embeddings, build_alignment
-    from tokalign_core.baselines import fvt_pieces
+    from tokalign_core.align.build import Embeddings, build_alignment
     from tokalign_core.configs.align import AlignConfig
-    from tokalign_core.hidden_states import extract_hidden_states
-    from tokalign_core.vocab import build_vocab, shared_tokens
+    from tokalign_core.embed.hidden_states import extract_hidden_states
+    from tokalign_core.model.baselines import fvt_pieces
+    from tokalign_core.vocab.vocab import build_vocab, shared_tokens
 
     rows = model.get_input_embeddings().weight.shape[0]
     t0 = time.time()
@@ -196,7 +196,7 @@ def given_alignments(specs: list[str]) -> dict[str, Path]:
 def cached_hidden_alignments(path: Path, src_tok, tgt_tok, args) -> dict[str, Path]:
     """:func:`hidden_alignments` saved under ``<out>/hidden/<model digest>/<name>`` and
     reused by later runs on the same source model."""
-    from tokalign_core.init_model import load_model
+    from tokalign_core.model.init import load_model
 
     folder = Path(args.out) / "hidden" / path.name
     names = ("hidden-csls", "hidden-relative")
@@ -252,7 +252,7 @@ def piece_agreement(alignment: Alignment, src_tok, tgt_tok, groups: dict) -> dic
     non-shared occurrences that are FALLBACK."""
     import numpy as np
 
-    from tokalign_core.baselines import fvt_pieces
+    from tokalign_core.model.baselines import fvt_pieces
 
     occ = np.concatenate([np.asarray(ids, np.int64) for docs in groups.values() for ids in
                           tgt_tok(docs, add_special_tokens=False)["input_ids"]])
@@ -277,7 +277,7 @@ def piece_agreement(alignment: Alignment, src_tok, tgt_tok, groups: dict) -> dic
 
 
 def score(model, tok, src_tok, groups, args) -> dict:
-    from tokalign_core.evaluate import evaluate_model
+    from tokalign_core.evaluate.perplexity import evaluate_model
 
     cfg = EvalConfig(window=args.window, stride=args.window // 2, batch_size=args.batch_size)
     return evaluate_model(model, tok, groups, src_tok, cfg, progress=not args.no_progress)
@@ -285,7 +285,7 @@ def score(model, tok, src_tok, groups, args) -> dict:
 
 def run_method(name: str, path: Path, src_tok, tgt_tok, alignment, groups, args) -> dict:
     """Initialise a fresh copy of the source model with one method and score it."""
-    from tokalign_core.init_model import initialize, load_model
+    from tokalign_core.model.init import initialize, load_model
 
     method = "aligned" if alignment is not None else name
     cfg = InitConfig(method=method, seed=args.seed)
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tokalign_core import pretrain
-    from tokalign_core.init_model import load_model, load_tokenizer
+    from tokalign_core.model.init import load_model, load_tokenizer
+    from tokalign_core.train import pretrain
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@
         [--alignment vecmap=DIR --alignment relative=DIR ...] [--out .cache/bakeoff_real/eval]
 
 Every row initialises a fresh copy of the source model for the target vocabulary through
-the production path (:func:`tokalign_core.init_model.initialize`) and scores held-out
+the production path (:func:`tokalign_core.model.init.initialize`) and scores held-out
 documents one at a time (each document in one forward pass, prefixed with BOS). Per
 document it keeps the total NLL (nats), the bytes and the source tokenizer's token count,
 and reports per group and as the unweighted mean over groups:
@@ -58,9 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tokalign_core.alignment import Alignment  # noqa: E402
-from tokalign_core.artifacts import atomic_write_text  # noqa: E402
+from tokalign_core.align.alignment import Alignment  # noqa: E402
 from tokalign_core.configs.init import InitConfig  # noqa: E402
+from tokalign_core.store.artifacts import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("bakeoff_real")
 GROUPS = ("en", "python", "de", "fr", "es", "ru", "zh", "ja")
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def group_docs(args: argparse.Namespace) -> dict[str, list[str]]:
     """group -> the split's documents (each exactly ``--chars`` characters)."""
-    from tokalign_core.evaluate import load_texts
+    from tokalign_core.evaluate.perplexity import load_texts
 
     wanted = args.groups.split(",")
     corpus = load_texts(Path(args.bench) / "eval")
@@ -171,7 +171,7 @@ def pack(docs: list[str], chars: int, per_doc: int = CHUNKS_PER_DOC) -> list[str
 def man_docs(lang: str, chars: int, want: int, seed: int) -> list[str]:
     """Documents of >= ``chars`` characters from this machine's man pages in ``lang``,
     in a fixed order (files sorted, then a seeded shuffle)."""
-    from tokalign_core.textsources import extract_docs, find_man_pages
+    from tokalign_core.data.textsources import extract_docs, find_man_pages
 
     files = sorted((f for f in find_man_pages() if f.lang == lang), key=lambda f: f.path)
     random.Random(seed).shuffle(files)
@@ -190,7 +190,7 @@ class Builder:
     """Loads the source model once and builds each row's initialised copy."""
 
     def __init__(self, args: argparse.Namespace):
-        from tokalign_core.init_model import load_model, load_tokenizer
+        from tokalign_core.model.init import load_model, load_tokenizer
 
         self.args = args
         t0 = time.time()
@@ -220,7 +220,7 @@ class Builder:
 
     def build(self, recipe: dict) -> tuple[Any, dict]:
         """(initialised model, init counts); an untied head comes from ``recipe['head']``."""
-        from tokalign_core.init_model import initialize
+        from tokalign_core.model.init import initialize
 
         ali = self.alignment(recipe)
         res = initialize(copy.deepcopy(self.source), self.tgt_tok, ali,
@@ -282,7 +282,7 @@ def score_row(model: Any, tok: Any, src_tok: Any, groups: dict[str, list[str]],
     """Per group, per document: {nll, n_scored, bytes, ref_tokens}; cached documents are
     read, the rest scored one per forward pass and appended to ``cache_file``."""
     from tokalign_core.configs.evaluate import EvalConfig
-    from tokalign_core.evaluate import score_documents
+    from tokalign_core.evaluate.perplexity import score_documents
 
     cached = read_cache(cache_file)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -387,7 +387,7 @@ def row_digests(out: Path) -> dict[str, dict]:
 def merge(args: argparse.Namespace, out: Path) -> int:
     """Summarise every row whose cached scores cover the split's documents, from the
     per-document cache alone (no model is loaded): runs side by side merge here."""
-    from tokalign_core.init_model import load_tokenizer
+    from tokalign_core.model.init import load_tokenizer
 
     groups = group_docs(args)
     src_tok = load_tokenizer(args.source)

@@ -50,7 +50,7 @@ def prepare(source: Path, vocab: int) -> Path:
     cache = OUT / f"full-{source.stem}-{vocab}"
     if (cache / "offsets.npy").exists():
         return cache
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     texts = [t for t in read_texts(source) if t.strip()]
     sample, size = [], 0
@@ -105,12 +105,12 @@ def make_tokens(full: Path, n_tokens: int, n_shards: int = 2) -> tuple[Path, boo
 
 def measure(tokens: str, workers: int) -> dict:
     """Run inside a fresh process: count once, report time and peak RSS."""
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.cooccur import CooccurConfig
 
     # Compile (or load the cached) kernels outside the timing.
-    from tokalign_core.cooccur import build_cooccur, count_shard, row_lookup
-    from tokalign_core.executor import SerialExecutor, make_executor
+    from tokalign_core.embed.cooccur import build_cooccur, count_shard, row_lookup
+    from tokalign_core.runtime.executor import SerialExecutor, make_executor
+    from tokalign_core.store.artifacts import ArtifactStore
     count_shard(np.zeros(40, np.uint32), np.array([0, 40]), row_lookup(np.array([0]), 1))
     t_setup = time.time()
     ex = make_executor(workers) if workers > 1 else SerialExecutor()

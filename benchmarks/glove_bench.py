@@ -29,8 +29,8 @@ def run(cooccur: str, iterations: int, dim: int, spec: str) -> dict:
     import torch
 
     from tokalign_core.configs.glove import GloveConfig
-    from tokalign_core.cooccur import load_cooccur
-    from tokalign_core.glove import train_glove
+    from tokalign_core.embed.cooccur import load_cooccur
+    from tokalign_core.embed.glove import train_glove
 
     engine, threads, *batch = spec.split(":")
     torch.set_num_threads(int(threads))

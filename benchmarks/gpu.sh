@@ -14,7 +14,7 @@ REPORT=${1:-benchmarks/out/gpu-$(hostname).md}
 PY=${PYTHON:-python}
 $PY -m pip install -q -e '.[gpu]'
 $PY - <<'PYEOF'
-from tokalign_core.backend import cupy_available, torch_cuda_available
+from tokalign_core.runtime.backend import cupy_available, torch_cuda_available
 if not (cupy_available() and torch_cuda_available()):
     raise SystemExit("no usable GPU: CuPy sees a CUDA device: %s, torch: %s"
                      % (cupy_available(), torch_cuda_available()))

@@ -46,8 +46,8 @@ def _sync(backend: str) -> None:
 
 
 def bench_retrieval(backend: str, n: int, d: int) -> dict:
-    from tokalign_core.backend import asarray, to_numpy
-    from tokalign_core.retrieval import retrieve_both
+    from tokalign_core.align.retrieval import retrieve_both
+    from tokalign_core.runtime.backend import asarray, to_numpy
 
     x, z = pair(n, d, rotate=False)
     xa, za = asarray(x, backend), asarray(z, backend)
@@ -64,7 +64,7 @@ def bench_retrieval(backend: str, n: int, d: int) -> dict:
 
 
 def bench_vecmap(backend: str, n: int, d: int, iterations: int) -> dict:
-    from tokalign_core import vecmap
+    from tokalign_core.align import vecmap
     from tokalign_core.configs.align import VecMapConfig
 
     x, z = pair(n, d, seed=1)
@@ -73,7 +73,7 @@ def bench_vecmap(backend: str, n: int, d: int, iterations: int) -> dict:
     t0 = time.perf_counter()
     res = vecmap.fit(x, z, cfg, seed_pairs=seeds)
     secs = time.perf_counter() - t0
-    from tokalign_core.retrieval import retrieve
+    from tokalign_core.align.retrieval import retrieve
 
     p1 = float((retrieve(res.x_mapped, res.z_mapped, "csls", 10).indices == np.arange(n)).mean())
     return {
@@ -87,7 +87,7 @@ def bench_glove(backend: str, n: int, d: int, iterations: int) -> dict:
     import scipy.sparse as sp
 
     from tokalign_core.configs.glove import GloveConfig
-    from tokalign_core.glove import train_glove
+    from tokalign_core.embed.glove import train_glove
 
     rng = np.random.default_rng(2)
     # Zipf-like counts: row i has ~ 40 / (1 + i / 100) partners

@@ -30,8 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokalign_core.artifacts import atomic_write_text  # noqa: E402
-from tokalign_core.textsources import (  # noqa: E402
+from tokalign_core.data.textsources import (  # noqa: E402
     CorpusSummary,
     TextCorpusConfig,
     build_text_corpus,
@@ -39,6 +38,7 @@ from tokalign_core.textsources import (  # noqa: E402
     read_text_file,
     strip_roff,
 )
+from tokalign_core.store.artifacts import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,8 +98,8 @@ def compare_roff(n: int, seed: int) -> dict:
 
 def count_tokens(corpus_dir: Path, spec: str, sample_bytes: int = 200_000) -> dict:
     """Estimated tokens per file: bytes/token of a leading sample times the file's bytes."""
-    from tokalign_core.textsources import read_jsonl
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.data.textsources import read_jsonl
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tok = load_tokenizer(spec)
     summary = json.loads((corpus_dir / "summary.json").read_text())

@@ -53,7 +53,7 @@ def prepare(source: Path, max_tokens: int, spec: str = "builtin:qwen2") -> Path:
     cache = OUT / "full-qwen2"
     if (cache / "offsets.npy").exists():
         return cache
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tok = load_tokenizer(spec)
     backend = tok.backend_tokenizer
@@ -114,9 +114,9 @@ def make_tokens(full: Path, n_tokens: int, n_shards: int = 2) -> Path:
 
 def child_cooccur(tokens: str, budget: float, store: str) -> dict:
     """build_cooccur (window 15, min count 5); an earlier checkout has no budget field."""
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.cooccur import CooccurConfig
-    from tokalign_core.cooccur import build_cooccur
+    from tokalign_core.embed.cooccur import build_cooccur
+    from tokalign_core.store.artifacts import ArtifactStore
 
     has_budget = "memory_budget_mb" in CooccurConfig.model_fields
     cfg = CooccurConfig(**({"memory_budget_mb": budget} if has_budget else {}))
@@ -130,9 +130,9 @@ def child_cooccur(tokens: str, budget: float, store: str) -> dict:
 
 
 def child_glove(cooccur: str, budget: float, iterations: int, dim: int) -> dict:
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.glove import GloveConfig
-    from tokalign_core.glove import build_glove
+    from tokalign_core.embed.glove import build_glove
+    from tokalign_core.store.artifacts import ArtifactStore
 
     cfg = GloveConfig(dim=dim, iterations=iterations, threads=2, device="cpu",
                       memory_budget_mb=budget)
@@ -148,8 +148,8 @@ def child_glove(cooccur: str, budget: float, iterations: int, dim: int) -> dict:
 def child_glove_base(cooccur: str, iterations: int, dim: int) -> dict:
     """The earlier in-memory engine (its package first on sys.path): whole matrix loaded."""
     from tokalign_core.configs.glove import GloveConfig
-    from tokalign_core.cooccur import load_cooccur
-    from tokalign_core.glove import train_glove
+    from tokalign_core.embed.cooccur import load_cooccur
+    from tokalign_core.embed.glove import train_glove
 
     cfg = GloveConfig(dim=dim, iterations=iterations, threads=2, device="cpu")
     t0 = time.time()

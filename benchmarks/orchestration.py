@@ -29,7 +29,7 @@ CHILD = r'''
 import json, os, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
-from tokalign_core import hashing
+from tokalign_core.store import hashing
 if os.environ.get("TOKALIGN_BENCH_CODE_HASH"):
     # Other people edit the library while this runs: freeze its hash at the benchmark's
     # start so the rerun measures the cache, not their edits.
@@ -63,7 +63,7 @@ print("RESULT " + json.dumps(out))
 def make_inputs(root: Path) -> tuple[Path, str]:
     sys.path.insert(0, str(REPO))
     from tests.flows.tiny import tiny_inputs, tiny_models
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     texts = toy.stdlib_texts(250) + toy.MULTILINGUAL_SAMPLES * 3
     bpe, sp = toy.train_bytelevel_bpe(texts, 600), toy.train_sentencepiece_bpe(texts, 700)
@@ -105,7 +105,7 @@ def main() -> None:
                MLFLOW_DISABLE_TELEMETRY="true", HF_HUB_OFFLINE="1",
                TOKALIGN_BENCH_PREWARM="0" if args.no_prewarm else "1")
     if args.pin_code_hash:
-        from tokalign_core.hashing import code_hash
+        from tokalign_core.store.hashing import code_hash
 
         env["TOKALIGN_BENCH_CODE_HASH"] = code_hash()
     results = {}

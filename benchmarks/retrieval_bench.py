@@ -1,4 +1,4 @@
-"""Benchmark: batched CSLS retrieval over full vocabularies (tokalign_core.retrieval).
+"""Benchmark: batched CSLS retrieval over full vocabularies (tokalign_core.align.retrieval).
 
 Synthetic unit vectors (Gaussian, float32): n_target queries, n_source keys, d dims.
 Reports wall time, peak RSS and how many queries needed the exact recompute; with
@@ -41,7 +41,7 @@ def main() -> None:
 
     import torch
 
-    from tokalign_core import retrieval as R
+    from tokalign_core.align import retrieval as R
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tokenization overhead of ``tokalign_core.tokenize`` over the tokenizers library's own
+"""Tokenization overhead of ``tokalign_core.vocab.tokenize`` over the tokenizers library's own
 ``encode_batch`` on the same documents (target: <= 20%).
 
 For each size it builds a corpus artifact of about N tokens from real text, then times
@@ -7,7 +7,7 @@ For each size it builds a corpus artifact of about N tokens from real text, then
 - ``encode_batch``: ``backend.encode_batch(texts[i:i+B], add_special_tokens=False)`` over
   every document, texts already in memory (the library's floor);
 - ``encode_batch_fast``: the same without character offsets (what the pipeline calls);
-- ``pipeline``: :func:`tokalign_core.tokenize.tokenize_corpus` with the tokenizer already
+- ``pipeline``: :func:`tokalign_core.vocab.tokenize.tokenize_corpus` with the tokenizer already
   loaded, serial executor: reading parquet, encoding, id checks, counts, writing .npy files,
   the artifact's hashing and atomic commit. Its fixed per-run part (tokenizer digest +
   tokenizer.json) is timed separately and reported.
@@ -104,9 +104,9 @@ def time_baseline(backend, texts: list[str], batch: int, fast: bool) -> tuple[fl
 def run_size(n_tokens: int, args, tok, store) -> dict:
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.corpus import build_corpus, heldout_file, read_texts, shard_files
-    from tokalign_core.tokenize import tokenize_corpus
-    from tokalign_core.tokenizers_io import backend_of, canonical_backend_json, tokenizer_digest
+    from tokalign_core.data.corpus import build_corpus, heldout_file, read_texts, shard_files
+    from tokalign_core.vocab.tokenize import tokenize_corpus
+    from tokalign_core.vocab.tokenizers import backend_of, canonical_backend_json, tokenizer_digest
 
     sources = [SourceSpec(path=s) for s in args.source] or [
         SourceSpec(path=str(build_source(int(n_tokens * args.bytes_per_token * 1.3))))]
@@ -169,8 +169,8 @@ def main() -> None:
     p.add_argument("--out", default=str(CACHE / "results.jsonl"), help="results (jsonl)")
     args = p.parse_args()
 
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     CACHE.mkdir(parents=True, exist_ok=True)

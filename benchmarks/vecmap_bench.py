@@ -1,4 +1,4 @@
-"""Benchmark: VecMap self-learning (tokalign_core.vecmap) on synthetic rotated embeddings
+"""Benchmark: VecMap self-learning (tokalign_core.align.vecmap) on synthetic rotated embeddings
 with a known answer.
 
 Builds n x d "source" vectors with cluster structure and a decaying spectrum, a target
@@ -56,9 +56,9 @@ def main() -> None:
 
     import torch
 
-    from tokalign_core import vecmap
+    from tokalign_core.align import vecmap
+    from tokalign_core.align.retrieval import retrieve
     from tokalign_core.configs.align import VecMapConfig
-    from tokalign_core.retrieval import retrieve
 
     torch.set_num_threads(args.threads)
     x, z, truth = synthetic(args.n, args.dim, args.noise)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def load(work: Path):
-    from tokalign_core.align import Embeddings
-    from tokalign_core.tokenizers_io import load_tokenizer
-    from tokalign_core.vocab import build_vocab, shared_tokens
+    from tokalign_core.align.build import Embeddings
+    from tokalign_core.vocab.tokenizers import load_tokenizer
+    from tokalign_core.vocab.vocab import build_vocab, shared_tokens
 
     sides = dict(line.split() for line in (work / "embeddings.txt").read_text().splitlines())
     source, target = Embeddings.load(sides["source"]), Embeddings.load(sides["target"])
@@ -38,10 +38,10 @@ def load(work: Path):
 
 
 def run_one(name: str, vecmap_cfg, data, holdout: float, seed: int) -> dict:
-    from tokalign_core.align import build_alignment
-    from tokalign_core.align_metrics import precision_at_1
+    from tokalign_core.align.build import build_alignment
+    from tokalign_core.align.metrics import precision_at_1
     from tokalign_core.configs.align import AlignConfig
-    from tokalign_core.vocab import split_shared
+    from tokalign_core.vocab.vocab import split_shared
 
     source, target, shared, s_size, t_size = data
     seed_pairs, heldout = split_shared(shared, holdout, seed)

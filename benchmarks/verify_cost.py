@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokalign_core import hashing
-from tokalign_core.artifacts import ArtifactStore, verify
+from tokalign_core.store import hashing
+from tokalign_core.store.artifacts import ArtifactStore, verify
 
 
 def build(root: Path, mb: int, files: int):

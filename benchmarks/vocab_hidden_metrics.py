@@ -41,7 +41,7 @@ def raw_string_shared(source, target) -> int:
 
 
 def overlap_section(name, src_tok, tgt_tok, tgt_vocab) -> dict:
-    from tokalign_core.vocab import build_vocab, overlap_stats, shared_tokens
+    from tokalign_core.vocab.vocab import build_vocab, overlap_stats, shared_tokens
 
     src_vocab, t_build = timed(build_vocab, src_tok)
     shared, t_shared = timed(shared_tokens, src_vocab, tgt_vocab)
@@ -58,14 +58,14 @@ def overlap_section(name, src_tok, tgt_tok, tgt_vocab) -> dict:
 def hidden_section(src_tok, tgt_tok, n_target: int) -> dict:
     import torch
 
-    from tokalign_core import toy
-    from tokalign_core.hidden_states import (
+    from tokalign_core.embed.hidden_states import (
         last_hidden_states,
         source_sequences,
         special_prefix,
         target_sequences,
     )
-    from tokalign_core.vocab import build_vocab
+    from tokalign_core.model import toy
+    from tokalign_core.vocab.vocab import build_vocab
 
     torch.set_num_threads(1)
     model = toy.tiny_gpt_neox(len(src_tok), hidden=256, layers=4, heads=4)
@@ -87,8 +87,8 @@ def hidden_section(src_tok, tgt_tok, n_target: int) -> dict:
 
 
 def metrics_section(src_tok, texts, n_docs: int) -> dict:
-    from tokalign_core import align_metrics as am
-    from tokalign_core.alignment import Alignment
+    from tokalign_core.align import metrics as am
+    from tokalign_core.align.alignment import Alignment
 
     docs = [np.array(src_tok(t, add_special_tokens=False)["input_ids"]) for t in texts[:n_docs]]
     v = len(src_tok)
@@ -107,9 +107,9 @@ def main() -> None:
     ap.add_argument("--hidden-targets", type=int, default=20000,
                     help="target tokens timed through the model")
     args = ap.parse_args()
-    from tokalign_core import toy
-    from tokalign_core.tokenizers_io import load_tokenizer
-    from tokalign_core.vocab import build_vocab
+    from tokalign_core.model import toy
+    from tokalign_core.vocab.tokenizers import load_tokenizer
+    from tokalign_core.vocab.vocab import build_vocab
 
     texts = toy.stdlib_texts(args.docs) + toy.MULTILINGUAL_SAMPLES * 20
     bpe, t_bpe = timed(toy.train_bytelevel_bpe, texts, args.vocab)

@@ -13,8 +13,8 @@ from flows.evaluate import SOURCE_LABEL, bpb_rows, collect, source_first, submit
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
-from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.store.artifacts import ArtifactRef
 
 
 def submit_inits(r: Runner, cfg: PipelineConfig, source_model: Any,

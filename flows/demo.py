@@ -26,14 +26,14 @@ from flows.pipeline import publish_summary, run_pipeline
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
-from tokalign_core.artifacts import ArtifactRef
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.pipeline import BASELINES, PipelineConfig
-from tokalign_core.pretrain import PretrainConfig
-from tokalign_core.pretrain import preset as pretrain_preset
-from tokalign_core.textsources import TextCorpusConfig
+from tokalign_core.data.textsources import TextCorpusConfig
+from tokalign_core.store.artifacts import ArtifactRef
+from tokalign_core.train.pretrain import PretrainConfig
+from tokalign_core.train.pretrain import preset as pretrain_preset
 
 SOURCE_MODEL = "builtin:smollm2-135m"
 # Placeholder source for the corpus: replaced by the text-corpus artifact at run time.

@@ -13,9 +13,9 @@ from flows.evaluate import bpb_rows, run_evaluate
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
-from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig
 from tokalign_core.configs.train import TrainConfig
+from tokalign_core.store.artifacts import ArtifactRef
 
 
 def distill_config(cfg: PipelineConfig, teacher: ArtifactRef | str) -> TrainConfig:

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokalign_core.artifacts import claim_private_dir, sweep_abandoned
+from tokalign_core.store.artifacts import claim_private_dir, sweep_abandoned
 
 # A fresh PREFECT_HOME migrates a new SQLite database on first start: minutes on a busy
 # 2-core machine, far beyond Prefect's 20 s default.

@@ -11,8 +11,8 @@ from flows.common import Runner, markdown_table, publish_markdown, publish_table
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
-from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.store.artifacts import ArtifactRef
 
 
 def submit_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, Any], texts: str,

@@ -30,9 +30,9 @@ from flows.pipeline import publish_summary, run_pipeline
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
-from tokalign_core.artifacts import ArtifactRef
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.store.artifacts import ArtifactRef
 
 Preset = Literal["quick", "demo", "tokalign++", "tokalign", "paper-scale"]
 PRESET_HELP = ("quick: minutes, micro budgets (try it first); demo: the demo's settings "
@@ -168,7 +168,7 @@ def align_form(
 
 def artifact(folder: str, kind: str) -> ArtifactRef:
     """The artifact in ``folder`` (a folder a stage printed), checked against its manifest."""
-    from tokalign_core.corpus import ref_from_dir
+    from tokalign_core.data.corpus import ref_from_dir
 
     return ref_from_dir(folder, kind)
 

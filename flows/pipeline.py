@@ -33,8 +33,8 @@ from flows.publish import publish_models
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, parent_run
-from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.store.artifacts import ArtifactRef
 
 
 def eval_texts(r: Runner, cfg: PipelineConfig, corpus: ArtifactRef) -> str:

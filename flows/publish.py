@@ -19,9 +19,9 @@ from typing import Any
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage
-from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig, short_name
-from tokalign_core.model_card import CardInfo, method_label, publish_folder, render
+from tokalign_core.model.card import CardInfo, method_label, publish_folder, render
+from tokalign_core.store.artifacts import ArtifactRef
 
 # The model a run is for, best first: the registered one.
 FINAL_ORDER = ("student (distilled)", "distilled", "aligned (adapted)", "aligned (init)")
@@ -106,7 +106,7 @@ def lineage_tags(cfg: PipelineConfig, alignment: ArtifactRef | None,
                  teacher: Any = None) -> dict[str, str]:
     """The parent run's tags to follow a model back: the source model and the alignment
     under one hash each, and the teacher."""
-    from tokalign_core.hashing import sha256_tree
+    from tokalign_core.store.hashing import sha256_tree
 
     src = Path(cfg.source_model)
     tags = {"tokalign.source_model": cfg.source_model,

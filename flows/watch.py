@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.events import emit_tokenizer_landed, tokenizer_identity
-from tokalign_core.artifacts import atomic_write_text
+from tokalign_core.store.artifacts import atomic_write_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 

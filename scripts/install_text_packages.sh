@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages that carry the real multilingual text used by the
-# benchmark corpus (benchmarks/make_corpus.py, tokalign_core/textsources.py).
+# benchmark corpus (benchmarks/make_corpus.py, tokalign_core/data/textsources.py).
 #
 # Usage: sudo bash scripts/install_text_packages.sh [extra-package ...]
 #        bash scripts/install_text_packages.sh --when-allowed   (what `make demo` runs)

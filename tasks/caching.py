@@ -5,19 +5,19 @@ task-source hash ignores the library code the task calls, and a ``Path`` input i
 by its string. :class:`ContentHashPolicy` keys a task run instead on
 
     task name + the task wrapper's source + every input, where
-      - an :class:`~tokalign_core.artifacts.ArtifactRef` counts by its content sha256
+      - an :class:`~tokalign_core.store.artifacts.ArtifactRef` counts by its content sha256
         (never its path),
       - a ``pathlib.Path`` (or a string naming an existing local file/folder, also inside a
-        config) counts by the sha256 of its bytes (:func:`tokalign_core.hashing.sha256_tree`),
-      - a :class:`~tokalign_core.config.FrozenConfig` counts by its canonical JSON,
+        config) counts by the sha256 of its bytes (:func:`tokalign_core.store.hashing.sha256_tree`),
+      - a :class:`~tokalign_core.configs.base.FrozenConfig` counts by its canonical JSON,
       - a :class:`Workspace` (run folder, cluster address, MLflow run) does not count,
-    + :func:`tokalign_core.hashing.code_hash` (the library's source),
+    + :func:`tokalign_core.store.hashing.code_hash` (the library's source),
 
 with no run id, so an unchanged rerun reuses every result across processes and days, and
 changing a file's bytes under the same path or the library's code recomputes.
 
 A cache record is only trusted when every artifact it references still exists and matches
-its manifest in content (:func:`tokalign_core.artifacts.verify`, full sha256, with the
+its manifest in content (:func:`tokalign_core.store.artifacts.verify`, full sha256, with the
 per-process hash memo so a file is read once per process). A stale
 record (artifact deleted, truncated) is skipped by moving to a derived key
 ``sha256(key:n)``, so the stage recomputes and the new result is stored under that key.
@@ -43,9 +43,9 @@ from prefect.context import TaskRunContext
 
 from tasks.locking import COMPUTE_LOCKS
 from tasks.records import record_problem, refuse
-from tokalign_core import hashing
-from tokalign_core.artifacts import ArtifactRef, CorruptArtifactError, verify
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.store import hashing
+from tokalign_core.store.artifacts import ArtifactRef, CorruptArtifactError, verify
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from prefect import task
 
 from tasks.caching import CONTENT_HASH, Workspace, retry_on_transient_io
 from tasks.records import JSON_RESULTS
-from tokalign_core.artifacts import ArtifactStore
-from tokalign_core.executor import Executor, make_executor
+from tokalign_core.runtime.executor import Executor, make_executor
+from tokalign_core.store.artifacts import ArtifactStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tokalign_core import hashing
+from tokalign_core.store import hashing
 
 EVENT = "tokalign.tokenizer.landed"
 RESOURCE_PREFIX = "tokalign.tokenizer."

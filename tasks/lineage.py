@@ -5,7 +5,7 @@ hashes of its input and output artifacts, the Prefect flow/task run ids and the
 ``tokalign_core`` code hash as tags, so a model in MLflow can be traced back to the exact
 corpus, tokenizers and code that produced it. Datasets (corpus, tokenizers) are logged with
 ``log_inputs`` and their digests; metrics with steps come from the core loops through a
-:class:`tokalign_core.tracking.MetricsLogger`; plots are logged as artifacts.
+:class:`tokalign_core.runtime.tracking.MetricsLogger`; plots are logged as artifacts.
 
 Only the thread-safe ``MlflowClient`` API is used (no fluent ``active_run`` stack), because
 Prefect runs submitted tasks in worker threads. MLflow is imported lazily. If the tracking
@@ -35,10 +35,10 @@ from typing import Any
 
 from tasks.caching import Workspace
 from tasks.common import run_logger, warm_imports
-from tokalign_core import hashing
-from tokalign_core.artifacts import ArtifactRef
-from tokalign_core.config import FrozenConfig, redact_uris, redact_userinfo
-from tokalign_core.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
+from tokalign_core.configs.base import FrozenConfig, redact_uris, redact_userinfo
+from tokalign_core.runtime.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
+from tokalign_core.store import hashing
+from tokalign_core.store.artifacts import ArtifactRef
 
 log = logging.getLogger(__name__)
 

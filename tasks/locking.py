@@ -1,4 +1,4 @@
-"""Prefect lock manager over :mod:`tokalign_core.locks`: one stage computes, its twins reuse.
+"""Prefect lock manager over :mod:`tokalign_core.store.locks`: one stage computes, its twins reuse.
 
 With ``isolation_level="SERIALIZABLE"`` Prefect's task engine, for every cached task run,
 
@@ -11,7 +11,7 @@ With ``isolation_level="SERIALIZABLE"`` Prefect's task engine, for every cached 
 So the lock is held around one stage's compute + record write, never across stages, and
 different keys never block each other. Prefect's own ``FileSystemLockManager`` writes
 lock files with no expiry, so a ``kill -9`` would leave reruns waiting; here every lock is
-a ``flock`` that dies with its process (see :mod:`tokalign_core.locks`).
+a ``flock`` that dies with its process (see :mod:`tokalign_core.store.locks`).
 
 Locks live next to the records they guard: ``<result storage>/.locks/<key>.lock`` (for the
 flows that is ``<run_dir>/prefect-results/.locks``). Runs on different result stores never
@@ -29,7 +29,7 @@ from typing import Any
 from prefect.locking.protocol import LockManager
 
 from tasks.records import secure_dir
-from tokalign_core import locks
+from tokalign_core.store import locks
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,12 @@ def _notify(message: str) -> None:
 
 
 class ComputeLockManager(LockManager):
-    """Prefect ``LockManager`` whose locks are :class:`tokalign_core.locks.ComputeLock`.
+    """Prefect ``LockManager`` whose locks are :class:`tokalign_core.store.locks.ComputeLock`.
 
     ``holder`` is the Prefect transaction's id; locks are tracked per (key, holder) so two
     transactions of one process on one key exclude each other like two processes do.
     ``hold_timeout`` is ignored: a lock lives exactly as long as its holder's stage or
-    process. ``acquire_timeout`` defaults to :func:`tokalign_core.locks.default_timeout`.
+    process. ``acquire_timeout`` defaults to :func:`tokalign_core.store.locks.default_timeout`.
     One instance serves the whole process (copies share it).
     """
 

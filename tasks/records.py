@@ -5,7 +5,7 @@ record it finds (``ResultStore.exists`` already does), so a file planted in
 ``<run_dir>/prefect-results`` would run code at the next lookup. Here:
 
 * :class:`RefJSONSerializer` (type ``tokalign-json``) writes plain JSON; the only object
-  it rebuilds is :class:`~tokalign_core.artifacts.ArtifactRef` (a frozen model of three
+  it rebuilds is :class:`~tokalign_core.store.artifacts.ArtifactRef` (a frozen model of three
   strings), never a class named by the record, so reading a record imports nothing;
 * :func:`result_storage` creates the result folder owner-only (0700) before Prefect
   writes into it (and tightens an existing one of ours);
@@ -28,7 +28,7 @@ from typing import Any, Literal
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from tokalign_core.artifacts import ArtifactRef
+from tokalign_core.store.artifacts import ArtifactRef
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each task resolves its inputs (artifact refs, tokenizer specs), calls one core function,
 records a nested MLflow run (params, input/output hashes, metrics) and returns an
-:class:`~tokalign_core.artifacts.ArtifactRef` or a small dict of metrics. Work that fans
+:class:`~tokalign_core.store.artifacts.ArtifactRef` or a small dict of metrics. Work that fans
 out over shards runs on Dask inside the task (:func:`tasks.common.executor`). Training runs
 as a subprocess ``python -m tokalign_core.train --config run.json`` with ``MLFLOW_RUN_ID``
 set, so the training loop logs into the stage's MLflow run (and the same command runs on a
@@ -21,7 +21,6 @@ from typing import Any
 from tasks.caching import Workspace
 from tasks.common import executor, pinned_env, run_logger, stage_task, store
 from tasks.lineage import stage_run
-from tokalign_core.artifacts import ArtifactRef
 from tokalign_core.configs.align import AlignConfig
 from tokalign_core.configs.align_eval import EvalAlignConfig
 from tokalign_core.configs.cooccur import CooccurConfig
@@ -31,6 +30,7 @@ from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.init import InitConfig
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.configs.train import TrainConfig
+from tokalign_core.store.artifacts import ArtifactRef
 
 ModelSpec = ArtifactRef | str
 
@@ -41,7 +41,7 @@ def _spec(model: ModelSpec) -> str:
 
 
 def _tok(spec: ModelSpec, trust_remote_code: bool = False) -> Any:
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     return load_tokenizer(_spec(spec), trust_remote_code=trust_remote_code)
 
@@ -52,7 +52,7 @@ def _tok(spec: ModelSpec, trust_remote_code: bool = False) -> Any:
 @stage_task("corpus")
 def corpus_task(ws: Workspace, cfg: CorpusConfig) -> ArtifactRef:
     """Mixed corpus artifact (parquet shards + held-out split) from the configured sources."""
-    from tokalign_core.corpus import build_corpus
+    from tokalign_core.data.corpus import build_corpus
 
     with stage_run(ws, "corpus", cfg) as run:
         ref = build_corpus(cfg, store(ws), progress=ws.progress)
@@ -65,7 +65,7 @@ def corpus_task(ws: Workspace, cfg: CorpusConfig) -> ArtifactRef:
 @stage_task("tokenize")
 def tokenize_task(ws: Workspace, corpus: ArtifactRef, cfg: TokenizeConfig) -> ArtifactRef:
     """Token ids of the corpus under one tokenizer (shards on Dask when workers > 1)."""
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     with stage_run(ws, f"tokenize:{Path(cfg.tokenizer).name}", cfg, {"corpus": corpus}) as run, \
             executor(ws) as ex:
@@ -81,7 +81,7 @@ def tokenize_task(ws: Workspace, corpus: ArtifactRef, cfg: TokenizeConfig) -> Ar
 @stage_task("cooccur")
 def cooccur_task(ws: Workspace, tokens: ArtifactRef, cfg: CooccurConfig) -> ArtifactRef:
     """Windowed 1/distance co-occurrence counts (per shard on Dask, merged exactly)."""
-    from tokalign_core.cooccur import build_cooccur
+    from tokalign_core.embed.cooccur import build_cooccur
 
     with stage_run(ws, "cooccur", cfg, {"tokens": tokens}) as run, executor(ws) as ex:
         ref = build_cooccur(tokens, cfg, store(ws), executor=ex)
@@ -92,7 +92,7 @@ def cooccur_task(ws: Workspace, tokens: ArtifactRef, cfg: CooccurConfig) -> Arti
 @stage_task("glove")
 def glove_task(ws: Workspace, cooccur: ArtifactRef, cfg: GloveConfig) -> ArtifactRef:
     """GloVe token vectors; the cost per iteration goes to MLflow as ``glove.cost``."""
-    from tokalign_core.glove import build_glove
+    from tokalign_core.embed.glove import build_glove
 
     with stage_run(ws, "glove", cfg, {"cooccur": cooccur}) as run:
         logger = run.logger()
@@ -112,10 +112,10 @@ def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelS
     """TokAlign++ representations: last-token hidden states of the source model for every
     source token and every target token's text; rows ordered by corpus frequency when the
     tokens artifacts are given."""
-    from tokalign_core.hidden_states import extract_hidden_states, write_embeddings
-    from tokalign_core.init_model import load_model
-    from tokalign_core.inputs import digest_of
-    from tokalign_core.tokenize import load_counts
+    from tokalign_core.embed.hidden_states import extract_hidden_states, write_embeddings
+    from tokalign_core.model.init import load_model
+    from tokalign_core.store.inputs import digest_of
+    from tokalign_core.vocab.tokenize import load_counts
 
     inputs = {"model": model, "source_tokens": source_tokens, "target_tokens": target_tokens}
     with stage_run(ws, "hidden-states", None, inputs) as run:
@@ -139,7 +139,7 @@ def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelS
 def shared_tokens_task(ws: Workspace, source_tokenizer: ModelSpec,
                        target_tokenizer: str) -> dict[str, Any]:
     """Overlap statistics of the two vocabularies (tokens equal as bytes, specials by role)."""
-    from tokalign_core.vocab import build_vocab, overlap_stats, shared_tokens
+    from tokalign_core.vocab.vocab import build_vocab, overlap_stats, shared_tokens
 
     with stage_run(ws, "shared-tokens") as run:
         s_vocab, t_vocab = build_vocab(_tok(source_tokenizer)), build_vocab(_tok(target_tokenizer))
@@ -156,9 +156,9 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
                source_tokenizer: ModelSpec, target_tokenizer: str,
                cfg: AlignConfig) -> ArtifactRef:
     """The target -> source alignment artifact (VecMap objective per iteration to MLflow)."""
-    from tokalign_core.align import Embeddings, build_alignment, check_embedding_tokenizers
-    from tokalign_core.commands.align import tokenization_fallbacks
-    from tokalign_core.vocab import build_vocab, shared_tokens
+    from tokalign.commands.align import tokenization_fallbacks
+    from tokalign_core.align.build import Embeddings, build_alignment, check_embedding_tokenizers
+    from tokalign_core.vocab.vocab import build_vocab, shared_tokens
 
     inputs = {"source_emb": source_emb, "target_emb": target_emb}
     with stage_run(ws, f"align:{cfg.method}", cfg, inputs) as run:
@@ -190,8 +190,8 @@ def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: Artifa
                     target_tokens: ArtifactRef, source_tokenizer: ModelSpec,
                     target_tokenizer: str, cfg: EvalAlignConfig) -> dict[str, Any]:
     """BLEU-1 / BERTScore both directions, hubness and coverage on the held-out split."""
-    from tokalign_core import align_metrics as am
-    from tokalign_core.alignment import Alignment
+    from tokalign_core.align import metrics as am
+    from tokalign_core.align.alignment import Alignment
 
     inputs = {"alignment": alignment, "source_tokens": source_tokens,
               "target_tokens": target_tokens}
@@ -217,10 +217,10 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
               alignment: ArtifactRef | None = None) -> ArtifactRef:
     """The source model with the target vocabulary, initialised by ``cfg.method`` (the
     alignment for ``aligned``, else a baseline) -> model artifact (save_pretrained)."""
-    from tokalign_core.alignment import Alignment
-    from tokalign_core.init_model import initialize, load_model, save_initialized
-    from tokalign_core.model_card import CardInfo, method_label
-    from tokalign_core.models import model_slot
+    from tokalign_core.align.alignment import Alignment
+    from tokalign_core.model.card import CardInfo, method_label
+    from tokalign_core.model.init import initialize, load_model, save_initialized
+    from tokalign_core.model.load import model_slot
 
     inputs = {"model": model, "alignment": alignment}
     with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run, model_slot():
@@ -244,8 +244,8 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
 def shrink_task(ws: Workspace, model: ArtifactRef, layers: int) -> ArtifactRef:
     """A shallower copy of a model artifact (``layers`` evenly spread decoder blocks kept,
     same vocabulary): a student to distil from the full-depth model."""
-    from tokalign_core.init_model import keep_layers, load_model, save_initialized
-    from tokalign_core.models import model_slot
+    from tokalign_core.model.init import keep_layers, load_model, save_initialized
+    from tokalign_core.model.load import model_slot
 
     with stage_run(ws, f"shrink:{layers}", None, {"model": model}) as run, model_slot():
         folder = model_dir(model)
@@ -355,8 +355,8 @@ def eval_model_task(ws: Workspace, model: ModelSpec, texts: str, cfg: EvalConfig
                     label: str = "model") -> dict[str, Any]:
     """Bits per byte, source-normalised perplexity and compression per text group of a
     model artifact, or of a model folder / hub id (the source model, as the reference)."""
-    from tokalign_core.evaluate import evaluate_model, format_table, load_texts
-    from tokalign_core.init_model import load_model
+    from tokalign_core.evaluate.perplexity import evaluate_model, format_table, load_texts
+    from tokalign_core.model.init import load_model
 
     with stage_run(ws, f"evaluate:{label}", cfg, {"model": model}) as run:
         path = model_dir(model) if isinstance(model, ArtifactRef) else model
@@ -373,7 +373,7 @@ def eval_model_task(ws: Workspace, model: ModelSpec, texts: str, cfg: EvalConfig
 def heldout_texts_task(ws: Workspace, corpus: ArtifactRef, label: str = "heldout") -> ArtifactRef:
     """The corpus's held-out documents as ``texts.jsonl`` (label ``label``), the default
     evaluation texts when no ``eval_texts`` folder is given."""
-    from tokalign_core.corpus import heldout_file, read_texts
+    from tokalign_core.data.corpus import heldout_file, read_texts
 
     with store(ws).writer("texts", {"corpus": corpus.sha256}) as w:
         lines = [json.dumps({"text": t, "label": label}) for t in read_texts(heldout_file(corpus))]
@@ -407,7 +407,7 @@ def text_corpus_task(ws: Workspace, cfg: Any,
                      max_files_per_group: int | None = None) -> ArtifactRef:
     """A real multilingual corpus from the machine's text (``textsources``), as an artifact
     with ``train/<lang>.<domain>.jsonl`` and ``eval/<lang>.jsonl``."""
-    from tokalign_core.textsources import build_text_corpus, discover
+    from tokalign_core.data.textsources import build_text_corpus, discover
 
     with stage_run(ws, "text-corpus", cfg) as run:
         files = sample_files(discover(cfg), max_files_per_group, cfg.seed)
@@ -428,7 +428,7 @@ def eval_sample_task(ws: Workspace, corpus: ArtifactRef, max_docs: int,
                      max_chars: int) -> ArtifactRef:
     """The first ``max_docs`` held-out documents per language of a text corpus, each cut to
     ``max_chars`` at a space: ``<lang>.jsonl`` files for a short, bounded evaluation."""
-    from tokalign_core.textsources import read_jsonl
+    from tokalign_core.data.textsources import read_jsonl
 
     with store(ws).writer("texts", {"max_docs": max_docs, "max_chars": max_chars}) as w:
         for path in sorted((Path(corpus.path) / "eval").glob("*.jsonl")):
@@ -443,7 +443,7 @@ def eval_sample_task(ws: Workspace, corpus: ArtifactRef, max_docs: int,
 @stage_task("pretrain")
 def pretrain_task(ws: Workspace, cfg: Any, corpus: ArtifactRef) -> ArtifactRef:
     """A tiny causal LM pretrained on the text corpus (also cached by ``pretrain`` itself)."""
-    from tokalign_core.pretrain import pretrain
+    from tokalign_core.train.pretrain import pretrain
 
     with stage_run(ws, f"pretrain:{cfg.preset}", cfg, {"corpus": corpus}) as run:
         logger = run.logger()

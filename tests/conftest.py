@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     """~600 English/code paragraphs from the standard library plus multilingual lines."""
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     return toy.stdlib_texts(600) + toy.MULTILINGUAL_SAMPLES * 3
 
@@ -32,7 +32,7 @@ def texts() -> list[str]:
 @pytest.fixture(scope="session")
 def bpe_tok(texts):
     """Tiny GPT-2-style byte-level BPE (source-like, as Pythia)."""
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     return toy.train_bytelevel_bpe(texts, vocab_size=600)
 
@@ -40,6 +40,6 @@ def bpe_tok(texts):
 @pytest.fixture(scope="session")
 def sp_tok(texts):
     """Tiny LLaMA-2-style SentencePiece BPE with byte fallback (target-like)."""
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     return toy.train_sentencepiece_bpe(texts, vocab_size=700)

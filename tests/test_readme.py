@@ -34,7 +34,7 @@ def _inline_commands() -> list[str]:
 
 
 def _subparsers():
-    from tokalign_core.cli import build_parser
+    from tokalign.cli import build_parser
 
     parser = build_parser()
     return next(a for a in parser._actions if a.dest == "command").choices
@@ -54,7 +54,7 @@ def test_no_placeholder_left():
 
 @pytest.mark.parametrize("command", _tokalign_commands())
 def test_readme_cli_command_parses(command):
-    from tokalign_core.cli import build_parser
+    from tokalign.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert callable(args.func)

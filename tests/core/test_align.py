@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tokalign_core.align import Embeddings, build_alignment
-from tokalign_core.alignment import Alignment, Provenance
+from tokalign_core.align.alignment import Alignment, Provenance
+from tokalign_core.align.build import Embeddings, build_alignment
 from tokalign_core.configs.align import AlignConfig, VecMapConfig
-from tokalign_core.vocab import SharedTokens
+from tokalign_core.vocab.vocab import SharedTokens
 
 T_SIZE, S_SIZE = 130, 120  # source ids 100..119 are "padding": no vectors
 
@@ -135,7 +135,7 @@ def _write_emb(folder, vectors, ids):
 
 
 def test_cli_align_and_neighbors(tmp_path, bpe_tok, sp_tok, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     bpe_tok.save_pretrained(tmp_path / "src_tok")
     sp_tok.save_pretrained(tmp_path / "tgt_tok")
@@ -169,7 +169,7 @@ def test_cli_align_and_neighbors(tmp_path, bpe_tok, sp_tok, capsys):
 
 
 def test_cli_help_lists_options(capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     with pytest.raises(SystemExit):
         main(["align", "--help"])

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from tokalign_core import align_metrics as am
-from tokalign_core.alignment import Alignment, Provenance
+from tokalign_core.align import metrics as am
+from tokalign_core.align.alignment import Alignment, Provenance
 from tokalign_core.configs.align_eval import EvalAlignConfig
-from tokalign_core.vocab import SharedTokens
+from tokalign_core.vocab.vocab import SharedTokens
 
 
 def _alignment(source_ids, reverse, provenance=None):
@@ -186,7 +186,7 @@ def _tokens_artifact(folder, docs, add_bos):
 
 
 def test_cli_eval_align(tmp_path, bpe_tok, docs, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     v = len(bpe_tok)
     prov = np.full(v, Provenance.SHARED, np.uint8)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokalign_core.alignment import Alignment, Provenance
-from tokalign_core.baselines import fvt_pieces, shared_source_ids
+from tokalign_core.align.alignment import Alignment, Provenance
+from tokalign_core.model.baselines import fvt_pieces, shared_source_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bakeoff  # noqa: E402

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokalign_core import toy
-from tokalign_core.baselines import (
+from tokalign_core.configs.init import InitConfig
+from tokalign_core.model import toy
+from tokalign_core.model.baselines import (
     RowPlan,
     fvt_pieces,
     materialize,
@@ -15,8 +16,7 @@ from tokalign_core.baselines import (
     shared_source_ids,
     token_bytes,
 )
-from tokalign_core.configs.init import InitConfig
-from tokalign_core.init_model import initialize, initialize_model
+from tokalign_core.model.init import initialize, initialize_model
 
 # ----------------------------------------------------------------------------------------
 # Hand-built tokenizers: every expected id below is derived from these vocabularies.
@@ -30,7 +30,7 @@ def hand_source():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from tokalign_core.vocab import bytes_to_unicode
+    from tokalign_core.vocab.vocab import bytes_to_unicode
 
     table = bytes_to_unicode()
     vocab = {"<|endoftext|>": 0}

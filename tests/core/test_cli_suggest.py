@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokalign_core import cli
+from tokalign import cli
 
 
 @pytest.mark.parametrize(("argv", "hint"), [

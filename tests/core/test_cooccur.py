@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tokalign_core.artifacts import ArtifactStore
 from tokalign_core.configs.cooccur import CooccurConfig, window_lcm
-from tokalign_core.cooccur import (
+from tokalign_core.embed.cooccur import (
     build_cooccur,
     count_cooccurrences,
     count_shard,
@@ -21,6 +20,7 @@ from tokalign_core.cooccur import (
     merge_counts,
     row_lookup,
 )
+from tokalign_core.store.artifacts import ArtifactStore
 
 # Two documents: [7 8 9 7] and [8 9]; ids 7, 8, 9 each seen twice, id 3 never.
 HAND_IDS = np.array([7, 8, 9, 7, 8, 9], dtype=np.uint32)
@@ -146,7 +146,7 @@ def test_merge_is_order_independent_and_finalize_symmetrises():
 
 @pytest.mark.slow  # ~20 s cluster start; sharding equality is proven by the 1-vs-7 shards test
 def test_dask_two_workers_equals_serial(tmp_path):
-    from tokalign_core.executor import DaskExecutor
+    from tokalign_core.runtime.executor import DaskExecutor
 
     ids, offsets, counts = _zipf_corpus(20_000, 300, seed=2)
     shards = _split(ids, offsets, 4)

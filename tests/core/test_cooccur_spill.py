@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tokalign_core.artifacts import ArtifactStore
 from tokalign_core.configs.cooccur import CooccurConfig
-from tokalign_core.cooccur import (
+from tokalign_core.embed.cooccur import (
     build_cooccur,
     count_cooccurrences,
     count_shard_runs,
@@ -21,6 +20,7 @@ from tokalign_core.cooccur import (
     row_lookup,
     runs_budget_entries,
 )
+from tokalign_core.store.artifacts import ArtifactStore
 
 from .test_cooccur import _split, _write_tokens, _zipf_corpus
 
@@ -88,11 +88,11 @@ def test_spill_folders_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
     import subprocess
     import sys
 
-    from tokalign_core.spill import LOCK, spill_folder
+    from tokalign_core.store.spill import LOCK, spill_folder
 
     root = tmp_path / ".spill"
     # a run killed with -9 while spilling: its folder stays, its lock dies with it
-    code = ("import os, sys; from tokalign_core.spill import spill_folder\n"
+    code = ("import os, sys; from tokalign_core.store.spill import spill_folder\n"
             "with spill_folder(sys.argv[1], 'cooccur-') as f:\n"
             "    (f / 'run').write_bytes(b'x'); print(f, flush=True); os._exit(9)\n")
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tokalign_core.artifacts import ArtifactStore, verify
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
-from tokalign_core.corpus import (
+from tokalign_core.data.corpus import (
     build_corpus,
     heldout_file,
     read_text_file,
@@ -18,6 +17,7 @@ from tokalign_core.corpus import (
     shard_files,
     split_long,
 )
+from tokalign_core.store.artifacts import ArtifactStore, verify
 
 
 def _doc(prefix: str, i: int, size: int = 100) -> str:
@@ -206,7 +206,7 @@ def test_bad_inputs_name_the_input(tmp_path):
 
 
 def test_cli_corpus(tmp_path, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     src = _write_jsonl(tmp_path / "a.jsonl", [_doc("A", i) for i in range(50)])
     root = tmp_path / "art"
@@ -224,7 +224,7 @@ def test_small_corpus_still_holds_out_one_document(tmp_path):
     """A small corpus whose hash draws put no document under ``heldout_fraction`` (the
     quick demo on a machine with little text: 65 documents at 2%) still holds out one, the
     document with the smallest draw, so the held-out metrics have something to score."""
-    from tokalign_core.corpus import document_digest, is_heldout
+    from tokalign_core.data.corpus import document_digest, is_heldout
 
     texts = [_doc("A", i) for i in range(30)]
     draws = [int.from_bytes(document_digest(t.encode(), 0)[:8], "little") for t in texts]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tokalign_core.data import (
+from tokalign_core.train.data import (
     BlockSampler,
     PackedBlocks,
     TokenStream,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokalign_core import distill
-from tokalign_core.data import PackedBlocks, TokenStream, write_tokens_artifact
+from tokalign_core.train import distill
+from tokalign_core.train.data import PackedBlocks, TokenStream, write_tokens_artifact
 
 torch.set_num_threads(1)
 
@@ -98,7 +98,7 @@ def test_topk_with_full_support_equals_full_kl_and_is_nonnegative_when_cut():
 
 
 def test_topk_cache_roundtrip_and_reuse(tmp_path):
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     art = write_tokens_artifact(tmp_path / "t", [[list(range(1, 40)), list(range(5, 30))]],
                                 vocab_size=48)
@@ -148,7 +148,7 @@ def test_generation_keep_mask_stops_after_first_eos():
 
 
 def test_sampled_generation_is_seeded_and_leaves_rng_alone():
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     teacher = toy.tiny_gpt_neox(40, hidden=16, layers=1)
     prompts = torch.tensor([[3, 4, 5], [6, 7, 8]])

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tokalign_core import cli, toy
-from tokalign_core.doctor import (
+from tokalign import cli
+from tokalign_core.model import toy
+from tokalign_core.model.doctor import (
     DoctorReport,
     chat_template_tokens,
     check_remote_code,
@@ -15,7 +16,7 @@ from tokalign_core.doctor import (
     diagnose_pair,
     unreachable_tokens,
 )
-from tokalign_core.init_model import load_model
+from tokalign_core.model.init import load_model
 
 
 @pytest.fixture(scope="module")

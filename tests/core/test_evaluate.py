@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from tokalign_core import cli, toy
+from tokalign import cli
 from tokalign_core.configs.evaluate import EvalConfig
-from tokalign_core.evaluate import (
+from tokalign_core.evaluate.perplexity import (
     NLL_KEYS,
     GroupStats,
     evaluate_model,
@@ -21,6 +21,7 @@ from tokalign_core.evaluate import (
     score_documents,
     windows,
 )
+from tokalign_core.model import toy
 
 DOCS = ["def add(a, b):\n    return a + b", "The quick brown fox jumps over the lazy dog.",
         "Der schnelle braune Fuchs springt über den faulen Hund."]
@@ -230,7 +231,7 @@ def test_lm_eval_missing_extra_is_a_clear_error(monkeypatch, capsys):
 
 
 def test_lm_eval_argument_handling(capsys):
-    from tokalign_core.commands.eval_model import parse_tasks
+    from tokalign.commands.eval_model import parse_tasks
 
     assert parse_tasks("arc_easy, piqa,,boolq ") == ["arc_easy", "piqa", "boolq"]
     with pytest.raises(ValueError, match="--tasks is empty"):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tokalign_core import executor as ex_mod
+from tokalign_core.runtime import executor as ex_mod
 
 # Set after the executor is created but before its first map: only a worker forked at the
 # first map (not one spawned, nor forked at construction) sees it.

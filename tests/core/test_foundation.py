@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tokalign_core import backend, hashing
-from tokalign_core.artifacts import ArtifactRef, ArtifactStore, CorruptArtifactError, verify
-from tokalign_core.config import FrozenConfig, flatten
-from tokalign_core.tracking import JsonlLogger, MultiLogger, NullLogger
+from tokalign_core.configs.base import FrozenConfig, flatten
+from tokalign_core.runtime import backend
+from tokalign_core.runtime.tracking import JsonlLogger, MultiLogger, NullLogger
+from tokalign_core.store import hashing
+from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore, CorruptArtifactError, verify
 
 
 class Demo(FrozenConfig):
@@ -166,7 +167,7 @@ def test_backend_switch_on_cpu():
 
 
 def test_cli_help_lists_commands():
-    from tokalign_core.cli import build_parser
+    from tokalign.cli import build_parser
 
     text = build_parser().format_help()
     assert "tokalign" in text and "vocabulary" in text
@@ -180,7 +181,7 @@ def test_killed_writer_leftovers_are_swept_but_live_ones_kept(tmp_path):
     import socket
     import time
 
-    from tokalign_core.artifacts import UNLOCKED_GRACE_S, WRITER_LOCK
+    from tokalign_core.store.artifacts import UNLOCKED_GRACE_S, WRITER_LOCK
 
     store = ArtifactStore(tmp_path)
     host = socket.gethostname()
@@ -223,6 +224,6 @@ def test_artifact_files_follow_the_umask(tmp_path):
     ("eos_token", False), ("target_tokenizer", False), ("token_budget", False),
 ])
 def test_secret_detection_is_by_whole_words(key, secret):
-    from tokalign_core.config import is_secret_key
+    from tokalign_core.configs.base import is_secret_key
 
     assert is_secret_key(key) is secret

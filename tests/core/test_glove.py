@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tokalign_core.artifacts import ArtifactStore
 from tokalign_core.configs.glove import GloveConfig
-from tokalign_core.glove import build_glove, load_embeddings, train_glove
-from tokalign_core.tracking import JsonlLogger
+from tokalign_core.embed.glove import build_glove, load_embeddings, train_glove
+from tokalign_core.runtime.tracking import JsonlLogger
+from tokalign_core.store.artifacts import ArtifactStore
 
 FAST = GloveConfig(dim=16, iterations=25, batch_size=64, device="cpu", threads=1)
 ENGINES = ["numba", "torch"]
@@ -119,7 +119,7 @@ def test_first_update_matches_hand_computation(engine):
 
 
 def test_engine_selection_and_config_errors():
-    from tokalign_core.glove import resolve_engine
+    from tokalign_core.embed.glove import resolve_engine
 
     assert resolve_engine(GloveConfig(device="cpu")) == ("numba", "cpu")
     assert resolve_engine(GloveConfig(device="cpu", engine="torch")) == ("torch", "cpu")
@@ -129,7 +129,7 @@ def test_engine_selection_and_config_errors():
 
 def test_embeddings_artifact_logger_and_errors(tmp_path):
     from tokalign_core.configs.cooccur import CooccurConfig
-    from tokalign_core.cooccur import build_cooccur
+    from tokalign_core.embed.cooccur import build_cooccur
 
     folder = tmp_path / "tokens" / "shard-00000"
     folder.mkdir(parents=True)
@@ -158,7 +158,7 @@ def test_embeddings_artifact_logger_and_errors(tmp_path):
 
 
 def test_cli_cooccur_then_glove(tmp_path, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     folder = tmp_path / "tokens" / "shard-00000"
     folder.mkdir(parents=True)

@@ -19,7 +19,7 @@ CHILD = """
 import sys
 import numpy as np, scipy.sparse as sp
 from tokalign_core.configs.glove import GloveConfig
-from tokalign_core.glove import train_glove
+from tokalign_core.embed.glove import train_glove
 x = sp.load_npz(sys.argv[1])
 res = train_glove(x, GloveConfig(dim=8, iterations=3, device="cpu"), progress=False)
 np.save(sys.argv[2], res.vectors)
@@ -55,7 +55,7 @@ def _cfg(**kw):
 
 
 def test_spilled_buckets_give_the_in_memory_result(monkeypatch, tmp_path):
-    import tokalign_core.glove as glove
+    import tokalign_core.embed.glove as glove
 
     x = _random_cooc(n=80)
     runs = {}
@@ -76,7 +76,7 @@ def test_spilled_buckets_give_the_in_memory_result(monkeypatch, tmp_path):
 
 
 def test_budget_changes_buckets_not_quality():
-    from tokalign_core.glove import train_glove
+    from tokalign_core.embed.glove import train_glove
 
     x = _random_cooc(n=80)
     small = train_glove(x, _cfg(iterations=15), progress=False)
@@ -86,8 +86,8 @@ def test_budget_changes_buckets_not_quality():
 
 
 def test_artifact_is_streamed_and_equals_the_in_memory_matrix(tmp_path):
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.glove import build_glove, load_embeddings, train_glove
+    from tokalign_core.embed.glove import build_glove, load_embeddings, train_glove
+    from tokalign_core.store.artifacts import ArtifactStore
 
     x = _random_cooc(n=50)
     folder = tmp_path / "cooc"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.backend import cupy_available, torch_cuda_available
+from tokalign_core.runtime.backend import cupy_available, torch_cuda_available
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,8 +43,8 @@ def _pair(n: int = 3000, d: int = 64, seed: int = 0):
 def test_retrieval_cupy_matches_numpy(method):
     import cupy
 
-    from tokalign_core.backend import to_numpy
-    from tokalign_core.retrieval import retrieve_both
+    from tokalign_core.align.retrieval import retrieve_both
+    from tokalign_core.runtime.backend import to_numpy
 
     x, z = _pair()
     cpu = retrieve_both(x, z, method, 10, 64, 4096)
@@ -57,7 +57,7 @@ def test_retrieval_cupy_matches_numpy(method):
 
 
 def test_vecmap_cupy_matches_numpy():
-    from tokalign_core import vecmap
+    from tokalign_core.align import vecmap
     from tokalign_core.configs.align import VecMapConfig
 
     x, z = _pair(n=2000, d=48, seed=1)
@@ -78,7 +78,7 @@ def test_glove_cuda_matches_cpu():
     import scipy.sparse as sp
 
     from tokalign_core.configs.glove import GloveConfig
-    from tokalign_core.glove import train_glove
+    from tokalign_core.embed.glove import train_glove
 
     rng = np.random.default_rng(2)
     n = 400
@@ -97,9 +97,9 @@ def test_glove_cuda_matches_cpu():
 def test_deepspeed_on_cuda_matches_cpu(tmp_path, bpe_tok, texts):
     from safetensors.numpy import load_file
 
-    from tokalign_core import toy
     from tokalign_core.configs.train import TrainConfig
-    from tokalign_core.data import write_tokens_artifact
+    from tokalign_core.model import toy
+    from tokalign_core.train.data import write_tokens_artifact
 
     docs = [bpe_tok(t)["input_ids"] for t in texts[:200]]
     write_tokens_artifact(

@@ -1,4 +1,4 @@
-"""The in-process memo of file digests behind :func:`tokalign_core.hashing.sha256_tree`:
+"""The in-process memo of file digests behind :func:`tokalign_core.store.hashing.sha256_tree`:
 an unchanged file is read once, while any change of its bytes under the same path (even
 with the same size and a restored mtime) gives the new digest."""
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tokalign_core import hashing
+from tokalign_core.store import hashing
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tokalign_core import toy
-from tokalign_core.artifacts import ArtifactStore, verify
-from tokalign_core.hidden_states import (
+from tokalign_core.embed.hidden_states import (
     MISSING_REASONS,
     TokenVectors,
     extract_hidden_states,
@@ -20,6 +18,8 @@ from tokalign_core.hidden_states import (
     special_prefix,
     write_embeddings,
 )
+from tokalign_core.model import toy
+from tokalign_core.store.artifacts import ArtifactStore, verify
 
 PAD_ROWS = 16  # Pythia-style: embedding rows beyond the tokenizer's length
 
@@ -170,7 +170,7 @@ def test_embeddings_artifact_round_trip(extracted, tmp_path):
 
 
 def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     model = toy.tiny_gpt_neox(len(bpe_tok), hidden=16)
     model.save_pretrained(tmp_path / "model")

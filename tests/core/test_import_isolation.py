@@ -36,7 +36,7 @@ for name in names:
     except Exception:
         failed[name] = traceback.format_exc(limit=3)
 try:
-    from tokalign_core.cli import build_parser
+    from tokalign.cli import build_parser
     build_parser()  # imports every commands/* module and builds its options
 except Exception:
     failed["cli.build_parser"] = traceback.format_exc(limit=3)
@@ -58,7 +58,7 @@ def _probe(blocked: tuple[str, ...]) -> dict:
 def test_every_module_imports_without_orchestration_packages():
     result = _probe(BLOCKED)
     assert len(result["names"]) > 10  # really walked the package
-    assert "tokalign_core.pretrain" in result["names"]
+    assert "tokalign_core.train.pretrain" in result["names"]
     assert not result["failed"], "\n\n".join(f"{k}:\n{v}" for k, v in result["failed"].items())
     assert result["leaked"] == []
 
@@ -67,5 +67,5 @@ def test_the_blocker_really_blocks():
     """Guard against a finder that blocks nothing: blocking a package the core needs
     (numpy) must make imports fail."""
     result = _probe(("numpy",))
-    assert "tokalign_core.alignment" in result["failed"]
-    assert "blocked by the isolation test" in result["failed"]["tokalign_core.alignment"]
+    assert "tokalign_core.align.alignment" in result["failed"]
+    assert "blocked by the isolation test" in result["failed"]["tokalign_core.align.alignment"]

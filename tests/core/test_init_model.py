@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokalign_core import toy
-from tokalign_core.alignment import Alignment, Provenance
-from tokalign_core.baselines import fvt_pieces, shared_source_ids
+from tokalign_core.align.alignment import Alignment, Provenance
 from tokalign_core.configs.init import InitConfig
-from tokalign_core.init_model import (
+from tokalign_core.model import toy
+from tokalign_core.model.baselines import fvt_pieces, shared_source_ids
+from tokalign_core.model.init import (
     initialize,
     initialize_model,
     is_tied,
@@ -217,7 +217,7 @@ class _AlwaysPredict:
 def test_cli_init_writes_model_and_card(sp_tok, bpe_tok, tmp_path, capsys):
     import json
 
-    from tokalign_core import cli
+    from tokalign import cli
     from tokalign_core.configs.init import InitConfig as Cfg
 
     src = tmp_path / "src"
@@ -238,7 +238,7 @@ def test_cli_init_writes_model_and_card(sp_tok, bpe_tok, tmp_path, capsys):
     assert f"| alignment_shared | {counts['shared']} |" in card
     assert f"| alignment_fallback | {counts['fallback']} |" in card
     assert Cfg().digest() in card  # the config digest
-    from tokalign_core.hashing import sha256_tree
+    from tokalign_core.store.hashing import sha256_tree
 
     assert sha256_tree(tmp_path / "al") in card and sha256_tree(src) in card
     assert cli.main(args) == 2  # refuses to overwrite a non-empty folder
@@ -250,7 +250,7 @@ def test_cli_init_writes_model_and_card(sp_tok, bpe_tok, tmp_path, capsys):
 
 
 def test_model_card_renders_eval_and_metrics():
-    from tokalign_core.model_card import CardInfo, as_card_info, render
+    from tokalign_core.model.card import CardInfo, as_card_info, render
 
     text = render(CardInfo(method="aligned", source_model="pythia", target_tokenizer="qwen2",
                            counts={"shared": 3}, alignment_metrics={"bleu1": 0.41},
@@ -267,7 +267,7 @@ def test_keep_layers_builds_a_shallower_model_that_reloads_and_generates(tmp_pat
                                                                         bpe_tok):
     from transformers import AutoModelForCausalLM
 
-    from tokalign_core.init_model import keep_layers, kept_layer_ids
+    from tokalign_core.model.init import keep_layers, kept_layer_ids
 
     assert kept_layer_ids(30, 15) == [0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29]
     assert kept_layer_ids(4, 1) == [3]
@@ -360,7 +360,7 @@ def test_min_score_needs_the_aligned_method():
 def test_cli_init_flags_reach_the_config():
     import argparse
 
-    from tokalign_core.commands import init as init_cmd
+    from tokalign.commands import init as init_cmd
 
     parser = argparse.ArgumentParser()
     init_cmd.register(parser.add_subparsers())

@@ -1,4 +1,4 @@
-"""Per-key compute locks (tokalign_core.locks): one holder per key across threads and
+"""Per-key compute locks (tokalign_core.store.locks): one holder per key across threads and
 processes, released by the kernel when the holder dies (also after SIGKILL, also when the
 holder forked a child), different keys independent, waits that time out with a message
 naming the lock file and its holder."""
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tokalign_core import locks
+from tokalign_core.store import locks
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "a" * 64
@@ -46,7 +46,7 @@ def _read_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
 COMPUTE_OR_REUSE = r"""
 import sys, time
 from pathlib import Path
-from tokalign_core import locks
+from tokalign_core.store import locks
 
 root, cache, start = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 while time.time() < start:
@@ -129,7 +129,7 @@ def test_locking_a_file_its_holder_just_unlinked_is_not_a_lock(tmp_path, monkeyp
 
 HOLDER = r"""
 import os, sys, time
-from tokalign_core import locks
+from tokalign_core.store import locks
 
 lock = locks.acquire(sys.argv[1], sys.argv[2], label="stage 'glove'")
 if len(sys.argv) > 3:             # fork a child that outlives us (Dask/multiprocessing-like)

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokalign_core import models, toy
 from tokalign_core.configs.init import InitConfig
-from tokalign_core.init_model import initialize, is_tied, load_model, save_initialized
+from tokalign_core.model import load as models
+from tokalign_core.model import toy
+from tokalign_core.model.init import initialize, is_tied, load_model, save_initialized
 
 METHODS = ["mean", "fvt", "random", "random-permutation", "multivariate"]
 
@@ -185,12 +186,12 @@ def test_gguf_is_converted_once_and_matches_the_original(tmp_path, monkeypatch):
     stamp = (models.converted_dir(gguf_file) / "model.safetensors").stat().st_mtime_ns
     assert models.resolve_model(str(gguf_file)) == folder  # cached: not converted again
     assert (models.converted_dir(gguf_file) / "model.safetensors").stat().st_mtime_ns == stamp
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tok = load_tokenizer(str(gguf_file))  # the GGUF's own vocabulary, through the conversion
     assert tok.convert_tokens_to_ids(vocab) == list(range(len(vocab)))
     assert tok("the")["input_ids"][:1] == [vocab.index("th")]
-    from tokalign_core.doctor import diagnose
+    from tokalign_core.model.doctor import diagnose
 
     report = diagnose(str(gguf_file), str(gguf_file))  # the doctor takes the .gguf too
     assert report.by_check("embeddings")[0].detail["tied"] is True
@@ -204,14 +205,14 @@ def test_cli_keeps_deepspeeds_accelerator_probe_off_stdout():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
-    build = ("import tempfile; from tokalign_core import toy, models; d = tempfile.mkdtemp(); "
+    build = ("import tempfile; from tokalign_core.model import load as models, toy; d = tempfile.mkdtemp(); "
              "toy.tiny_llama(16, hidden=8, layers=1, heads=2).save_pretrained(d); "
              "models.load_causal_lm(d)")
     before = subprocess.run([sys.executable, "-c", build], env=env, capture_output=True,
                             text=True, timeout=300)
     assert "Setting accelerator" in before.stdout  # the probe this guards against
     guarded = subprocess.run(
-        [sys.executable, "-c", f"from tokalign_core.cli import _cpu_only_deepspeed; "
+        [sys.executable, "-c", f"from tokalign.cli import _cpu_only_deepspeed; "
          f"_cpu_only_deepspeed(); {build}"],
         env=env, capture_output=True, text=True, timeout=300)
     assert guarded.returncode == 0 and guarded.stdout == "", guarded.stdout[-500:]

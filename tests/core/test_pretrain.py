@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from tokalign_core import pretrain as pt
-from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.store.artifacts import ArtifactStore
+from tokalign_core.train import pretrain as pt
 
 
 @pytest.fixture(scope="module")
 def micro_texts():
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     docs = toy.stdlib_texts(300, seed=1)
     return pt.TrainingTexts(train=docs[20:], eval={"en": docs[:20]}, source="stdlib")
@@ -127,7 +127,7 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
     second = pt.pretrain(cfg, store, texts=micro_texts, progress=False)
     assert not second.cached and second.ref.dir.exists()
     # Same seed, one thread: the retrained weights are the original, undamaged ones.
-    from tokalign_core.artifacts import verify
+    from tokalign_core.store.artifacts import verify
 
     verify(second.ref)
     assert json.loads((second.ref.dir / "MANIFEST.json").read_text())["model.safetensors"] == \
@@ -137,7 +137,7 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
 
 
 def test_load_training_texts_mixes_prose_and_code(tmp_path):
-    from tokalign_core.textsources import Doc, write_jsonl
+    from tokalign_core.data.textsources import Doc, write_jsonl
 
     corpus, evald = tmp_path / "corpus", tmp_path / "eval"
     write_jsonl(corpus / "en.man.jsonl", [Doc("m" * 100, "en", "man", str(i)) for i in range(50)])
@@ -165,7 +165,7 @@ def test_load_training_texts_falls_back_to_stdlib(tmp_path, caplog):
 
 
 def test_cli_pretrain_help_and_run(tmp_path, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tokalign_core.commands.demo import quiet_progress_bars
+from tokalign.commands.demo import quiet_progress_bars
 
 LOAD = ("import sys\nfrom transformers import AutoModelForCausalLM\n"
         "AutoModelForCausalLM.from_pretrained(sys.argv[1])\n")
@@ -25,7 +25,7 @@ def test_without_progress_the_bars_are_switched_off(monkeypatch):
 
 @pytest.mark.slow
 def test_the_setting_silences_transformers_weight_loading(tmp_path):
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     toy.tiny_llama(64, hidden=16, layers=1, heads=2).save_pretrained(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}

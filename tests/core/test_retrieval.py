@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokalign_core import retrieval as R
+from tokalign_core.align import retrieval as R
 
 
 def _rand(n: int, d: int, seed: int) -> np.ndarray:

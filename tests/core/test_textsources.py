@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tokalign_core import textsources as ts
+from tokalign_core.data import textsources as ts
 
 ROFF = r""".\" comment line that must vanish
 .TH LS 1 "2024" "GNU" "User Commands"

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.artifacts import ArtifactStore, verify
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.tokenize import TokenizeConfig
-from tokalign_core.corpus import build_corpus, heldout_file, read_texts, shard_files
-from tokalign_core.tokenize import (
+from tokalign_core.data.corpus import build_corpus, heldout_file, read_texts, shard_files
+from tokalign_core.store.artifacts import ArtifactStore, verify
+from tokalign_core.vocab.tokenize import (
     encode_ids,
     iter_docs,
     load_counts,
@@ -137,7 +137,7 @@ def test_one_vs_four_shards_same_stream(corpus_dir, bpe_tok, tmp_path):
 
 
 def test_dask_equals_serial_bytes(corpus_dir, tok_dir, tmp_path):
-    from tokalign_core.executor import DaskExecutor
+    from tokalign_core.runtime.executor import DaskExecutor
 
     _, refs = corpus_dir
     cfg = TokenizeConfig(tokenizer=str(tok_dir))
@@ -149,7 +149,7 @@ def test_dask_equals_serial_bytes(corpus_dir, tok_dir, tmp_path):
 
 
 def test_cli_tokenize(corpus_dir, tok_dir, tmp_path, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     _, refs = corpus_dir
     code = main(["tokenize", "--corpus", refs[4].path, "--tokenizer", str(tok_dir),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tokalign_core.tokenizers_io import (
+from tokalign_core.vocab.tokenizers import (
     TokenizerLoadError,
     TokenizerNotFoundError,
     cached_backend,
@@ -51,7 +51,7 @@ def test_tiktoken_rank_file_roundtrip(rank_file):
 
 def test_tiktoken_matches_tiktoken_library(rank_file, texts):
     tiktoken = pytest.importorskip("tiktoken")
-    from tokalign_core.tokenizers_io import CL100K_PATTERN
+    from tokalign_core.vocab.tokenizers import CL100K_PATTERN
 
     ranks = read_tiktoken_ranks(rank_file)
     ref = tiktoken.Encoding("tiny", pat_str=CL100K_PATTERN, mergeable_ranks=ranks,
@@ -156,7 +156,7 @@ def test_errors_name_the_spec(tmp_path):
 
 
 def test_empty_folder_fails_fast_with_a_clear_message(tmp_path):
-    from tokalign_core.tokenizers_io import TokenizerLoadError, load_tokenizer
+    from tokalign_core.vocab.tokenizers import TokenizerLoadError, load_tokenizer
 
     with pytest.raises(TokenizerLoadError, match="not a saved tokenizer"):
         load_tokenizer(str(tmp_path))

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokalign_core import toy
 from tokalign_core.configs.distill import DistillConfig
 from tokalign_core.configs.train import TrainConfig
-from tokalign_core.data import write_tokens_artifact
-from tokalign_core.train import (
+from tokalign_core.model import toy
+from tokalign_core.train.data import write_tokens_artifact
+from tokalign_core.train.loop import (
     cosine_factor,
     embedding_and_head_parameters,
     grad_accumulation,
@@ -89,7 +89,7 @@ def ds_run(workdir, no_jit_builds):
     before = {k: v.clone() for k, v in
               AutoModelForCausalLM.from_pretrained(workdir / "neox").state_dict().items()}
     snaps: dict[int, dict[str, torch.Tensor]] = {}
-    import tokalign_core.train as train_mod
+    import tokalign_core.train.loop as train_mod
 
     real_build = train_mod.build_engine
     engines = []
@@ -259,7 +259,7 @@ def test_llama_tied_head_trains_in_stage1(workdir):
 
 def _assert_tied_checkpoint(folder: Path) -> None:
     """One matrix on disk, and it reloads tied."""
-    from tokalign_core.init_model import is_tied, load_model
+    from tokalign_core.model.init import is_tied, load_model
 
     assert "lm_head.weight" not in _weights(folder)
     reloaded = load_model(str(folder))
@@ -322,7 +322,7 @@ def test_vocab_mismatch_is_a_clear_error(workdir, tmp_path):
 
 
 def test_cli_writes_run_json_and_dry_run(workdir, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     out = workdir / "cli"
     rc = main(["adapt", "--model", str(workdir / "neox"), "--tokens", str(workdir / "tokens"),
@@ -393,7 +393,7 @@ def test_resume_refuses_checkpoints_others_could_write(workdir):
     """DeepSpeed unpickles checkpoints on resume: a checkpoint tree that is not ours or is
     group/world-writable is refused before anything is loaded (issue 16 item 4); the
     trainer's own checkpoints (written under umask 002) stay resumable."""
-    from tokalign_core.train import UnsafeCheckpointError
+    from tokalign_core.train.loop import UnsafeCheckpointError
 
     def crash_at_2(info):
         if info.global_step == 2:

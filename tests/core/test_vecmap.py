@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tokalign_core import vecmap
+from tokalign_core.align import vecmap
+from tokalign_core.align.retrieval import retrieve
 from tokalign_core.configs.align import AlignConfig, VecMapConfig
-from tokalign_core.retrieval import retrieve
 
 
 def synthetic(n: int = 500, d: int = 50, noise: float = 0.02, seed: int = 0):

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 
-from tokalign_core.vocab import (
+from tokalign_core.vocab.vocab import (
     Scheme,
     SharedTokens,
     TokenKind,
@@ -100,7 +100,7 @@ def test_tiktoken_form_the(tmp_path):
 
 @pytest.mark.slow  # loading the converted 151k-rank tokenizer takes 5-10 s
 def test_real_qwen2_the():
-    tio = pytest.importorskip("tokalign_core.tokenizers_io")
+    tio = pytest.importorskip("tokalign_core.vocab.tokenizers")
     try:
         tok = tio.load_tokenizer("builtin:qwen2")
     except Exception as exc:  # package or resource missing on this machine

@@ -24,8 +24,9 @@ def tiny_cfg(tmp_path_factory, texts, bpe_tok, sp_tok):
 
 def test_align_flow_resumes_and_caches(prefect_api, tiny_cfg, tmp_path, monkeypatch):
     from flows.align import align_flow
-    from tokalign_core import align, hashing
-    from tokalign_core.alignment import Alignment
+    from tokalign_core.align import build as align
+    from tokalign_core.align.alignment import Alignment
+    from tokalign_core.store import hashing
 
     # Other files of the library may change while tests run; pin the code hash.
     monkeypatch.setattr(hashing, "code_hash", lambda: "align-flow-test")

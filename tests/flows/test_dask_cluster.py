@@ -172,8 +172,8 @@ def _digest(folder: str) -> dict[str, str]:
     """sha256 of every file of an artifact, checked against its manifest (so the files
     are complete). ``meta.json`` is left out: it records the input artifact's path, which
     differs between the two artifact roots."""
-    from tokalign_core.artifacts import ArtifactRef, verify
-    from tokalign_core.hashing import sha256_bytes
+    from tokalign_core.store.artifacts import ArtifactRef, verify
+    from tokalign_core.store.hashing import sha256_bytes
 
     manifest = json.loads((Path(folder) / "MANIFEST.json").read_text())
     digest = sha256_bytes(json.dumps(manifest, sort_keys=True).encode())
@@ -236,7 +236,7 @@ def test_flow_dask_address_gives_the_same_artifacts(
     from flows.align import align_flow
     from tasks.caching import Workspace
     from tests.flows.tiny import tiny_inputs
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     monkeypatch.setattr(hashing, "code_hash", lambda: "dask-flow-test")
     cfg = tiny_inputs(tmp_path / "inputs", texts[:250], bpe_tok, sp_tok)

@@ -35,8 +35,8 @@ def test_advanced_pipeline_replaces_the_preset_but_keeps_its_own_corpus():
 
 
 def test_model_ref_accepts_a_published_folder(tmp_path, bpe_tok):
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.model_card import publish_folder
+    from tokalign_core.model.card import publish_folder
+    from tokalign_core.store.artifacts import ArtifactStore
 
     with ArtifactStore(tmp_path / "a").writer("model") as w:
         (w.dir / "model").mkdir()

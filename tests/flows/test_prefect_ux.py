@@ -23,7 +23,7 @@ def _toy(ws: Workspace, text: str) -> object:
     with stage_run(ws, "ux-toy") as run, store(ws).writer("toy") as w:
         w.path("t.txt").write_text(text)
         run.metrics({"chars": len(text), "loss": 0.123456})
-        logging.getLogger("tokalign_core.glove").info("glove iteration 1: cost %d", len(text))
+        logging.getLogger("tokalign_core.embed.glove").info("glove iteration 1: cost %d", len(text))
     return w.ref
 
 
@@ -44,13 +44,13 @@ def test_task_runs_are_named_by_stage_and_log_key_numbers(prefect_api, tmp_path,
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tokalign_core.cli import _RunAwareFormatter
+    from tokalign.cli import _RunAwareFormatter
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     printed = io.StringIO()
     handler = logging.StreamHandler(printed)
     handler.setFormatter(_RunAwareFormatter("%(name)s: %(message)s"))
-    core_log = logging.getLogger("tokalign_core.glove")
+    core_log = logging.getLogger("tokalign_core.embed.glove")
     core_log.addHandler(handler)
     try:
         with caplog.at_level(logging.INFO):
@@ -58,7 +58,7 @@ def test_task_runs_are_named_by_stage_and_log_key_numbers(prefect_api, tmp_path,
     finally:
         core_log.removeHandler(handler)
     # A library line inside a stage is labelled with the stage (source vs target GloVe).
-    assert "tokalign_core.glove: task 'glove:source': glove iteration 1: cost 3" in \
+    assert "tokalign_core.embed.glove: task 'glove:source': glove iteration 1: cost 3" in \
         printed.getvalue()
     assert "task 'glove:target': glove iteration 1: cost 4" in printed.getvalue()
     with get_client(sync_client=True) as client:

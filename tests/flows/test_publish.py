@@ -7,14 +7,14 @@ import pytest
 import yaml
 
 from tasks.caching import Workspace
-from tokalign_core.artifacts import ArtifactStore
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.store.artifacts import ArtifactStore
 
 
 @pytest.fixture()
 def produced(tmp_path, bpe_tok, sp_tok):
     """Two model artifacts (an init and an adapted model) with the target tokenizer."""
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     store = ArtifactStore(tmp_path / "run" / "artifacts")
     refs = {}

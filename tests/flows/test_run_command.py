@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tokalign_core import cli
+from tokalign import cli
 
 
 def _args(*argv: str):
@@ -15,7 +15,7 @@ def _args(*argv: str):
 
 
 def test_flags_overlay_the_preset(tmp_path):
-    from tokalign_core.commands.run import build_config
+    from tokalign.commands.run import build_config
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "x"}\n')
@@ -30,7 +30,7 @@ def test_flags_overlay_the_preset(tmp_path):
 
 
 def test_teacher_turns_distillation_on_and_config_file_is_read(tmp_path):
-    from tokalign_core.commands.run import build_config
+    from tokalign.commands.run import build_config
     from tokalign_core.configs.pipeline import PipelineConfig
 
     path = tmp_path / "pipeline.json"

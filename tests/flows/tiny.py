@@ -29,7 +29,7 @@ def tiny_models(root: Path, cfg: PipelineConfig, bpe_tok, sp_tok) -> tuple[Pipel
     """A tiny GPT-NeoX source model (with the source tokenizer) and a tiny Llama teacher
     (with the target tokenizer) saved under ``root``; the config pointing at them and the
     teacher's folder."""
-    from tokalign_core import toy
+    from tokalign_core.model import toy
 
     src, teacher = root / "src_model", root / "teacher"
     model = toy.tiny_gpt_neox(len(bpe_tok), hidden=32, layers=1, heads=2)

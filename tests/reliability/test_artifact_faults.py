@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.artifacts import (
+from tokalign_core.store.artifacts import (
     MANIFEST,
     ArtifactStore,
     CorruptArtifactError,
     atomic_write_bytes,
     verify,
 )
-from tokalign_core.hashing import sha256_tree
+from tokalign_core.store.hashing import sha256_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,8 +88,8 @@ def test_disk_full_in_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_disk_full_while_saving_a_pretrained_model(tmp_path, monkeypatch):
     """A real stage: the model card write fails; no model artifact, no cache entry."""
-    from tokalign_core import pretrain as pt
-    from tokalign_core import toy
+    from tokalign_core.model import toy
+    from tokalign_core.train import pretrain as pt
 
     docs = toy.stdlib_texts(120, seed=2)
     texts = pt.TrainingTexts(docs[10:], {"en": docs[:10]}, "stdlib")
@@ -151,7 +151,7 @@ def test_damaged_artifact_is_detected_on_load(tmp_path, damage):
 
 def test_flipped_byte_in_a_real_alignment_is_detected(tmp_path):
     """An alignment artifact (real stage format) with one changed byte fails verify()."""
-    from tokalign_core.alignment import Alignment
+    from tokalign_core.align.alignment import Alignment
 
     al = Alignment(source_ids=np.array([0, 1, 1]), scores=np.ones(3),
                    provenance=np.zeros(3), reverse=np.array([0, 1]))
@@ -179,7 +179,7 @@ def test_rewriting_identical_content_repairs_a_damaged_artifact(tmp_path):
 WRITER = r"""
 import sys, time
 from pathlib import Path
-from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.store.artifacts import ArtifactStore
 
 store = ArtifactStore(sys.argv[1])
 ready = Path(sys.argv[2])
@@ -217,13 +217,13 @@ def test_kill_9_during_an_artifact_write_leaves_nothing_trusted(tmp_path):
     out = subprocess.run([sys.executable, "-c", WRITER, str(store.root), str(ready)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    from tokalign_core.artifacts import ArtifactRef
+    from tokalign_core.store.artifacts import ArtifactRef
 
     new_path = Path(out.stdout.strip())
     assert new_path.parent == store.root / "slow" and new_path != leftovers[0]
     manifest = json.loads((new_path / MANIFEST).read_text())
     assert len([k for k in manifest if k.startswith("chunk-")]) == 200
-    from tokalign_core.artifacts import _digest
+    from tokalign_core.store.artifacts import _digest
 
     verify(ArtifactRef(kind="slow", sha256=_digest(manifest), path=str(new_path)))
 
@@ -253,6 +253,6 @@ def test_kill_9_during_pretraining_then_rerun(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["cached"] is False
-    from tokalign_core.artifacts import ArtifactRef
+    from tokalign_core.store.artifacts import ArtifactRef
 
     verify(ArtifactRef(kind="model", sha256=result["sha256"], path=result["path"]))

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.artifacts import ArtifactStore, verify
-from tokalign_core.hashing import sha256_tree
+from tokalign_core.store.artifacts import ArtifactStore, verify
+from tokalign_core.store.hashing import sha256_tree
 
 # ----------------------------------------------------------------------------- corpus
 
@@ -28,7 +28,7 @@ def _corpus_cfg(path: Path, **kw):
 
 
 def test_empty_corpus_names_the_source_and_keeps_earlier_artifacts(tmp_path, store):
-    from tokalign_core.corpus import build_corpus
+    from tokalign_core.data.corpus import build_corpus
 
     good = tmp_path / "good.txt"
     good.write_text("a line of text\n" * 20)
@@ -44,14 +44,14 @@ def test_empty_corpus_names_the_source_and_keeps_earlier_artifacts(tmp_path, sto
 
 
 def test_missing_corpus_source_is_a_file_not_found(tmp_path, store):
-    from tokalign_core.corpus import build_corpus
+    from tokalign_core.data.corpus import build_corpus
 
     with pytest.raises(FileNotFoundError, match="nothere.txt.*does not exist"):
         build_corpus(_corpus_cfg(tmp_path / "nothere.txt"), store, progress=False)
 
 
 def test_non_utf8_and_nul_bytes_are_counted_not_fatal(tmp_path, store):
-    from tokalign_core.corpus import build_corpus, read_texts, shard_files
+    from tokalign_core.data.corpus import build_corpus, read_texts, shard_files
 
     src = tmp_path / "bad.txt"
     src.write_bytes(b"caf\xe9 latin-1 line\nnul\x00inside\n" + b"good line\n" * 5
@@ -83,9 +83,9 @@ def test_100mb_single_line_document_is_split_in_bounded_memory(tmp_path, store):
     script = f"""
 import json, resource, sys
 sys.path.insert(0, {str(root)!r})
-from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.store.artifacts import ArtifactStore
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
-from tokalign_core.corpus import build_corpus
+from tokalign_core.data.corpus import build_corpus
 ref = build_corpus(CorpusConfig(sources=[SourceSpec(path={str(big)!r})], n_shards=2,
                                 max_doc_chars=1_000_000), ArtifactStore({str(tmp_path / 's')!r}),
                    progress=False)
@@ -103,7 +103,7 @@ print(json.dumps({{"meta": ref.meta()["sources"][0],
 
 
 def test_textsources_drops_non_utf8_files_and_strips_nul(tmp_path):
-    from tokalign_core import textsources as ts
+    from tokalign_core.data import textsources as ts
 
     latin1 = tmp_path / "latin1.py"
     latin1.write_bytes("# caf\xe9 \xe9t\xe9\n".encode("latin-1") * 200)
@@ -121,7 +121,7 @@ def test_textsources_drops_non_utf8_files_and_strips_nul(tmp_path):
 
 
 def test_missing_tokenizer_names_the_path_and_the_choices(tmp_path):
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     with pytest.raises(FileNotFoundError, match=r"nope.*does not exist.*builtin:qwen2"):
         load_tokenizer(str(tmp_path / "nope"))
@@ -134,7 +134,7 @@ def test_missing_tokenizer_names_the_path_and_the_choices(tmp_path):
     ("vocab.model", os.urandom(64), "unknown format"),
 ])
 def test_wrong_format_tokenizer_file(tmp_path, name, content, match):
-    from tokalign_core.tokenizers_io import TokenizerLoadError, load_tokenizer
+    from tokalign_core.vocab.tokenizers import TokenizerLoadError, load_tokenizer
 
     path = tmp_path / name
     path.write_bytes(content)
@@ -143,7 +143,7 @@ def test_wrong_format_tokenizer_file(tmp_path, name, content, match):
 
 
 def test_unknown_builtin_tokenizer_lists_the_known_ones():
-    from tokalign_core.tokenizers_io import TokenizerLoadError, load_tokenizer
+    from tokalign_core.vocab.tokenizers import TokenizerLoadError, load_tokenizer
 
     with pytest.raises(TokenizerLoadError, match="known: builtin:qwen2"):
         load_tokenizer("builtin:nope")
@@ -151,7 +151,7 @@ def test_unknown_builtin_tokenizer_lists_the_known_ones():
 
 @pytest.mark.slow  # AutoTokenizer probes every loader first: ~10-25 s
 def test_folder_without_tokenizer_files_is_a_load_error(tmp_path):
-    from tokalign_core.tokenizers_io import TokenizerLoadError, load_tokenizer
+    from tokalign_core.vocab.tokenizers import TokenizerLoadError, load_tokenizer
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(TokenizerLoadError, match="empty"):
@@ -160,7 +160,7 @@ def test_folder_without_tokenizer_files_is_a_load_error(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod 000 files")
 def test_unreadable_tokenizer_file(tmp_path, bpe_tok):
-    from tokalign_core.tokenizers_io import TokenizerLoadError, load_tokenizer
+    from tokalign_core.vocab.tokenizers import TokenizerLoadError, load_tokenizer
 
     path = tmp_path / "tok.json"
     bpe_tok.backend_tokenizer.save(str(path))
@@ -174,7 +174,7 @@ def test_unreadable_tokenizer_file(tmp_path, bpe_tok):
 
 def test_cli_reports_bad_tokenizer_without_traceback(tmp_path, capsys):
     """Through the CLI a bad tokenizer is exit code 2 and one line naming it."""
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{broken")
@@ -189,7 +189,7 @@ def test_cli_reports_bad_tokenizer_without_traceback(tmp_path, capsys):
 
 
 def test_token_ids_beyond_the_vocabulary_are_rejected():
-    from tokalign_core.cooccur import count_cooccurrences
+    from tokalign_core.embed.cooccur import count_cooccurrences
 
     ids = np.array([1, 2, 3, 9], dtype=np.uint32)
     with pytest.raises(ValueError, match="token id 9 >= vocab_size 5.*different tokenizers"):
@@ -197,7 +197,7 @@ def test_token_ids_beyond_the_vocabulary_are_rejected():
 
 
 def test_offsets_inconsistent_with_ids_are_rejected():
-    from tokalign_core.cooccur import count_cooccurrences
+    from tokalign_core.embed.cooccur import count_cooccurrences
 
     ids = np.array([1, 2, 3], dtype=np.uint32)
     with pytest.raises(ValueError, match="offsets must rise"):
@@ -205,7 +205,7 @@ def test_offsets_inconsistent_with_ids_are_rejected():
 
 
 def test_pretrain_token_stream_rejects_ids_beyond_the_tokenizer(bpe_tok, monkeypatch):
-    from tokalign_core import pretrain as pt
+    from tokalign_core.train import pretrain as pt
 
     class Liar:
         eos_token_id = 0
@@ -221,7 +221,7 @@ def test_pretrain_token_stream_rejects_ids_beyond_the_tokenizer(bpe_tok, monkeyp
 
 
 def test_alignment_whose_size_mismatches_the_tokenizer_or_model():
-    from tokalign_core.alignment import Alignment
+    from tokalign_core.align.alignment import Alignment
 
     al = Alignment(source_ids=np.array([0, 1, 2]), scores=np.ones(3), provenance=np.zeros(3),
                    reverse=np.array([0, 1, 2, -1]))
@@ -239,7 +239,7 @@ def test_alignment_whose_size_mismatches_the_tokenizer_or_model():
 
 def test_tampered_alignment_file_is_rejected_on_load(tmp_path):
     """An alignment.npz edited to point past the source vocabulary fails on load."""
-    from tokalign_core.alignment import Alignment
+    from tokalign_core.align.alignment import Alignment
 
     Alignment(source_ids=np.array([0, 1]), scores=np.ones(2), provenance=np.zeros(2),
               reverse=np.array([0, 1])).save(tmp_path)
@@ -252,7 +252,7 @@ def test_tampered_alignment_file_is_rejected_on_load(tmp_path):
 
 
 def test_model_without_an_embeddings_api():
-    from tokalign_core.init_model import embedding_modules
+    from tokalign_core.model.init import embedding_modules
 
     with pytest.raises(ValueError, match="no input/output embeddings API"):
         embedding_modules(object())
@@ -264,11 +264,11 @@ def test_model_without_an_embeddings_api():
 @pytest.mark.parametrize(("factory", "match"), [
     (lambda: __import__("tokalign_core.configs.align", fromlist=["x"]).VecMapConfig(
         whiten=False), "de-whitening needs whitening"),
-    (lambda: __import__("tokalign_core.pretrain", fromlist=["x"]).PretrainConfig(
+    (lambda: __import__("tokalign_core.train.pretrain", fromlist=["x"]).PretrainConfig(
         hidden=30, heads=4), "divisible"),
-    (lambda: __import__("tokalign_core.pretrain", fromlist=["x"]).PretrainConfig(
+    (lambda: __import__("tokalign_core.train.pretrain", fromlist=["x"]).PretrainConfig(
         steps=5, warmup_steps=5), "warmup_steps"),
-    (lambda: __import__("tokalign_core.textsources", fromlist=["x"]).TextCorpusConfig(
+    (lambda: __import__("tokalign_core.data.textsources", fromlist=["x"]).TextCorpusConfig(
         min_doc_chars=900, max_doc_chars=600), "exceeds"),
     (lambda: _corpus_cfg(Path("x.txt"), token_budget=10, byte_budget=10), "not both"),
 ])
@@ -278,7 +278,7 @@ def test_contradictory_configs_fail_at_construction(factory, match):
 
 
 def test_unknown_config_keys_are_errors(tmp_path):
-    from tokalign_core.pretrain import PretrainConfig
+    from tokalign_core.train.pretrain import PretrainConfig
 
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"hiden": 64}))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.cli import EXIT_USER_ERROR, main
+from tokalign.cli import EXIT_USER_ERROR, main
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,12 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Env:
     """A tiny saved model with its tokenizer, a plain-text source and a tokens artifact."""
-    from tokalign_core import toy
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.model import toy
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     root = tmp_path_factory.mktemp("cli")
     texts = toy.stdlib_texts(120)
@@ -232,7 +232,7 @@ def test_bad_input_is_one_line_and_exit_code_2(env, capsys, argv_of, needles):
 
 def test_disk_full_during_the_corpus_spill(env, capsys, monkeypatch):
     """ENOSPC while spilling: one line saying the disk is full and where; nothing kept."""
-    from tokalign_core import corpus
+    from tokalign_core.data import corpus
 
     def full(self, key, heldout, data):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -254,7 +254,7 @@ def test_adapt_failure_without_checkpoint_does_not_advise_resume(env, capsys, mo
     says so (it used to say "rerun the same command to resume")."""
     import subprocess
 
-    from tokalign_core.commands import train as train_cmd
+    from tokalign.commands import train as train_cmd
 
     monkeypatch.setattr(
         train_cmd.subprocess, "run", lambda cmd, env=None: subprocess.CompletedProcess(cmd, 1)
@@ -281,7 +281,7 @@ def test_adapt_failure_without_checkpoint_does_not_advise_resume(env, capsys, mo
 def test_an_internal_error_keeps_its_traceback(monkeypatch):
     """Only input errors are summarised: a bug (here a KeyError) still raises, so it can
     be reported with its traceback (exit code 1 from the interpreter)."""
-    from tokalign_core.commands import corpus as corpus_cmd
+    from tokalign.commands import corpus as corpus_cmd
 
     def bug(args):
         raise KeyError("internal")

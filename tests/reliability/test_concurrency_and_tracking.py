@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tokalign_core.artifacts import MANIFEST, ArtifactRef, verify
+from tokalign_core.store.artifacts import MANIFEST, ArtifactRef, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ RACER = r"""
 import sys, time
 import pytest
 
-from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.store.artifacts import ArtifactStore
 store = ArtifactStore(sys.argv[1])
 start = float(sys.argv[2])
 while time.time() < start:
@@ -65,7 +65,7 @@ def test_mlflow_down_keeps_metrics_locally_and_says_so(tmp_path):
     script = f"""
 import json, logging, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-from tokalign_core.tracking import default_logger
+from tokalign_core.runtime.tracking import default_logger
 lg = default_logger({str(tmp_path / "m.jsonl")!r}, prefix="t/")
 for step in range(5):
     lg.log({{"loss": 1.0 / (step + 1)}}, step)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.artifacts import ArtifactStore, verify
+from tokalign_core.store.artifacts import ArtifactStore, verify
 
 
 def _digest(path: Path) -> str:
@@ -24,7 +24,7 @@ def _digest(path: Path) -> str:
 
 def _concat_ids(ref) -> tuple[str, str]:
     """Hash of all training ids concatenated in shard order, and of the held-out ids."""
-    from tokalign_core.tokenize import load_split, split_names
+    from tokalign_core.vocab.tokenize import load_split, split_names
 
     train = hashlib.sha256()
     held = ""
@@ -41,17 +41,17 @@ def run_chain(root: Path, texts: list[str], src_tok, tgt_tok, n_shards: int,
               executor=None, stop_after: str = "alignment") -> dict[str, str]:
     """The alignment pipeline on ``texts``; returns {data file: sha256}. ``stop_after``
     "cooccur" skips GloVe and the alignment (cheaper sensitivity checks)."""
-    from tokalign_core.align import Embeddings, build_alignment
+    from tokalign_core.align.build import Embeddings, build_alignment
     from tokalign_core.configs.align import AlignConfig, VecMapConfig
     from tokalign_core.configs.cooccur import CooccurConfig
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.glove import GloveConfig
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.cooccur import build_cooccur
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.glove import build_glove
-    from tokalign_core.tokenize import tokenize_corpus
-    from tokalign_core.vocab import build_vocab, shared_tokens
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.embed.cooccur import build_cooccur
+    from tokalign_core.embed.glove import build_glove
+    from tokalign_core.vocab.tokenize import tokenize_corpus
+    from tokalign_core.vocab.vocab import build_vocab, shared_tokens
 
     store = ArtifactStore(root / "store")
     src_file = root / "texts.jsonl"
@@ -125,7 +125,7 @@ def test_different_input_changes_the_hashes(tmp_path, chain_texts, bpe_tok, sp_t
 @pytest.mark.slow
 def test_alignment_is_byte_identical_across_shards_and_workers(tmp_path, chain_texts,
                                                                bpe_tok, sp_tok):
-    from tokalign_core.executor import DaskExecutor
+    from tokalign_core.runtime.executor import DaskExecutor
 
     runs = {(n, "serial"): run_chain(tmp_path / f"{n}-serial", chain_texts, bpe_tok, sp_tok, n)
             for n in (1, 3, 8)}
@@ -148,8 +148,8 @@ def test_alignment_is_byte_identical_across_shards_and_workers(tmp_path, chain_t
 def test_pretrain_is_deterministic(tmp_path):
     """Two pretraining runs with one seed give the same weights and tokenizer (the text
     corpus builder's determinism is tested in tests/core/test_textsources.py)."""
-    from tokalign_core import pretrain as pt
-    from tokalign_core import toy
+    from tokalign_core.model import toy
+    from tokalign_core.train import pretrain as pt
 
     docs = toy.stdlib_texts(150, seed=4)
     texts = pt.TrainingTexts(docs[10:], {"en": docs[:10]}, "stdlib")

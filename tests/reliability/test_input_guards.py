@@ -17,7 +17,7 @@ def _all_config_classes():
     import pkgutil
 
     from tokalign_core import configs
-    from tokalign_core.config import FrozenConfig
+    from tokalign_core.configs.base import FrozenConfig
 
     out = set()
     for info in pkgutil.iter_modules(configs.__path__):
@@ -71,7 +71,7 @@ def test_cooccur_window_true_is_rejected_from_a_json_file(tmp_path):
 
 
 def test_glove_x_max_infinity_in_json_is_rejected_through_the_cli(tmp_path, capsys):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     path = tmp_path / "g.json"
     path.write_text('{"x_max": Infinity}')
@@ -128,8 +128,8 @@ def test_booleans_stay_valid_for_boolean_fields():
 def workspace(tmp_path_factory):
     """<root>/inputs/{model (with tokenizer), alignment, tokens}: every input of init/adapt
     under one folder."""
-    from tokalign_core import toy
-    from tokalign_core.alignment import Alignment, Provenance
+    from tokalign_core.align.alignment import Alignment, Provenance
+    from tokalign_core.model import toy
 
     root = tmp_path_factory.mktemp("outs")
     inputs = root / "inputs"
@@ -146,14 +146,14 @@ def workspace(tmp_path_factory):
 
 
 def _tree(folder):
-    from tokalign_core.hashing import sha256_tree
+    from tokalign_core.store.hashing import sha256_tree
 
     return sha256_tree(folder)
 
 
 @pytest.mark.parametrize("out_of", [lambda i: i, lambda i: i / "model", lambda i: i.parent])
 def test_init_overwrite_refuses_an_out_that_holds_the_inputs(workspace, capsys, out_of):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     before = _tree(workspace)
     out = out_of(workspace)
@@ -178,7 +178,7 @@ def test_init_overwrite_refuses_an_out_that_holds_the_inputs(workspace, capsys, 
 
 @pytest.mark.parametrize("command", ["adapt", "distill"])
 def test_train_commands_refuse_an_out_that_holds_the_inputs(workspace, capsys, command):
-    from tokalign_core.cli import main
+    from tokalign.cli import main
 
     before = _tree(workspace)
     model = str(workspace / "model")
@@ -205,7 +205,7 @@ def test_train_commands_refuse_an_out_that_holds_the_inputs(workspace, capsys, c
 
 
 def test_check_out_dir_allows_a_sibling_and_ignores_hub_ids(tmp_path):
-    from tokalign_core.inputs import check_out_dir
+    from tokalign_core.store.inputs import check_out_dir
 
     (tmp_path / "model").mkdir()
     check_out_dir(tmp_path / "out", [tmp_path / "model", "org/name", "builtin:qwen2", None])
@@ -217,9 +217,9 @@ def test_check_out_dir_allows_a_sibling_and_ignores_hub_ids(tmp_path):
 
 
 def _build(tmp_path, source, **kw):
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
-    from tokalign_core.corpus import build_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.store.artifacts import ArtifactStore
 
     cfg = CorpusConfig(
         sources=[SourceSpec(path=str(source), **kw)], n_shards=1, heldout_fraction=0.0
@@ -228,7 +228,7 @@ def _build(tmp_path, source, **kw):
 
 
 def _docs(ref):
-    from tokalign_core.corpus import read_texts, shard_files
+    from tokalign_core.data.corpus import read_texts, shard_files
 
     return [t for f in shard_files(ref) for t in read_texts(f)]
 
@@ -269,12 +269,12 @@ def test_a_file_named_like_a_glob_is_read_as_that_file(tmp_path):
 def test_the_same_input_typed_as_another_path_gives_the_same_artifacts(tmp_path, monkeypatch):
     """Corpus (source path), tokenize (tokenizer path) and cooccur (tokens path) record the
     resolved path, so ``x``, ``./x`` and ``/abs/x`` give one artifact digest."""
-    from tokalign_core import toy
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.cooccur import CooccurConfig
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.cooccur import build_cooccur
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.embed.cooccur import build_cooccur
+    from tokalign_core.model import toy
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "src.txt").write_text("alpha beta gamma\n" * 30 + "delta\n")
@@ -297,7 +297,7 @@ def test_one_default_artifact_root_for_every_command_and_the_flows():
     from pathlib import Path
 
     from tasks.caching import Workspace
-    from tokalign_core.cli import DEFAULT_ARTIFACT_ROOT, build_parser
+    from tokalign.cli import DEFAULT_ARTIFACT_ROOT, build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -318,13 +318,13 @@ def test_one_default_artifact_root_for_every_command_and_the_flows():
 def test_cooccur_with_dask_workers_prints_only_the_artifact_path(tmp_path, capsys):
     """The Dask progress bar goes to stderr; stdout is the artifact path alone (scripts
     read it), and --no-progress hides the bar."""
-    from tokalign_core import toy
-    from tokalign_core.artifacts import ArtifactStore
-    from tokalign_core.cli import main
+    from tokalign.cli import main
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.model import toy
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     src = tmp_path / "s.txt"
     src.write_text("\n".join(toy.stdlib_texts(80)))

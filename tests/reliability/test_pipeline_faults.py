@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tokalign_core.artifacts import ArtifactRef, verify
+from tokalign_core.store.artifacts import ArtifactRef, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ UPSTREAM = {
 # The child: run the align flow once on a saved config and print states + refs as JSON.
 CHILD = r"""
 import json, sys, time
-from tokalign_core import hashing
+from tokalign_core.store import hashing
 hashing.code_hash = lambda: "pipeline-faults-test"   # other sessions edit the library
 from flows.align import align_flow
 from tasks.caching import Workspace, artifact_refs
@@ -408,14 +408,14 @@ def test_dask_worker_killed_mid_task_gives_the_serial_result(tmp_path, texts, bp
     """Tokenization and co-occurrence on 2 Dask workers, one worker SIGKILLed while it
     processes a shard each time: Dask reruns the task elsewhere and the artifacts hold the
     same bytes as the serial run's."""
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.cooccur import CooccurConfig
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.cooccur import build_cooccur
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.executor import DaskExecutor
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.embed.cooccur import build_cooccur
+    from tokalign_core.runtime.executor import DaskExecutor
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     src = tmp_path / "texts.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tokalign_core.artifacts import ArtifactRef, ArtifactStore
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("tokalign_core", "tasks", "flows", "deployments")
@@ -184,7 +184,7 @@ def test_every_stage_config_redacts_its_secret_fields():
     import pkgutil
 
     import tokalign_core.configs as configs
-    from tokalign_core.config import is_secret_key
+    from tokalign_core.configs.base import is_secret_key
 
     for info in pkgutil.iter_modules(configs.__path__):
         importlib.import_module(f"{configs.__name__}.{info.name}")
@@ -235,7 +235,7 @@ def test_artifact_paths_cannot_escape_the_root(tmp_path):
 
 def test_pretrain_cache_index_cannot_point_outside_the_store(tmp_path):
     """A tampered cache index entry naming a folder outside the store is ignored."""
-    from tokalign_core import pretrain as pt
+    from tokalign_core.train import pretrain as pt
 
     store = ArtifactStore(tmp_path / "store")
     idx = pt._index_path(store, "k" * 64)

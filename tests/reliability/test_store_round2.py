@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.artifacts import MANIFEST, ArtifactStore, CorruptArtifactError, verify
+from tokalign_core.store.artifacts import MANIFEST, ArtifactStore, CorruptArtifactError, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -31,7 +31,7 @@ import os, sys
 def _no_such_process(pid, sig):
     raise ProcessLookupError(pid)
 os.kill = _no_such_process
-from tokalign_core.artifacts import ArtifactStore
+from tokalign_core.store.artifacts import ArtifactStore
 ArtifactStore(sys.argv[1])
 """
 
@@ -83,7 +83,7 @@ def test_dead_writers_folders_are_swept_even_across_pid_namespaces(tmp_path):
     view is foreign) removes its folder; the live writer's folder next to it stays."""
     store = ArtifactStore(tmp_path / "store")
     ready = tmp_path / "ready"
-    writer = ("import sys, time, pathlib\nfrom tokalign_core.artifacts import ArtifactStore\n"
+    writer = ("import sys, time, pathlib\nfrom tokalign_core.store.artifacts import ArtifactStore\n"
               "with ArtifactStore(sys.argv[1]).writer('blob') as w:\n"
               "    w.path('a.bin').write_bytes(b'x')\n"
               "    pathlib.Path(sys.argv[2]).touch()\n    time.sleep(600)\n")
@@ -179,7 +179,7 @@ def test_kill_9_of_tokalign_corpus_leaves_no_spill_folder(tmp_path):
 def test_compute_lock_refuses_a_planted_symlink(tmp_path):
     """Before: the lock file was opened following symlinks, then truncated and written,
     so ``<key>.lock -> victim`` emptied the victim."""
-    from tokalign_core import locks
+    from tokalign_core.store import locks
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -198,7 +198,7 @@ def test_compute_lock_refuses_a_planted_symlink(tmp_path):
 
 
 def test_compute_lock_folder_is_owner_only(tmp_path):
-    from tokalign_core import locks
+    from tokalign_core.store import locks
 
     lock = locks.try_acquire(tmp_path / "fresh" / ".locks", "k")
     assert lock is not None
@@ -221,8 +221,8 @@ def chain(tmp_path_factory, texts, bpe_tok):
     """A corpus (3 shards) and its tokens in a fresh store."""
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     root = tmp_path_factory.mktemp("chain")
     src = root / "docs.jsonl"
@@ -236,7 +236,7 @@ def chain(tmp_path_factory, texts, bpe_tok):
 
 def _damaged_copy(ref, tmp_path: Path):
     """A copy of an artifact (same manifest, so the same ref digest) to damage."""
-    from tokalign_core.artifacts import ArtifactRef
+    from tokalign_core.store.artifacts import ArtifactRef
 
     copy = tmp_path / ref.kind / Path(ref.path).name
     shutil.copytree(ref.path, copy)
@@ -245,7 +245,7 @@ def _damaged_copy(ref, tmp_path: Path):
 
 def test_a_flipped_byte_in_a_corpus_shard_stops_tokenize(chain, tmp_path, bpe_tok):
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     store, corpus, _ = chain
     bad = _damaged_copy(corpus, tmp_path)
@@ -258,8 +258,8 @@ def test_a_flipped_byte_in_a_corpus_shard_stops_tokenize(chain, tmp_path, bpe_to
 
 def test_a_flipped_byte_in_token_ids_stops_cooccur_and_training_reads(chain, tmp_path):
     from tokalign_core.configs.cooccur import CooccurConfig
-    from tokalign_core.cooccur import build_cooccur
-    from tokalign_core.data import TokenStream
+    from tokalign_core.embed.cooccur import build_cooccur
+    from tokalign_core.train.data import TokenStream
 
     _, _, tokens = chain
     bad = _damaged_copy(tokens, tmp_path)
@@ -274,8 +274,8 @@ def test_a_tokens_folder_missing_a_shard_is_not_complete(chain, tmp_path):
     """No manifest (a hand-copied folder) and one of three shards deleted: before, it was
     read as a smaller corpus."""
     from tokalign_core.configs.cooccur import CooccurConfig
-    from tokalign_core.cooccur import build_cooccur
-    from tokalign_core.data import TokenStream
+    from tokalign_core.embed.cooccur import build_cooccur
+    from tokalign_core.train.data import TokenStream
 
     _, _, tokens = chain
     folder = tmp_path / "tokens"
@@ -289,8 +289,8 @@ def test_a_tokens_folder_missing_a_shard_is_not_complete(chain, tmp_path):
 
 
 def test_a_flipped_byte_in_embedding_vectors_stops_align(tmp_path):
-    from tokalign_core.align import Embeddings
-    from tokalign_core.glove import load_embeddings
+    from tokalign_core.align.build import Embeddings
+    from tokalign_core.embed.glove import load_embeddings
 
     store = ArtifactStore(tmp_path / "store")
     with store.writer("embeddings") as w:
@@ -317,9 +317,9 @@ def test_the_flow_cache_does_not_trust_a_same_size_corruption(tmp_path):
 
 
 def test_align_out_has_a_manifest_that_readers_verify(tmp_path, bpe_tok, sp_tok, capsys):
-    from tokalign_core.alignment import Alignment
-    from tokalign_core.artifacts import manifest_ref
-    from tokalign_core.cli import main
+    from tokalign.cli import main
+    from tokalign_core.align.alignment import Alignment
+    from tokalign_core.store.artifacts import manifest_ref
 
     bpe_tok.save_pretrained(tmp_path / "src_tok")
     sp_tok.save_pretrained(tmp_path / "tgt_tok")

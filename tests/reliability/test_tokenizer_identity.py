@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokalign_core.cli import EXIT_USER_ERROR, main
+from tokalign.cli import EXIT_USER_ERROR, main
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,16 @@ class Toks:
 
 
 def _digest(folder: Path) -> str:
-    from tokalign_core.inputs import digest_of
-    from tokalign_core.tokenizers_io import load_tokenizer
+    from tokalign_core.store.inputs import digest_of
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     return digest_of(load_tokenizer(str(folder)))
 
 
 @pytest.fixture(scope="module")
 def toks(tmp_path_factory) -> Toks:
-    from tokalign_core import toy
-    from tokalign_core.alignment import Alignment, Provenance
+    from tokalign_core.align.alignment import Alignment, Provenance
+    from tokalign_core.model import toy
 
     root = tmp_path_factory.mktemp("toks")
     texts = toy.stdlib_texts(400)
@@ -159,11 +159,11 @@ def test_align_refuses_embeddings_of_a_third_tokenizer(toks, capsys):
 
 def test_adapt_refuses_tokens_of_another_tokenizer(toks, capsys, tmp_path):
     """Tokens made with D (A's size) fed to a model whose tokenizer is A."""
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     src = tmp_path / "t.txt"
     src.write_text("def f(x):\n    return x + 1\n" * 40)
@@ -194,11 +194,11 @@ def test_adapt_refuses_tokens_of_another_tokenizer(toks, capsys, tmp_path):
 
 def test_eval_align_refuses_tokens_of_the_other_side(toks, capsys, tmp_path):
     """Source and target tokens swapped (or of another tokenizer) in `eval-align`."""
-    from tokalign_core.artifacts import ArtifactStore
     from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
     from tokalign_core.configs.tokenize import TokenizeConfig
-    from tokalign_core.corpus import build_corpus
-    from tokalign_core.tokenize import tokenize_corpus
+    from tokalign_core.data.corpus import build_corpus
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.tokenize import tokenize_corpus
 
     src = tmp_path / "t.txt"
     src.write_text("".join(f"line {i} of the held-out text\n" for i in range(200)))

@@ -15,7 +15,7 @@ import pytest
 
 from tasks import caching
 from tasks.caching import Workspace, content_key, fingerprint, is_transient
-from tokalign_core.artifacts import ArtifactRef, CorruptArtifactError
+from tokalign_core.store.artifacts import ArtifactRef, CorruptArtifactError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def _child(api: str, run_dir: Path, src: Path) -> dict:
 
 def test_hit_in_new_process_and_miss_when_bytes_change(prefect_api, tmp_path, monkeypatch):
     from tests.tasks import toy_tasks
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     # Cold run in this process, then two fresh processes: the first must hit the persisted
     # cache, the second (same path, new bytes) must miss.
@@ -55,7 +55,7 @@ def test_hit_in_new_process_and_miss_when_bytes_change(prefect_api, tmp_path, mo
 
 def test_miss_when_code_hash_changes(prefect_api, tmp_path, monkeypatch):
     from tests.tasks import toy_tasks
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     src = tmp_path / "in.txt"
     src.write_text("abc")
@@ -71,7 +71,7 @@ def test_miss_when_code_hash_changes(prefect_api, tmp_path, monkeypatch):
 
 def test_stale_record_is_not_trusted(prefect_api, tmp_path, monkeypatch):
     from tests.tasks import toy_tasks
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     monkeypatch.setattr(hashing, "code_hash", lambda: "code-stale")
     src = tmp_path / "in.txt"
@@ -110,7 +110,7 @@ def test_fingerprint_uses_content_not_names(tmp_path):
 
 
 def test_key_ignores_workspace_but_not_values(monkeypatch):
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     monkeypatch.setattr(hashing, "code_hash", lambda: "c")
     k1 = content_key("t", {"ws": Workspace(run_dir="/a"), "n": 1})
@@ -121,8 +121,8 @@ def test_key_ignores_workspace_but_not_values(monkeypatch):
 
 
 def test_config_paths_are_hashed_by_bytes(tmp_path, monkeypatch):
-    from tokalign_core import hashing
-    from tokalign_core.config import FrozenConfig
+    from tokalign_core.configs.base import FrozenConfig
+    from tokalign_core.store import hashing
 
     class Cfg(FrozenConfig):
         tokenizer: str
@@ -172,7 +172,7 @@ def test_first_trusted_key_skips_stale_records(tmp_path):
 
 
 def test_damaged_artifact_is_quarantined_not_deleted(tmp_path):
-    from tokalign_core.artifacts import ArtifactStore
+    from tokalign_core.store.artifacts import ArtifactStore
 
     st = ArtifactStore(tmp_path / "a")
     with st.writer("x") as w:

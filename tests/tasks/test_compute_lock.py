@@ -18,8 +18,8 @@ import pytest
 from tasks import locking
 from tasks.caching import CONTENT_HASH, Workspace
 from tasks.common import stage_task, store
-from tokalign_core import locks
-from tokalign_core.artifacts import ArtifactRef, verify
+from tokalign_core.store import locks
+from tokalign_core.store.artifacts import ArtifactRef, verify
 
 REPO = Path(__file__).resolve().parents[2]
 CODE_HASH = "compute-lock-test"
@@ -64,7 +64,7 @@ def wait_for(predicate: Any, what: str, timeout: float = 120) -> None:
 def setup(prefect_api, tmp_path, monkeypatch) -> tuple[Workspace, Any, list[str]]:
     """A workspace, the gated task bound to its result storage, and the list the lock
     manager's waiting lines go to."""
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     monkeypatch.setattr(hashing, "code_hash", lambda: CODE_HASH)
     GATE.clear()
@@ -153,7 +153,7 @@ def test_a_failed_holder_lets_the_twin_compute(setup, tmp_path):
 CHILD = r"""
 import sys
 from pathlib import Path
-from tokalign_core import hashing
+from tokalign_core.store import hashing
 hashing.code_hash = lambda: sys.argv[3]
 from tasks.caching import Workspace
 from tests.tasks.test_compute_lock import GATE, gated

@@ -9,8 +9,8 @@ import pytest
 
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, parent_run, ref_tags, stage_run, tracking_uri
-from tokalign_core.artifacts import ArtifactStore
 from tokalign_core.configs.glove import GloveConfig
+from tokalign_core.store.artifacts import ArtifactStore
 
 
 def test_default_store_is_sqlite_in_run_dir(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def _records(ws: Workspace) -> list[Path]:
 
 def _flow(ws, src, monkeypatch, code):
     from tests.tasks import toy_tasks
-    from tokalign_core import hashing
+    from tokalign_core.store import hashing
 
     monkeypatch.setattr(hashing, "code_hash", lambda: code)
     return toy_tasks.toy_flow(ws, src)

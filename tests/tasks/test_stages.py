@@ -49,7 +49,7 @@ def test_numbers_flattens_numeric_leaves():
 
 
 def test_model_dir_finds_the_save_pretrained_folder(tmp_path):
-    from tokalign_core.artifacts import ArtifactRef
+    from tokalign_core.store.artifacts import ArtifactRef
 
     (tmp_path / "a" / "model").mkdir(parents=True)
     (tmp_path / "b").mkdir()

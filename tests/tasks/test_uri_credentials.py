@@ -9,7 +9,7 @@ import logging
 
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, stage_run
-from tokalign_core.config import flatten, redact_userinfo
+from tokalign_core.configs.base import flatten, redact_userinfo
 from tokalign_core.configs.glove import GloveConfig
 
 SECRET = "s3cretPW"

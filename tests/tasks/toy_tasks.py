@@ -1,7 +1,7 @@
 """A tiny content-cached task and flow used by the caching tests (run in-process and as
 ``python -m tests.tasks.toy_tasks RUN_DIR SRC`` in a child process).
 
-``TOKALIGN_TEST_CODE_HASH`` pins ``tokalign_core.hashing.code_hash`` so the tests do not
+``TOKALIGN_TEST_CODE_HASH`` pins ``tokalign_core.store.hashing.code_hash`` so the tests do not
 depend on other files of the library changing while they run."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from prefect import flow
 from tasks.caching import Workspace
 from tasks.common import stage_task, store
 from tasks.records import result_storage
-from tokalign_core import hashing
+from tokalign_core.store import hashing
 
 if os.environ.get("TOKALIGN_TEST_CODE_HASH"):
     hashing.code_hash = lambda: os.environ["TOKALIGN_TEST_CODE_HASH"]

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 
 NormStep = Literal["unit", "center", "unitdim", "centeremb", "none"]
 
@@ -47,7 +47,7 @@ class VecMapConfig(FrozenConfig):
     undo): the final step. ``candidates``: cosine candidates kept per row before the exact
     CSLS check (a speed knob; results are exact for any value). ``exact_max_keys``: while
     stochastic dropout is on, key sets up to this size use the exact two-pass retrieval
-    (dropout defeats the candidate short lists; see ``tokalign_core.retrieval``); larger
+    (dropout defeats the candidate short lists; see ``tokalign_core.align.retrieval``); larger
     ones and dropout-free iterations use the one-pass candidate mode. ``dense_max_bytes``:
     with dropout, when the cutoff x cutoff float32 similarity matrix fits in this many bytes
     (default 2 GiB: the 20k cutoff's 1.6 GB does), it is computed once per iteration and

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 
 # Sentence models that bert-score's own table does not know, with their layer count
 # (bert-score needs num_layers for any model outside its table).

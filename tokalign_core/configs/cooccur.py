@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 
 # Exact counting accumulates int64 multiples of 1/lcm(1..window); the lcm must leave room
 # for at least this many tokens of counts (checked again against the real corpus size).

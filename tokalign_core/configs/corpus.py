@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tokalign_core.config import FrozenConfig, absolute_local_path
+from tokalign_core.configs.base import FrozenConfig, absolute_local_path
 
 SourceFormat = Literal["auto", "jsonl", "parquet", "text", "dataset"]
 TextUnit = Literal["line", "paragraph", "file"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 
 
 class DistillConfig(FrozenConfig):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tokalign_core.config import FrozenConfig
+from tokalign_core.configs.base import FrozenConfig
 
 InitMethod = Literal["aligned", "random", "random-permutation", "mean", "multivariate", "fvt"]
 INIT_METHODS: tuple[str, ...] = (

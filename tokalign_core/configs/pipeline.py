@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tokalign_core.config import FrozenConfig
 from tokalign_core.configs.align import AlignConfig, VecMapConfig
 from tokalign_core.configs.align_eval import EvalAlignConfig
+from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.cooccur import CooccurConfig
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.distill import DistillConfig

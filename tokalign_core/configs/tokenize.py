@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tokalign_core.config import FrozenConfig, absolute_local_path
+from tokalign_core.configs.base import FrozenConfig, absolute_local_path
 
 
 class TokenizeConfig(FrozenConfig):
-    """``tokenizer``: a spec for :func:`tokalign_core.tokenizers_io.load_tokenizer` (hub id,
+    """``tokenizer``: a spec for :func:`tokalign_core.vocab.tokenizers.load_tokenizer` (hub id,
     folder, tokenizer.json, ``*.tiktoken`` rank file or ``builtin:qwen2``).
     ``add_bos``: None = what the tokenizer's own ``tokenizer(text)`` does; True/False force.
     ``add_eos``: append the tokenizer's EOS to every document (never by default).

@@ -1,0 +1,5 @@
+import sys
+
+from tokalign.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""``tokalign init``: initialise a source model for a target tokenizer (TokAlign / baselines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tokalign_core.configs.init import INIT_METHODS, InitConfig
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "init",
+        help="initialise a model's embeddings for a new tokenizer (aligned copy or baseline)",
+        description=(
+            "Copy, for every target token, the aligned source token's input-embedding and "
+            "LM-head rows (method 'aligned', from `tokalign align`), or initialise them with "
+            "a baseline (random, random-permutation, mean, multivariate, fvt). Resizes the "
+            "model to the target tokenizer, sets bos/eos/pad ids, and saves model (safetensors)"
+            " + tokenizer + README.md model card to --out."
+        ),
+    )
+    p.add_argument("--model", required=True, help="source causal LM: "
+        "hub id, folder, .gguf or builtin:smollm2-135m")
+    p.add_argument("--target-tokenizer", required=True,
+                   help="target tokenizer spec: hub id, folder, tokenizer.json or builtin:qwen2")
+    p.add_argument("--source-tokenizer", default=None,
+                   help="source tokenizer spec (default: the --model folder / id)")
+    p.add_argument("--alignment", default=None,
+                   help="alignment folder (alignment.npz) from `tokalign align`; required for "
+                   "--method aligned, optional for baselines (its shared tokens are reused)")
+    p.add_argument("--method", choices=INIT_METHODS, default=None,
+                   help="initialisation method (default: the config's, 'aligned')")
+    p.add_argument("--fallback", choices=("fvt", "copy", "mean"), default=None,
+                   help="aligned only: FALLBACK rows get the FVT mean (fvt), the alignment's "
+                   "seeded row (copy) or the source mean (mean); default fvt")
+    p.add_argument("--gate-quantile", type=float, default=None,
+                   help="aligned only: retrieved rows below this quantile of the retrieved "
+                   "rows' scores get the FVT mean (default 0.9; 0 = copy every aligned row)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="aligned only: retrieved rows scored below this get the FVT mean "
+                   "(default: none, every aligned row is copied)")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None,
+                   help="round embedding rows up to this multiple (default 64)")
+    p.add_argument("--seed", type=int, default=None, help="seed of random choices (default 0)")
+    p.add_argument("--no-reuse-shared", action="store_true",
+                   help="statistical baselines: do not copy rows of shared tokens")
+    p.add_argument("--config", default=None,
+                   help="InitConfig JSON/YAML; command-line options override its fields")
+    p.add_argument("--out", required=True, help="output folder for the initialised model")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow models/tokenizers that need custom code from their repository")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="load the source model in this dtype (default: the checkpoint's)")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> InitConfig:
+    """The InitConfig from --config plus explicit overrides."""
+    from tokalign.cli import config_from
+
+    flags = {"method": args.method, "fallback": args.fallback, "min_score": args.min_score,
+             "gate_quantile": args.gate_quantile,
+             "pad_to_multiple_of": args.pad_to_multiple_of, "seed": args.seed,
+             "reuse_shared": False if args.no_reuse_shared else None,
+             "trust_remote_code": True if args.trust_remote_code else None}
+    return config_from(InitConfig, args.config, flags, "init")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokalign.cli import UserError
+    from tokalign_core.align.alignment import Alignment
+    from tokalign_core.model.card import CardInfo, hash_input
+    from tokalign_core.model.init import initialize, load_model, load_tokenizer, save_initialized
+    from tokalign_core.store.inputs import check_out_dir
+
+    cfg = build_config(args)
+    out_dir = Path(args.out)
+    check_out_dir(out_dir, [args.model, args.target_tokenizer, args.source_tokenizer,
+                            args.alignment])
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+        raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    if cfg.method == "aligned" and not args.alignment:
+        raise UserError("--method aligned needs --alignment DIR (run `tokalign align` first)")
+    alignment = Alignment.load(args.alignment) if args.alignment else None
+    model = load_model(args.model, cfg.trust_remote_code, args.dtype)
+    target = load_tokenizer(args.target_tokenizer, cfg.trust_remote_code)
+    source = load_tokenizer(args.source_tokenizer or args.model, cfg.trust_remote_code)
+    result = initialize(model, target, alignment, cfg, source)
+    hashes = {"source_model": hash_input(args.model), "target_tokenizer": hash_input(target),
+              "source_tokenizer": hash_input(source)}
+    if args.alignment:
+        hashes["alignment"] = hash_input(Path(args.alignment))
+    card = CardInfo(
+        method=cfg.method, source_model=str(args.model),
+        target_tokenizer=str(args.target_tokenizer), alignment=str(args.alignment or ""),
+        counts=result.report.counts, input_hashes=hashes, config=cfg.model_dump(mode="json"),
+        config_digest=cfg.digest(),
+        alignment_metrics=(alignment.meta.get("metrics", {}) if alignment else {}),
+        init_report={k: v for k, v in vars(result.report).items() if k != "counts"},
+    )
+    out = save_initialized(result.model, target, args.out, card, overwrite=args.overwrite)
+    print(json.dumps({"out": str(out), "counts": result.report.counts,
+                      "embedding_rows": result.report.embedding_rows}, indent=2))
+    return 0

@@ -1,0 +1,2 @@
+"""Evaluation of causal LMs across tokenizers: normalised perplexity, bits per byte,
+compression."""

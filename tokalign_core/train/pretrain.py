@@ -1,0 +1,588 @@
+"""Pretrain the tiny source (and teacher) models the demo and benchmarks start from.
+
+No pretrained causal LM ships on PyPI, so TokAlign's source model (Pythia, a GPT-NeoX
+with an English-centric byte-level BPE; Li et al., 2025, §4.1) is stood in for by a small
+GPT-NeoX trained here from scratch on real English text and code from the benchmark corpus
+(:mod:`tokalign_core.data.textsources`). Presets:
+
+- ``demo``: ~2.9M parameters, 8k byte-level BPE, 400 steps of 8 x 128 tokens: a few
+  minutes on an idle 2-core machine (end-to-end demo);
+- ``bakeoff``: ~10.7M parameters, 8k BPE (method comparisons; see benchmarks/corpus.md);
+- ``teacher``: a tiny model with the Qwen2 target tokenizer (``builtin:qwen2``), trained
+  the same way, for token-level distillation in the demo;
+- ``micro``: a few steps of a toy model (tests).
+
+Training is a plain single-process torch loop: AdamW, linear warm-up then cosine decay to
+``min_lr_ratio * lr``, seeded batches, gradient clipping, a tqdm bar and loss/lr logged
+through :mod:`tokalign_core.runtime.tracking`. The result is a ``model`` artifact (an HF
+``save_pretrained`` folder with safetensors, the tokenizer, ``meta.json`` and a README
+model card) written atomically through :class:`~tokalign_core.store.artifacts.ArtifactStore`
+and cached by content: the key hashes the training texts, the config, the source of the
+functions that train and save the model (:func:`code_digest`), and the
+torch/transformers/tokenizers versions. A second call with the same
+inputs returns the cached artifact after checking its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.model.load import transformers_lock
+from tokalign_core.model.toy import train_bytelevel_bpe
+from tokalign_core.runtime.tracking import MetricsLogger, NullLogger
+from tokalign_core.store.artifacts import (
+    ArtifactRef,
+    ArtifactStore,
+    CorruptArtifactError,
+    atomic_write_text,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+KIND = "model"
+INDEX = "index/pretrain"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / ".cache" / "bench" / "corpus"
+DEFAULT_EVAL = DEFAULT_CORPUS.parent / "eval"
+
+
+class PretrainConfig(FrozenConfig):
+    """Model, tokenizer, data and optimiser settings of one pretraining run."""
+
+    preset: str = "custom"
+    tokenizer: str = Field(
+        "train-bpe",
+        description="'train-bpe' trains a byte-level BPE on the training text; anything "
+        "else is a spec for tokenizers_io.load_tokenizer (e.g. builtin:qwen2)")
+    vocab_size: int = Field(8192, ge=260, description="BPE vocabulary (train-bpe only)")
+    bpe_train_bytes: int = Field(8_000_000, ge=1, description="text used to train the BPE")
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate: int | None = Field(None, description="MLP width; None = 4 * hidden")
+    tie_embeddings: bool = Field(False, description="Pythia unties input/output embeddings")
+    seq_len: int = Field(256, ge=8)
+    batch_size: int = Field(8, ge=1)
+    steps: int = Field(600, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    # Data: English prose from the corpus's en.* files plus code.
+    text_langs: tuple[str, ...] = ("en",)
+    code_langs: tuple[str, ...] = ("python",)
+    code_fraction: float = Field(0.25, ge=0, le=1, description="share of training bytes")
+    train_bytes: int = Field(8_000_000, ge=1, description="training text budget (UTF-8)")
+    eval_bytes: int = Field(100_000, ge=1, description="held-out text per language")
+    eval_batch_size: int = Field(8, ge=1)
+    log_every: int = Field(10, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch threads; None = leave as is")
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
+        if (self.hidden // self.heads) % 4:
+            raise ValueError(f"head size {self.hidden // self.heads} must be a multiple of 4 "
+                             "(GPT-NeoX rotates a quarter of each head)")
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be < steps={self.steps}")
+        if not self.text_langs and not self.code_langs:
+            raise ValueError("text_langs and code_langs are both empty: no training text")
+        return self
+
+
+PRESETS: dict[str, PretrainConfig] = {
+    "micro": PretrainConfig(preset="micro", vocab_size=300, bpe_train_bytes=200_000,
+                            hidden=32, layers=1, heads=2, seq_len=32, batch_size=4, steps=4,
+                            warmup_steps=1, train_bytes=200_000, eval_bytes=5_000,
+                            log_every=1),
+    "demo": PretrainConfig(preset="demo", vocab_size=8192, hidden=128, layers=4, heads=4,
+                           seq_len=128, batch_size=8, steps=400, lr=2e-3,
+                           warmup_steps=40, train_bytes=6_000_000,
+                           bpe_train_bytes=6_000_000),
+    # ~10.7M parameters (8k vocabulary: 4.7M in the untied embeddings + head, 6.0M in the
+    # layers); 600 steps x 4096 tokens at ~3 s/step = ~30 min on an idle 2-core machine.
+    "bakeoff": PretrainConfig(preset="bakeoff", vocab_size=8192, bpe_train_bytes=6_000_000,
+                              hidden=288, layers=6, heads=8, seq_len=256, batch_size=16,
+                              steps=600, lr=2e-3, warmup_steps=30,
+                              train_bytes=24_000_000),
+    # The Qwen2 vocabulary (151,643 rows) makes the output softmax the whole cost: keep
+    # the batch small (4 x 128 positions x 151k logits per step).
+    "teacher": PretrainConfig(preset="teacher", tokenizer="builtin:qwen2", hidden=64,
+                              layers=2, heads=4, tie_embeddings=True, seq_len=128,
+                              batch_size=4, steps=200, lr=3e-3, warmup_steps=20,
+                              train_bytes=2_000_000, eval_bytes=50_000,
+                              eval_batch_size=4),
+}
+
+
+def preset(name: str, **overrides: Any) -> PretrainConfig:
+    """A named preset, optionally with some fields replaced (validated again); overriding
+    ``steps`` alone scales ``warmup_steps`` with it. ``None`` overrides are ignored."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown pretrain preset {name!r}; choose from {sorted(PRESETS)}")
+    base = PRESETS[name].model_dump()
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "steps" in overrides and "warmup_steps" not in overrides:
+        # A shortened run keeps the preset's warm-up share rather than failing validation.
+        share = base["warmup_steps"] / base["steps"]
+        base["warmup_steps"] = min(int(overrides["steps"] * share), overrides["steps"] - 1)
+    base.update(overrides)
+    return PretrainConfig.model_validate(base)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingTexts:
+    """Training and held-out texts plus where they came from (``corpus`` or ``stdlib``)."""
+
+    train: list[str]
+    eval: dict[str, list[str]]
+    source: str
+
+
+def load_training_texts(config: PretrainConfig, corpus_dir: str | Path | None = None,
+                        eval_dir: str | Path | None = None) -> TrainingTexts:
+    """English prose + code from the benchmark corpus (``benchmarks/make_corpus.py``).
+
+    Takes ``(1 - code_fraction) * train_bytes`` of prose from ``<lang>.*.jsonl`` for each
+    of ``text_langs`` and the rest from ``<lang>.code.jsonl`` for ``code_langs``, split
+    evenly over the files (a small file's unused share goes to the others), each read
+    from its start (the corpus is already shuffled with its seed). Held-out texts come from
+    ``eval/<lang>.jsonl``. Without a corpus, falls back to this interpreter's standard
+    library (English docstrings/comments and Python code) and says so in the log.
+    """
+    from tokalign_core.data.textsources import corpus_texts, read_jsonl
+
+    corpus = Path(corpus_dir) if corpus_dir else DEFAULT_CORPUS
+    evald = Path(eval_dir) if eval_dir else corpus.parent / "eval"
+    if not is_corpus_folder(corpus):
+        return _stdlib_texts(config)
+    prose_budget = int(config.train_bytes * (1 - config.code_fraction)) if config.code_langs \
+        else config.train_bytes
+    code_budget = config.train_bytes - prose_budget if config.text_langs else config.train_bytes
+    train: list[str] = []
+    for langs, domains, budget in ((config.text_langs, None, prose_budget),
+                                   (config.code_langs, ["code"], code_budget)):
+        if not langs:
+            continue
+        files = [p for p in sorted(corpus.glob("*.jsonl"))
+                 if p.stem.split(".")[0] in langs
+                 and (domains is None) == (not p.stem.endswith(".code"))]
+        # Smallest files first, each taking an equal share of what is left, so a small
+        # file's unused share goes to the larger ones.
+        files.sort(key=lambda p: (p.stat().st_size, p.name))
+        left = budget
+        for i, path in enumerate(files):
+            lang, domain = path.stem.split(".", 1)
+            got = list(corpus_texts(corpus, [lang], [domain],
+                                    max_bytes=left // (len(files) - i)))
+            left -= sum(len(t.encode()) for t in got)
+            train += got
+    if not train:
+        raise ValueError(f"corpus {corpus} holds no text for langs {config.text_langs} / "
+                         f"code {config.code_langs}; rebuild it or change the config")
+    held: dict[str, list[str]] = {}
+    for lang in (*config.text_langs, *config.code_langs):
+        path = evald / f"{lang}.jsonl"
+        if path.exists():
+            held[lang] = _take_bytes((r["text"] for r in read_jsonl(path)), config.eval_bytes)
+    return TrainingTexts(train, held, "corpus")
+
+
+def is_corpus_folder(folder: Path) -> bool:
+    """A benchmark corpus: has ``READY`` or at least one ``<lang>.<domain>.jsonl`` (other
+    jsonl files, e.g. a metrics log, do not count)."""
+    return folder.is_dir() and ((folder / "READY").exists() or any(
+        p.stem.count(".") == 1 for p in folder.glob("*.jsonl")))
+
+
+def _take_bytes(texts, budget: int) -> list[str]:
+    out, used = [], 0
+    for t in texts:
+        n = len(t.encode())
+        if used + n > budget and out:
+            break
+        out.append(t)
+        used += n
+    return out
+
+
+def _stdlib_texts(config: PretrainConfig) -> TrainingTexts:
+    from tokalign_core.model.toy import stdlib_texts
+
+    log.warning("no benchmark corpus found: pretraining on the standard library's text "
+                "(run benchmarks/make_corpus.py for real multilingual text)")
+    docs = stdlib_texts(max_docs=100_000, seed=config.seed)
+    held = _take_bytes(docs, config.eval_bytes)
+    train = _take_bytes(docs[len(held):], config.train_bytes)
+    return TrainingTexts(train, {"stdlib": held}, "stdlib")
+
+
+def texts_digest(train: list[str], held: dict[str, list[str]]) -> str:
+    """sha256 over every training and held-out text (length-prefixed, in order)."""
+    h = hashlib.sha256()
+    for t in train:
+        b = t.encode()
+        h.update(len(b).to_bytes(8, "little") + b)
+    for lang in sorted(held):
+        h.update(b"\x00eval:" + lang.encode())
+        for t in held[lang]:
+            b = t.encode()
+            h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """Hash of the code that turns (texts, config) into a model: the source of the
+    tokenizer/model builders, the training loop, the evaluation and the artifact writer
+    in this module, of ``toy.train_bytelevel_bpe``, plus the torch / transformers /
+    tokenizers versions. Function-level on purpose: editing a loader, the CLI or another
+    module must not force a multi-minute retrain (the texts are hashed separately)."""
+    import inspect
+
+    import tokenizers
+    import torch
+    import transformers
+
+    parts = [inspect.getsource(obj) for obj in _training_code()]
+    parts += [torch.__version__, transformers.__version__, tokenizers.__version__]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def cache_key(config: PretrainConfig, texts: TrainingTexts) -> str:
+    """The content key: training texts + config + code."""
+    cfg = config.model_dump(mode="json")
+    cfg.pop("threads", None)  # thread count changes speed, not the result we key on
+    cfg.pop("log_every", None)
+    blob = json.dumps({"texts": texts_digest(texts.train, texts.eval), "config": cfg,
+                       "code": code_digest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _index_path(store: ArtifactStore, key: str) -> Path:
+    return store.root / INDEX / f"{key[:32]}.json"
+
+
+def find_cached(store: ArtifactStore, key: str) -> ArtifactRef | None:
+    """The model artifact recorded under ``key`` if it is still intact (sizes + checksums
+    of the manifest); a damaged one is reported and ignored, so it is rebuilt."""
+    idx = _index_path(store, key)
+    if not idx.exists():
+        return None
+    try:
+        ref = ArtifactRef.model_validate_json(idx.read_text())
+        store.resolve(ref)  # refuses an index entry pointing outside the store
+        verify(ref, full=True)
+    except (CorruptArtifactError, ValueError, OSError) as exc:
+        log.warning("cached pretrained model for key %s is unusable (%s); retraining",
+                    key[:12], exc)
+        _quarantine(store, idx, exc)
+        return None
+    return ref
+
+
+def _quarantine(store: ArtifactStore, idx: Path, exc: Exception) -> None:
+    """Move a damaged cached model aside (never delete user data) and drop its index
+    entry. Needed because the store keeps an existing folder of the same digest on commit,
+    so a retrained model would otherwise be 'committed' into the damaged folder."""
+    import uuid
+
+    try:
+        ref = ArtifactRef.model_validate_json(idx.read_text())
+        folder = store.resolve(ref)
+    except (ValueError, OSError):
+        folder = None
+    if folder is not None and folder.exists() and isinstance(exc, CorruptArtifactError):
+        name = f"{folder.parent.name}-{folder.name}-{uuid.uuid4().hex[:8]}"
+        dest = store.root / ".corrupt" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(dest)
+        log.warning("moved the damaged artifact to %s", dest)
+    idx.unlink(missing_ok=True)
+
+
+def _record(store: ArtifactStore, key: str, ref: ArtifactRef) -> None:
+    atomic_write_text(_index_path(store, key), ref.model_dump_json())
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_tokenizer(config: PretrainConfig, texts: list[str]):
+    """Train the English-centric byte-level BPE (Pythia-like: ``<|endoftext|>`` is bos,
+    eos and unk), or load the configured tokenizer spec."""
+    if config.tokenizer != "train-bpe":
+        from tokalign_core.vocab.tokenizers import load_tokenizer
+
+        return load_tokenizer(config.tokenizer)
+    return train_bytelevel_bpe(_take_bytes(texts, config.bpe_train_bytes),
+                               vocab_size=config.vocab_size)
+
+
+def build_model(config: PretrainConfig, vocab_size: int, eos_id: int, bos_id: int):
+    """A randomly initialised GPT-NeoX (Pythia's architecture: parallel residual, rotary
+    on a quarter of each head, untied embeddings by default)."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        intermediate_size=config.intermediate or 4 * config.hidden,
+        max_position_embeddings=max(config.seq_len, 512),
+        tie_word_embeddings=config.tie_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
+        use_parallel_residual=True,
+    )
+    # The weights are drawn from torch's process-global generator, and the demo pretrains
+    # the source model and the teacher in two threads at once: interleaved draws would make
+    # the initial weights depend on thread timing. One build at a time, in a forked RNG
+    # state so the caller's generator is left as it was.
+    with _SEEDED_BUILD, transformers_lock(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return GPTNeoXForCausalLM(cfg)
+
+
+_SEEDED_BUILD = threading.Lock()
+
+
+def _eos_id(tok) -> int:
+    eos = tok.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {getattr(tok, 'name_or_path', tok)!r} has no eos token; "
+                         "pretraining separates documents with it")
+    return int(eos)
+
+
+def token_stream(tok, texts: list[str]):
+    """All texts tokenized and joined with eos after each document.
+
+    Returns a 1-D torch.int64 tensor [n_tokens].
+    """
+    import numpy as np
+    import torch
+
+    eos = _eos_id(tok)
+    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    flat = np.fromiter((i for doc in ids for i in (*doc, eos)), dtype=np.int64)
+    if flat.size and int(flat.max()) >= len(tok):
+        raise ValueError(f"tokenizer produced id {int(flat.max())} >= its size {len(tok)}")
+    return torch.from_numpy(flat)
+
+
+def cosine_lr(step: int, config: PretrainConfig) -> float:
+    """Multiplier of ``lr`` at ``step``: linear warm-up to 1, cosine decay to
+    ``min_lr_ratio`` at the last step."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    span = max(config.steps - 1 - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi *
+                                                                               progress))
+
+
+def train_loop(model, stream, config: PretrainConfig, logger: MetricsLogger,
+               progress: bool = True) -> dict[str, float]:
+    """Train on random ``seq_len`` windows of ``stream`` (int64 [n]); returns stats."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if stream.numel() < config.seq_len + 1:
+        raise ValueError(f"training text gives {stream.numel()} tokens, fewer than one "
+                         f"window of seq_len={config.seq_len}; add text or shorten seq_len")
+    gen = torch.Generator().manual_seed(config.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, config))
+    model.train()
+    n_windows = stream.numel() - config.seq_len
+    t0 = time.perf_counter()
+    loss_ema = None
+    bar = tqdm(range(config.steps), desc=f"pretrain {config.preset}", disable=not progress,
+               mininterval=2)
+    for step in bar:
+        starts = torch.randint(0, n_windows, (config.batch_size,), generator=gen)
+        batch = torch.stack([stream[s: s + config.seq_len] for s in starts.tolist()])
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        loss = float(out.loss.detach())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss became {loss} at step {step}; "
+                                     "lower lr or raise warmup_steps")
+        loss_ema = loss if loss_ema is None else 0.95 * loss_ema + 0.05 * loss
+        if step % config.log_every == 0 or step == config.steps - 1:
+            logger.log({"train/loss": loss, "train/lr": sched.get_last_lr()[0],
+                        "train/grad_norm": float(gnorm)}, step)
+            bar.set_postfix(loss=f"{loss_ema:.3f}")
+    model.eval()
+    secs = time.perf_counter() - t0
+    return {"final_loss_ema": float(loss_ema), "train_seconds": secs,
+            "seconds_per_step": secs / config.steps,
+            "train_tokens_seen": config.steps * config.batch_size * config.seq_len}
+
+
+def bits_per_byte(model, tok, texts: list[str], seq_len: int, batch_size: int = 8) -> float:
+    """Held-out bits per UTF-8 byte: total next-token NLL (nats) of every token of every
+    text, each text prefixed with eos and scored in consecutive ``seq_len`` windows,
+    divided by ``ln 2 * bytes``. Comparable across tokenizers (Gao et al., 2020)."""
+    import torch
+
+    if not texts:
+        raise ValueError("bits_per_byte needs at least one held-out text")
+    eos = _eos_id(tok)
+    windows: list[list[int]] = []
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        seq = [eos, *ids]
+        # Each window predicts seq[i+1..j] from seq[i..j-1]; windows overlap by one token.
+        for i in range(0, len(seq) - 1, seq_len):
+            windows.append(seq[i: i + seq_len + 1])
+    total_nll = 0.0
+    with torch.no_grad():
+        for b in range(0, len(windows), batch_size):
+            chunk = windows[b: b + batch_size]
+            width = max(len(w) for w in chunk)
+            ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for r, w in enumerate(chunk):
+                ids[r, : len(w)] = torch.tensor(w)
+                mask[r, : len(w)] = True
+            logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+            total_nll += float((nll * mask[:, 1:]).sum())
+    n_bytes = sum(len(t.encode()) for t in texts)
+    return total_nll / math.log(2) / n_bytes
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+@dataclass
+class PretrainResult:
+    """The model artifact, whether it came from the cache, and its metrics."""
+
+    ref: ArtifactRef
+    cached: bool
+    key: str
+    metrics: dict[str, float]
+
+
+def pretrain(config: PretrainConfig, store: ArtifactStore | str | Path,
+             texts: TrainingTexts | None = None, corpus_dir: str | Path | None = None,
+             logger: MetricsLogger | None = None, progress: bool = True,
+             force: bool = False) -> PretrainResult:
+    """Pretrain (or fetch from the cache) the model described by ``config``.
+
+    ``texts`` defaults to :func:`load_training_texts` on ``corpus_dir``. The artifact is a
+    folder loadable by ``AutoModelForCausalLM.from_pretrained`` and
+    ``AutoTokenizer.from_pretrained``. ``force`` retrains even when cached.
+    """
+    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+    texts = texts or load_training_texts(config, corpus_dir)
+    key = cache_key(config, texts)
+    if not force and (ref := find_cached(store, key)) is not None:
+        log.info("pretrained %s model found in the cache: %s", config.preset, ref.path)
+        return PretrainResult(ref, True, key, ref.meta().get("metrics", {}))
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    logger = logger or NullLogger()
+    tok = build_tokenizer(config, texts.train)
+    model = build_model(config, len(tok), _eos_id(tok),
+                        int(tok.bos_token_id if tok.bos_token_id is not None else _eos_id(tok)))
+    stream = token_stream(tok, texts.train)
+    stats = train_loop(model, stream, config, logger, progress)
+    metrics: dict[str, float] = {**stats, "train_tokens": int(stream.numel()),
+                                 "n_params": sum(p.numel() for p in model.parameters())}
+    for lang, held in texts.eval.items():
+        if held:
+            metrics[f"eval_bpb/{lang}"] = bits_per_byte(model, tok, held, config.seq_len,
+                                                        config.eval_batch_size)
+    logger.log({k: v for k, v in metrics.items() if k.startswith("eval_bpb")}, config.steps)
+    meta = {"key": key, "config": config.model_dump(mode="json"), "metrics": metrics,
+            "texts_source": texts.source, "texts_digest": texts_digest(texts.train, texts.eval),
+            "train_docs": len(texts.train), "code_digest": code_digest()}
+    with store.writer(KIND) as w:
+        model.save_pretrained(w.dir, safe_serialization=True)
+        tok.save_pretrained(w.dir)
+        (w.dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (w.dir / "README.md").write_text(model_card(config, metrics, texts.source, key))
+    _record(store, key, w.ref)
+    return PretrainResult(w.ref, False, key, metrics)
+
+
+def model_card(config: PretrainConfig, metrics: dict[str, float], source: str,
+               key: str) -> str:
+    """A short README for the pretrained folder: what it is, how it was made, its scores."""
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in sorted(metrics.items()))
+    return (
+        f"# tokalign pretrained `{config.preset}` model\n\n"
+        "A small GPT-NeoX (Pythia's architecture) pretrained from scratch by "
+        "`tokalign pretrain` on English text and code "
+        f"({'the benchmark corpus' if source == 'corpus' else 'the Python standard library'})."
+        f"\nTokenizer: `{config.tokenizer}`"
+        f"{f' ({config.vocab_size} tokens)' if config.tokenizer == 'train-bpe' else ''}.\n\n"
+        f"Cache key: `{key}`\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(path)\n"
+        "tok = AutoTokenizer.from_pretrained(path)\n```\n\n"
+        f"Config:\n\n```json\n{json.dumps(config.model_dump(mode='json'), indent=2)}\n```\n"
+    )
+
+
+def load_pretrained(ref: ArtifactRef | str | Path):
+    """(model, tokenizer) of a pretrained artifact (a ref or its folder), in eval mode."""
+    from transformers import AutoTokenizer
+
+    from tokalign_core.model.load import load_causal_lm
+
+    path = Path(ref.path) if isinstance(ref, ArtifactRef) else Path(ref)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a pretrained model folder (no config.json); "
+                                "run `tokalign pretrain` first")
+    return load_causal_lm(path), AutoTokenizer.from_pretrained(path)
+
+
+def _training_code() -> tuple[Any, ...]:
+    """The objects whose source is the "code" part of the cache key, bound when this
+    module is imported (a test monkeypatching one of them does not change the key)."""
+    return _TRAINING_CODE
+
+
+_TRAINING_CODE = (PretrainConfig, build_tokenizer, build_model, token_stream, cosine_lr,
+                  train_loop, bits_per_byte, pretrain, model_card, _eos_id,
+                  train_bytelevel_bpe)
+
+
+__all__ = ["PRESETS", "PretrainConfig", "PretrainResult", "TrainingTexts", "bits_per_byte",
+           "build_model", "build_tokenizer", "cache_key", "cosine_lr", "find_cached",
+           "load_pretrained", "load_training_texts", "preset", "pretrain", "texts_digest",
+           "token_stream"]
