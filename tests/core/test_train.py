@@ -22,13 +22,10 @@ from tokalign_core.configs.distill import DistillConfig
 from tokalign_core.configs.train import TrainConfig
 from tokalign_core.model import toy
 from tokalign_core.train.data import write_tokens_artifact
-from tokalign_core.train.loop import (
-    cosine_factor,
-    embedding_and_head_parameters,
-    grad_accumulation,
-    run_training,
-    set_trainable,
-)
+from tokalign_core.train.engine import grad_accumulation
+from tokalign_core.train.loop import run_training
+from tokalign_core.train.schedule import cosine_factor
+from tokalign_core.train.stages import embedding_and_head_parameters, set_trainable
 
 torch.set_num_threads(1)
 
@@ -393,7 +390,7 @@ def test_resume_refuses_checkpoints_others_could_write(workdir):
     """DeepSpeed unpickles checkpoints on resume: a checkpoint tree that is not ours or is
     group/world-writable is refused before anything is loaded (issue 16 item 4); the
     trainer's own checkpoints (written under umask 002) stay resumable."""
-    from tokalign_core.train.loop import UnsafeCheckpointError
+    from tokalign_core.train.checkpoint import UnsafeCheckpointError
 
     def crash_at_2(info):
         if info.global_step == 2:

@@ -153,7 +153,7 @@ def preflight(cfg: TrainConfig) -> None:
     from tokalign_core.model.init import check_model_source
     from tokalign_core.store.inputs import check_out_dir
     from tokalign_core.train.data import _read_meta
-    from tokalign_core.train.loop import check_tokens_tokenizer
+    from tokalign_core.train.context import check_tokens_tokenizer
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
     teacher = cfg.distill.teacher if cfg.distill else None
@@ -173,7 +173,7 @@ def preflight(cfg: TrainConfig) -> None:
 
 
 def _has_checkpoint(out: Path) -> bool:
-    from tokalign_core.train.loop import latest_checkpoint
+    from tokalign_core.train.checkpoint import latest_checkpoint
 
     return (out / "checkpoints").is_dir() and latest_checkpoint(out / "checkpoints") is not None
 

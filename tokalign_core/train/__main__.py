@@ -3,6 +3,6 @@
 
 import sys
 
-from tokalign_core.train.loop import main
+from tokalign_core.train.entry import main
 
 sys.exit(main())
