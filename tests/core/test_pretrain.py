@@ -26,12 +26,33 @@ def micro_result(tmp_path_factory, micro_texts):
     return store, cfg, pt.pretrain(cfg, store, texts=micro_texts, progress=False)
 
 
-def test_cosine_lr_by_hand():
-    cfg = pt.PretrainConfig(steps=5, warmup_steps=1, min_lr_ratio=0.1)
-    assert pt.cosine_lr(0, cfg) == pytest.approx(0.5)  # (0+1)/(1+1)
-    assert pt.cosine_lr(1, cfg) == pytest.approx(1.0)  # cosine starts at the peak
-    assert pt.cosine_lr(2, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 3)))
-    assert pt.cosine_lr(4, cfg) == pytest.approx(0.1)  # last step: floor
+def test_pretraining_follows_the_training_schedule(micro_texts):
+    """Pretraining uses the training package's warm-up + cosine schedule, and logs the
+    rate each step used: micro = 4 steps, 1 warm-up step, lr 1e-3, floor 0.1."""
+    from tokalign_core.train.schedule import warmup_cosine
+
+    class Recorder:
+        def __init__(self):
+            self.rows = []
+
+        def log(self, metrics, step=None):
+            self.rows.append((step, metrics))
+
+        def close(self):
+            pass
+
+    cfg = pt.preset("micro")
+    rec = Recorder()
+    tok = pt.build_tokenizer(cfg, micro_texts.train)
+    model = pt.build_model(cfg, len(tok), tok.eos_token_id, tok.eos_token_id)
+    pt.train_loop(model, pt.token_stream(tok, micro_texts.train), cfg, rec, progress=False)
+    lrs = [m["train/lr"] for _, m in rec.rows]
+    by_hand = [1.0, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 3)),
+               0.1 + 0.9 * 0.5 * (1 + math.cos(2 * math.pi / 3))]
+    assert lrs == pytest.approx([1e-3 * f for f in by_hand])
+    assert [warmup_cosine(s, 4, 1, 0.1) for s in range(4)] == pytest.approx(by_hand)
+    assert all(math.isfinite(m["train/loss"]) and m["train/grad_norm"] > 0
+               for _, m in rec.rows)
 
 
 def test_config_rules():
@@ -123,7 +144,8 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
     data[-10] ^= 0xFF  # same size, different bytes: only the checksum catches it
     weights.write_bytes(bytes(data))
     assert pt.find_cached(store, first.key) is None
-    assert not first.ref.dir.exists() and list((tmp_path / ".corrupt").iterdir())
+    aside = list(first.ref.dir.parent.glob(f".damaged-{first.ref.dir.name}-*"))
+    assert not first.ref.dir.exists() and len(aside) == 1  # kept for inspection
     second = pt.pretrain(cfg, store, texts=micro_texts, progress=False)
     assert not second.cached and second.ref.dir.exists()
     # Same seed, one thread: the retrained weights are the original, undamaged ones.
@@ -131,8 +153,7 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
 
     verify(second.ref)
     assert json.loads((second.ref.dir / "MANIFEST.json").read_text())["model.safetensors"] == \
-        json.loads((tmp_path / ".corrupt" / next((tmp_path / ".corrupt").iterdir()).name
-                    / "MANIFEST.json").read_text())["model.safetensors"]
+        json.loads((aside[0] / "MANIFEST.json").read_text())["model.safetensors"]
     assert pt.pretrain(cfg, store, texts=micro_texts, progress=False).cached
 
 

@@ -238,7 +238,7 @@ def test_pretrain_cache_index_cannot_point_outside_the_store(tmp_path):
     from tokalign_core.train import pretrain as pt
 
     store = ArtifactStore(tmp_path / "store")
-    idx = pt._index_path(store, "k" * 64)
+    idx = store.index_path(pt.INDEX, "k" * 64)
     idx.parent.mkdir(parents=True)
     idx.write_text(ArtifactRef(kind="model", sha256="0" * 64, path="/etc").model_dump_json())
     assert pt.find_cached(store, "k" * 64) is None

@@ -42,6 +42,9 @@ class CardInfo:
     tags: list[str] = field(default_factory=list)
     # What happened after initialisation ("" = nothing): e.g. "two-stage adaptation, 24 steps".
     training: str = ""
+    # Replaces the opening paragraph, for a model not initialised from another one (a toy
+    # model pretrained from scratch); "" = the vocabulary-adaptation summary.
+    summary: str = ""
 
 
 def as_card_info(info: Any) -> CardInfo:
@@ -160,6 +163,7 @@ def render(info: CardInfo, model: Any = None, tokenizer: Any = None) -> str:
         "---\n" + yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True)
         + "---",
         f"# {info.name or info.source_model or 'model'}",
+        info.summary or
         f"**{info.source_model or 'A model'}** with the vocabulary of "
         f"**{info.target_tokenizer or 'a new tokenizer'}**, initialised by tokalign "
         f"(TokAlign / TokAlign++ vocabulary adaptation). Initialisation method: "

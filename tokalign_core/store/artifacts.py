@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -32,6 +33,8 @@ from typing import Any
 
 from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.store.hashing import sha256_bytes, sha256_file, sha256_file_memo
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 # Held (flock LOCK_EX) by a live writer inside its temp folder; never part of an artifact.
@@ -299,8 +302,7 @@ class ArtifactStore:
     @staticmethod
     def _replace_damaged(tmp: Path, final: Path) -> None:
         """Move a damaged artifact aside, put the fresh copy in place, then delete it."""
-        graveyard = final.parent / f".damaged-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, graveyard)
+        graveyard = set_aside(final)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -316,12 +318,53 @@ class ArtifactStore:
             raise ValueError(f"artifact path {ref.path} is outside the artifact root {self.root}")
         return path
 
+    def index_path(self, index: str, key: str) -> Path:
+        """Where :meth:`remember` records the artifact computed from inputs keyed ``key``."""
+        if not index.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"index name {index!r} must be alphanumeric (with - or _)")
+        return self.root / "index" / index / f"{key[:32]}.json"
+
+    def remember(self, index: str, key: str, ref: ArtifactRef) -> None:
+        """Record ``ref`` as the artifact made from the inputs whose content key is ``key``
+        (a hash of the inputs, not of the output), for :meth:`recall`."""
+        atomic_write_text(self.index_path(index, key), ref.model_dump_json())
+
+    def recall(self, index: str, key: str) -> ArtifactRef | None:
+        """The artifact remembered under ``key`` if it is still intact (every file checked
+        against its manifest). An unusable entry (damaged artifact, a path outside this
+        store, an unreadable record) is logged and dropped, so the caller computes the
+        artifact again; a damaged folder is moved aside (kept, see :func:`set_aside`)."""
+        idx = self.index_path(index, key)
+        if not idx.exists():
+            return None
+        try:
+            ref = ArtifactRef.model_validate_json(idx.read_text())
+            self.resolve(ref)  # refuses an index entry pointing outside the store
+            verify(ref, full=True)
+        except (CorruptArtifactError, ValueError, OSError) as exc:
+            log.warning("cached %s artifact for key %s is unusable (%s); recomputing it",
+                        index, key[:12], exc)
+            if isinstance(exc, CorruptArtifactError) and Path(ref.path).is_dir():
+                log.warning("moved the damaged artifact to %s", set_aside(Path(ref.path)))
+            idx.unlink(missing_ok=True)
+            return None
+        return ref
+
     def find(self, kind: str, digest: str) -> ArtifactRef | None:
         """The committed artifact of this kind and digest, if present and intact."""
         final = self.root / kind / digest[:24]
         if not (final / MANIFEST).exists():
             return None
         return ArtifactRef(kind=kind, sha256=digest, path=str(final))
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged artifact folder to a hidden sibling ``.damaged-<name>-<random>``
+    (same file system, so atomic) and return the new path: it no longer answers lookups,
+    and its files stay for inspection until someone deletes them."""
+    graveyard = folder.parent / f".damaged-{folder.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(folder, graveyard)
+    return graveyard
 
 
 class _Writer:

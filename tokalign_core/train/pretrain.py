@@ -12,15 +12,21 @@ GPT-NeoX trained here from scratch on real English text and code from the benchm
   the same way, for token-level distillation in the demo;
 - ``micro``: a few steps of a toy model (tests).
 
-Training is a plain single-process torch loop: AdamW, linear warm-up then cosine decay to
-``min_lr_ratio * lr``, seeded batches, gradient clipping, a tqdm bar and loss/lr logged
-through :mod:`tokalign_core.runtime.tracking`. The result is a ``model`` artifact (an HF
-``save_pretrained`` folder with safetensors, the tokenizer, ``meta.json`` and a README
-model card) written atomically through :class:`~tokalign_core.store.artifacts.ArtifactStore`
-and cached by content: the key hashes the training texts, the config, the source of the
-functions that train and save the model (:func:`code_digest`), and the
-torch/transformers/tokenizers versions. A second call with the same
-inputs returns the cached artifact after checking its manifest.
+Training runs single-process through the training package's plain-torch engine
+(:class:`~tokalign_core.train.engine.TorchEngine`: AdamW without decay on vectors, gradient
+clipping), its optimizer step (:func:`~tokalign_core.train.step.optimizer_step`) and its
+schedule (:func:`~tokalign_core.train.schedule.warmup_cosine`: linear warm-up over
+``warmup_steps``, cosine decay towards ``min_lr_ratio * lr``) on seeded random windows of
+the token stream, with a tqdm bar and loss/lr logged through
+:mod:`tokalign_core.runtime.tracking`. Held-out bits per byte come from the evaluator
+(:mod:`tokalign_core.evaluate.perplexity`), the README from
+:mod:`tokalign_core.model.card`. The result is a ``model`` artifact (an HF
+``save_pretrained`` folder with safetensors, the tokenizer, ``meta.json`` and the model
+card) written atomically through :class:`~tokalign_core.store.artifacts.ArtifactStore`
+and cached by content (:meth:`~tokalign_core.store.artifacts.ArtifactStore.recall`): the
+key hashes the training texts, the config, the source of the functions that train and
+save the model (:func:`code_digest`), and the torch/transformers/tokenizers versions. A
+second call with the same inputs returns the cached artifact after checking its manifest.
 """
 
 from __future__ import annotations
@@ -38,21 +44,27 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.evaluate.perplexity import (
+    GroupStats,
+    evaluate_group,
+    nll_sum,
+    score_documents,
+    windows,
+)
 from tokalign_core.model.load import transformers_lock
 from tokalign_core.model.toy import train_bytelevel_bpe
 from tokalign_core.runtime.tracking import MetricsLogger, NullLogger
-from tokalign_core.store.artifacts import (
-    ArtifactRef,
-    ArtifactStore,
-    CorruptArtifactError,
-    atomic_write_text,
-    verify,
-)
+from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore
+from tokalign_core.train.distill import token_loss_sums
+from tokalign_core.train.engine import TorchEngine, adamw
+from tokalign_core.train.schedule import warmup_cosine
+from tokalign_core.train.stages import param_groups, set_trainable
+from tokalign_core.train.step import optimizer_step
 
 log = logging.getLogger(__name__)
 
 KIND = "model"
-INDEX = "index/pretrain"
+INDEX = "pretrain"  # the store index (<root>/index/pretrain/<key>.json)
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / ".cache" / "bench" / "corpus"
 DEFAULT_EVAL = DEFAULT_CORPUS.parent / "eval"
 
@@ -279,50 +291,11 @@ def cache_key(config: PretrainConfig, texts: TrainingTexts) -> str:
 # ----------------------------------------------------------------------------- cache
 
 
-def _index_path(store: ArtifactStore, key: str) -> Path:
-    return store.root / INDEX / f"{key[:32]}.json"
-
-
 def find_cached(store: ArtifactStore, key: str) -> ArtifactRef | None:
     """The model artifact recorded under ``key`` if it is still intact (sizes + checksums
-    of the manifest); a damaged one is reported and ignored, so it is rebuilt."""
-    idx = _index_path(store, key)
-    if not idx.exists():
-        return None
-    try:
-        ref = ArtifactRef.model_validate_json(idx.read_text())
-        store.resolve(ref)  # refuses an index entry pointing outside the store
-        verify(ref, full=True)
-    except (CorruptArtifactError, ValueError, OSError) as exc:
-        log.warning("cached pretrained model for key %s is unusable (%s); retraining",
-                    key[:12], exc)
-        _quarantine(store, idx, exc)
-        return None
-    return ref
-
-
-def _quarantine(store: ArtifactStore, idx: Path, exc: Exception) -> None:
-    """Move a damaged cached model aside (never delete user data) and drop its index
-    entry. Needed because the store keeps an existing folder of the same digest on commit,
-    so a retrained model would otherwise be 'committed' into the damaged folder."""
-    import uuid
-
-    try:
-        ref = ArtifactRef.model_validate_json(idx.read_text())
-        folder = store.resolve(ref)
-    except (ValueError, OSError):
-        folder = None
-    if folder is not None and folder.exists() and isinstance(exc, CorruptArtifactError):
-        name = f"{folder.parent.name}-{folder.name}-{uuid.uuid4().hex[:8]}"
-        dest = store.root / ".corrupt" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        folder.rename(dest)
-        log.warning("moved the damaged artifact to %s", dest)
-    idx.unlink(missing_ok=True)
-
-
-def _record(store: ArtifactStore, key: str, ref: ArtifactRef) -> None:
-    atomic_write_text(_index_path(store, key), ref.model_dump_json())
+    of the manifest); a damaged one is reported and ignored, so it is rebuilt (and the
+    store replaces the damaged folder when the rebuilt model is committed)."""
+    return store.recall(INDEX, key)
 
 
 # ----------------------------------------------------------------------------- model
@@ -389,20 +362,13 @@ def token_stream(tok, texts: list[str]):
     return torch.from_numpy(flat)
 
 
-def cosine_lr(step: int, config: PretrainConfig) -> float:
-    """Multiplier of ``lr`` at ``step``: linear warm-up to 1, cosine decay to
-    ``min_lr_ratio`` at the last step."""
-    if step < config.warmup_steps:
-        return (step + 1) / (config.warmup_steps + 1)
-    span = max(config.steps - 1 - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi *
-                                                                               progress))
-
-
 def train_loop(model, stream, config: PretrainConfig, logger: MetricsLogger,
                progress: bool = True) -> dict[str, float]:
-    """Train on random ``seq_len`` windows of ``stream`` (int64 [n]); returns stats."""
+    """Train on random ``seq_len`` windows of ``stream`` (int64 [n]); returns stats.
+
+    Each step draws ``batch_size`` window starts from a generator seeded with ``seed``; a
+    window [seq_len] gives inputs ``w[:-1]`` and next-token labels ``w[1:]``, and the step
+    minimises their mean cross-entropy through the training package's engine."""
     import torch
     from tqdm.auto import tqdm
 
@@ -410,13 +376,8 @@ def train_loop(model, stream, config: PretrainConfig, logger: MetricsLogger,
         raise ValueError(f"training text gives {stream.numel()} tokens, fewer than one "
                          f"window of seq_len={config.seq_len}; add text or shorten seq_len")
     gen = torch.Generator().manual_seed(config.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, config))
-    model.train()
+    engine = _engine(model, config)
+    vocab = model.get_output_embeddings().weight.shape[0]
     n_windows = stream.numel() - config.seq_len
     t0 = time.perf_counter()
     loss_ema = None
@@ -425,21 +386,18 @@ def train_loop(model, stream, config: PretrainConfig, logger: MetricsLogger,
     for step in bar:
         starts = torch.randint(0, n_windows, (config.batch_size,), generator=gen)
         batch = torch.stack([stream[s: s + config.seq_len] for s in starts.tolist()])
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        sched.step()
-        loss = float(out.loss.detach())
+        lr = engine.lr()  # the rate this step uses (the schedule advances inside the step)
+        loss = optimizer_step(engine, 1, lambda _m, b=batch: _window_loss(engine, b, vocab))
+        loss = loss["loss"]
         if not math.isfinite(loss):
             raise FloatingPointError(f"pretraining loss became {loss} at step {step}; "
                                      "lower lr or raise warmup_steps")
         loss_ema = loss if loss_ema is None else 0.95 * loss_ema + 0.05 * loss
         if step % config.log_every == 0 or step == config.steps - 1:
-            logger.log({"train/loss": loss, "train/lr": sched.get_last_lr()[0],
-                        "train/grad_norm": float(gnorm)}, step)
+            logger.log({"train/loss": loss, "train/lr": lr,
+                        "train/grad_norm": engine.grad_norm()}, step)
             bar.set_postfix(loss=f"{loss_ema:.3f}")
+    engine.close()
     model.eval()
     secs = time.perf_counter() - t0
     return {"final_loss_ema": float(loss_ema), "train_seconds": secs,
@@ -447,37 +405,37 @@ def train_loop(model, stream, config: PretrainConfig, logger: MetricsLogger,
             "train_tokens_seen": config.steps * config.batch_size * config.seq_len}
 
 
+def _engine(model, config: PretrainConfig) -> TorchEngine:
+    """The plain-torch engine over every parameter: AdamW (0.9, 0.95), the warm-up +
+    cosine schedule, clipping at ``grad_clip``, one micro-batch per step, fp32."""
+    params = set_trainable(model, "all")
+    opt, sched = adamw(params, config.lr, config.weight_decay, (0.9, 0.95), 1e-8,
+                       lambda s: warmup_cosine(s, config.steps, config.warmup_steps,
+                                               config.min_lr_ratio))
+    model.train()
+    return TorchEngine(model, opt, sched, 1, config.grad_clip, bf16=False)
+
+
+def _window_loss(engine: TorchEngine, batch, vocab: int):
+    """(mean next-token CE of ``batch`` int64 [b, L] over its b * (L-1) targets, {})."""
+    sums = token_loss_sums(engine.forward(batch[:, :-1]), batch[:, 1:], vocab)
+    return sums.loss(0.0, 1.0), {}
+
+
 def bits_per_byte(model, tok, texts: list[str], seq_len: int, batch_size: int = 8) -> float:
-    """Held-out bits per UTF-8 byte: total next-token NLL (nats) of every token of every
-    text, each text prefixed with eos and scored in consecutive ``seq_len`` windows,
-    divided by ``ln 2 * bytes``. Comparable across tokenizers (Gao et al., 2020)."""
-    import torch
+    """Held-out bits per UTF-8 byte (Gao et al., 2020; comparable across tokenizers) by
+    the evaluator: each text prefixed with the tokenizer's BOS (else EOS, as in Pythia and
+    the trained BPE, whose ``<|endoftext|>`` is both) and scored in consecutive windows of
+    ``seq_len + 1`` tokens that overlap by one (``stride = seq_len``), so every token is
+    scored once with up to ``seq_len`` tokens of context."""
+    from tokalign_core.configs.evaluate import EvalConfig
 
     if not texts:
         raise ValueError("bits_per_byte needs at least one held-out text")
-    eos = _eos_id(tok)
-    windows: list[list[int]] = []
-    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
-        seq = [eos, *ids]
-        # Each window predicts seq[i+1..j] from seq[i..j-1]; windows overlap by one token.
-        for i in range(0, len(seq) - 1, seq_len):
-            windows.append(seq[i: i + seq_len + 1])
-    total_nll = 0.0
-    with torch.no_grad():
-        for b in range(0, len(windows), batch_size):
-            chunk = windows[b: b + batch_size]
-            width = max(len(w) for w in chunk)
-            ids = torch.full((len(chunk), width), eos, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-            for r, w in enumerate(chunk):
-                ids[r, : len(w)] = torch.tensor(w)
-                mask[r, : len(w)] = True
-            logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
-            total_nll += float((nll * mask[:, 1:]).sum())
-    n_bytes = sum(len(t.encode()) for t in texts)
-    return total_nll / math.log(2) / n_bytes
+    _eos_id(tok)
+    cfg = EvalConfig(window=seq_len + 1, stride=seq_len, batch_size=batch_size, add_bos=True)
+    stats = evaluate_group(model, tok, tok, texts, cfg, progress=False)
+    return float(stats.metrics()["bits_per_byte"])
 
 
 # ----------------------------------------------------------------------------- entry
@@ -534,28 +492,32 @@ def pretrain(config: PretrainConfig, store: ArtifactStore | str | Path,
         tok.save_pretrained(w.dir)
         (w.dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         (w.dir / "README.md").write_text(model_card(config, metrics, texts.source, key))
-    _record(store, key, w.ref)
+    store.remember(INDEX, key, w.ref)
     return PretrainResult(w.ref, False, key, metrics)
 
 
 def model_card(config: PretrainConfig, metrics: dict[str, float], source: str,
                key: str) -> str:
-    """A short README for the pretrained folder: what it is, how it was made, its scores."""
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in sorted(metrics.items()))
-    return (
-        f"# tokalign pretrained `{config.preset}` model\n\n"
-        "A small GPT-NeoX (Pythia's architecture) pretrained from scratch by "
-        "`tokalign pretrain` on English text and code "
-        f"({'the benchmark corpus' if source == 'corpus' else 'the Python standard library'})."
-        f"\nTokenizer: `{config.tokenizer}`"
-        f"{f' ({config.vocab_size} tokens)' if config.tokenizer == 'train-bpe' else ''}.\n\n"
-        f"Cache key: `{key}`\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
-        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "model = AutoModelForCausalLM.from_pretrained(path)\n"
-        "tok = AutoTokenizer.from_pretrained(path)\n```\n\n"
-        f"Config:\n\n```json\n{json.dumps(config.model_dump(mode='json'), indent=2)}\n```\n"
-    )
+    """A short README for the pretrained folder (:func:`tokalign_core.model.card.render`):
+    what it is, how it was made, its held-out bits per byte, the config and cache key."""
+    from tokalign_core.model.card import CardInfo, render
+
+    texts = "the benchmark corpus" if source == "corpus" else "the Python standard library"
+    vocab = f" ({config.vocab_size} tokens)" if config.tokenizer == "train-bpe" else ""
+    bpb = {k.split("/", 1)[1]: {"bits_per_byte": v} for k, v in metrics.items()
+           if k.startswith("eval_bpb/")}
+    info = CardInfo(
+        name=f"tokalign pretrained `{config.preset}` model", method="pretrained",
+        target_tokenizer=f"{config.tokenizer}{vocab}",
+        summary="A small GPT-NeoX (Pythia's architecture) pretrained from scratch by "
+        f"`tokalign pretrain` on English text and code ({texts}).",
+        training=f"{config.steps} steps of {config.batch_size} x {config.seq_len} tokens",
+        eval_results={"groups": bpb} if bpb else {},
+        init_report={k: v for k, v in metrics.items() if not k.startswith("eval_bpb/")},
+        config=config.model_dump(mode="json"), config_digest=key,
+        notes="The config digest is the cache key: a hash of the training texts, this "
+        "config and the training code.")
+    return render(info)
 
 
 def load_pretrained(ref: ArtifactRef | str | Path):
@@ -577,12 +539,14 @@ def _training_code() -> tuple[Any, ...]:
     return _TRAINING_CODE
 
 
-_TRAINING_CODE = (PretrainConfig, build_tokenizer, build_model, token_stream, cosine_lr,
-                  train_loop, bits_per_byte, pretrain, model_card, _eos_id,
-                  train_bytelevel_bpe)
+_TRAINING_CODE = (PretrainConfig, build_tokenizer, build_model, token_stream, train_loop,
+                  _engine, _window_loss, bits_per_byte, pretrain, model_card, _eos_id,
+                  train_bytelevel_bpe, warmup_cosine, adamw, param_groups, set_trainable,
+                  TorchEngine, optimizer_step, token_loss_sums, evaluate_group,
+                  score_documents, nll_sum, windows, GroupStats)
 
 
 __all__ = ["PRESETS", "PretrainConfig", "PretrainResult", "TrainingTexts", "bits_per_byte",
-           "build_model", "build_tokenizer", "cache_key", "cosine_lr", "find_cached",
+           "build_model", "build_tokenizer", "cache_key", "find_cached",
            "load_pretrained", "load_training_texts", "preset", "pretrain", "texts_digest",
            "token_stream"]
