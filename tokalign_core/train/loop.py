@@ -77,6 +77,15 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class RunPosition:
+    """Where the run stands: optimizer steps done, global block cursor, metrics so far."""
+
+    global_step: int = 0
+    cursor: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
 def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None
                  ) -> TrainResult:
     """Train per ``cfg`` (resuming when a checkpoint exists) and save the final model."""
@@ -88,18 +97,11 @@ def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = 
         torch.set_num_threads(threads)
     ctx = build_context(cfg, dist)
     root = Path(cfg.out_dir) / "checkpoints"
-    if cfg.resume:
-        check_resume_safe(Path(cfg.out_dir), root)
-    state = latest_checkpoint(root) if cfg.resume else None
-    if state and state.config_digest != cfg.digest():
-        log.warning("resuming %s written by a different config (digest %s != %s)",
-                    state.tag, state.config_digest[:12], cfg.digest()[:12])
-    resumed = state.tag if state else None
+    state = resume_point(cfg, root)
     eval_data = heldout_blocks(cfg.tokens, ctx.eos_id, cfg.seq_len, cfg.eval_blocks)
-    history: list[dict] = []
-    g_step, cursor = (state.global_step, state.cursor) if state else (0, 0)
+    pos = RunPosition(state.global_step, state.cursor) if state else RunPosition()
     engine = None
-    bar = _progress(cfg, dist, g_step)
+    bar = _progress(cfg, dist, pos.global_step)
     try:
         for index, stage, steps in plan_stages(cfg):
             if state and state.stage > index:
@@ -109,35 +111,59 @@ def run_training(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = 
             if state and state.stage == index:
                 load_checkpoint(engine, root, state, dist)
                 s_step = state.stage_step
-            if g_step == 0 and cfg.eval_every:  # the starting point of the eval curve
+            if pos.global_step == 0 and cfg.eval_every:  # the starting point of the curve
                 ctx.logger.log(evaluate(ctx, engine, eval_data), step=0)
-            while s_step < steps:
-                _check_epoch(ctx, cursor)
-                metrics = train_step(ctx, engine, cursor)
-                cursor += ctx.gas * cfg.micro_batch_size * dist.world
-                s_step, g_step = s_step + 1, g_step + 1
-                metrics["stage"] = index + 1
-                if cfg.eval_every and g_step % cfg.eval_every == 0:
-                    metrics.update(evaluate(ctx, engine, eval_data))
-                if g_step % cfg.log_every == 0 or s_step == steps:
-                    ctx.logger.log(metrics, step=g_step)
-                history.append({"step": g_step, **metrics})
-                bar.update(1)
-                bar.set_postfix(stage=index + 1, loss=f"{metrics['loss']:.3f}")
-                if g_step % cfg.checkpoint_every == 0 or s_step == steps:
-                    save_checkpoint(engine, root, TrainerState(
-                        index, s_step, g_step, cursor, config_digest=cfg.digest(),
-                        world=dist.world), dist, cfg.keep_checkpoints)
-                if on_step:
-                    on_step(StepInfo(g_step, index + 1, s_step, cursor, metrics))
+            run_stage(ctx, engine, index, steps, s_step, pos, eval_data, bar, on_step)
             if index != plan_stages(cfg)[-1][0]:
                 engine.close()
-        final = _finish(ctx, engine, eval_data, g_step)
+        final = _finish(ctx, engine, eval_data, pos.global_step)
     finally:
         bar.close()
         ctx.logger.close()
-    return TrainResult(final, g_step, cursor, Path(cfg.out_dir) / "metrics.jsonl", resumed,
-                       history)
+    return TrainResult(final, pos.global_step, pos.cursor, Path(cfg.out_dir) / "metrics.jsonl",
+                       state.tag if state else None, pos.history)
+
+
+def resume_point(cfg: TrainConfig, root: Path) -> TrainerState | None:
+    """The newest committed checkpoint under ``root`` when ``cfg.resume`` (after checking
+    that nobody else could have written it), else None."""
+    if not cfg.resume:
+        return None
+    check_resume_safe(Path(cfg.out_dir), root)
+    state = latest_checkpoint(root)
+    if state and state.config_digest != cfg.digest():
+        log.warning("resuming %s written by a different config (digest %s != %s)",
+                    state.tag, state.config_digest[:12], cfg.digest()[:12])
+    return state
+
+
+def run_stage(ctx: Context, engine: TorchEngine, index: int, steps: int, s_step: int,
+              pos: RunPosition, eval_data: np.ndarray, bar: Any,
+              on_step: Callable[[StepInfo], None] | None) -> None:
+    """Stage ``index`` from its step ``s_step`` to ``steps``: train, evaluate, log and
+    checkpoint on schedule, advancing ``pos``. ``eval_data`` int64 [n, seq_len + 1]."""
+    cfg, dist = ctx.cfg, ctx.dist
+    root = Path(cfg.out_dir) / "checkpoints"
+    while s_step < steps:
+        _check_epoch(ctx, pos.cursor)
+        metrics = train_step(ctx, engine, pos.cursor)
+        pos.cursor += ctx.gas * cfg.micro_batch_size * dist.world
+        s_step, pos.global_step = s_step + 1, pos.global_step + 1
+        g_step = pos.global_step
+        metrics["stage"] = index + 1
+        if cfg.eval_every and g_step % cfg.eval_every == 0:
+            metrics.update(evaluate(ctx, engine, eval_data))
+        if g_step % cfg.log_every == 0 or s_step == steps:
+            ctx.logger.log(metrics, step=g_step)
+        pos.history.append({"step": g_step, **metrics})
+        bar.update(1)
+        bar.set_postfix(stage=index + 1, loss=f"{metrics['loss']:.3f}")
+        if g_step % cfg.checkpoint_every == 0 or s_step == steps:
+            save_checkpoint(engine, root, TrainerState(
+                index, s_step, g_step, pos.cursor, config_digest=cfg.digest(),
+                world=dist.world), dist, cfg.keep_checkpoints)
+        if on_step:
+            on_step(StepInfo(g_step, index + 1, s_step, pos.cursor, metrics))
 
 
 def _progress(cfg: TrainConfig, dist: Dist, start: int) -> Any:

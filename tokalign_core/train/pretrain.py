@@ -293,8 +293,8 @@ def cache_key(config: PretrainConfig, texts: TrainingTexts) -> str:
 
 def find_cached(store: ArtifactStore, key: str) -> ArtifactRef | None:
     """The model artifact recorded under ``key`` if it is still intact (sizes + checksums
-    of the manifest); a damaged one is reported and ignored, so it is rebuilt (and the
-    store replaces the damaged folder when the rebuilt model is committed)."""
+    of the manifest); a damaged one is reported and set aside by the store, so it is
+    rebuilt."""
     return store.recall(INDEX, key)
 
 
@@ -387,8 +387,8 @@ def train_loop(model, stream, config: PretrainConfig, logger: MetricsLogger,
         starts = torch.randint(0, n_windows, (config.batch_size,), generator=gen)
         batch = torch.stack([stream[s: s + config.seq_len] for s in starts.tolist()])
         lr = engine.lr()  # the rate this step uses (the schedule advances inside the step)
-        loss = optimizer_step(engine, 1, lambda _m, b=batch: _window_loss(engine, b, vocab))
-        loss = loss["loss"]
+        loss = optimizer_step(engine, 1, lambda _m, b=batch: _window_loss(engine, b, vocab)
+                              )["loss"]
         if not math.isfinite(loss):
             raise FloatingPointError(f"pretraining loss became {loss} at step {step}; "
                                      "lower lr or raise warmup_steps")
