@@ -329,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tokalign_core.model.init import load_model, load_tokenizer
+    from tokalign_core.model.init import load_model
     from tokalign_core.train import pretrain
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.store.atomic import (  # noqa: F401  (the store's writers, also re-exported)
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_text,
+    current_umask,
+)
 from tokalign_core.store.hashing import sha256_bytes, sha256_file, sha256_file_memo
 
 MANIFEST = "MANIFEST.json"
@@ -68,51 +74,6 @@ class ArtifactRef(FrozenConfig):
         """The ``meta.json`` written with the artifact ({} when none)."""
         meta = self.dir / "meta.json"
         return json.loads(meta.read_text()) if meta.exists() else {}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide files from teammates
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
-
-
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``final``; on clean exit it replaces ``final`` (an older
-    copy is removed), on error it is deleted, so ``final`` is never half-written."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _hold_folder(folder: Path) -> int:
@@ -250,7 +211,7 @@ class ArtifactStore:
         folder, fd = _make_temp(self.root / ".tmp", kind)
         w = _Writer(folder, fd)
         try:
-            os.chmod(w.dir, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
+            os.chmod(w.dir, 0o777 & ~current_umask())  # mkdtemp's 0700 would survive the rename
             if meta is not None:
                 (w.dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             yield w

@@ -560,15 +560,14 @@ def model_card(config: PretrainConfig, metrics: dict[str, float], source: str,
 
 def load_pretrained(ref: ArtifactRef | str | Path):
     """(model, tokenizer) of a pretrained artifact (a ref or its folder), in eval mode."""
-    from transformers import AutoTokenizer
-
     from tokalign_core.model.load import load_causal_lm
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     path = Path(ref.path) if isinstance(ref, ArtifactRef) else Path(ref)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a pretrained model folder (no config.json); "
                                 "run `tokalign pretrain` first")
-    return load_causal_lm(path), AutoTokenizer.from_pretrained(path)
+    return load_causal_lm(path), load_tokenizer(path)
 
 
 def _training_code() -> tuple[Any, ...]:
