@@ -155,7 +155,8 @@ def _check_fresh_out(path: Path) -> None:
 
 def run_align(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
-    from tokalign_core.align.build import Embeddings, build_alignment, check_embedding_tokenizers
+    from tokalign_core.align.build import build_alignment, check_embedding_tokenizers
+    from tokalign_core.embed.artifact import Embeddings
     from tokalign_core.store.artifacts import write_manifest
     from tokalign_core.store.atomic import atomic_dir
     from tokalign_core.vocab.tokenizers import load_tokenizer

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -237,11 +237,6 @@ def _load_snippet() -> str:
         "The embedding matrix may have more rows than the tokenizer (padding to a multiple "
         "of 64); the extra rows are the mean row and no token maps to them."
     )
-
-
-def card_dict(info: CardInfo) -> dict[str, Any]:
-    """The card's data as a JSON-able dict (also logged next to the README)."""
-    return asdict(info)
 
 
 def method_label(init_method: str, align_method: str | None = None) -> str:

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +104,6 @@ def load_tokenizer(
     if _looks_like_path(spec):
         raise TokenizerNotFoundError(f"tokenizer path {spec!r} does not exist; {_HINT}")
     return _load_hub(spec, trust_remote_code)
-
-
-@lru_cache(maxsize=8)
-def cached_tokenizer(spec: str, trust_remote_code: bool = False):
-    """:func:`load_tokenizer` memoised per process (Dask workers load a spec once)."""
-    return load_tokenizer(spec, trust_remote_code)
 
 
 # digest -> tokenizers.Tokenizer, for this process (workers reuse it across shards and runs)
