@@ -15,6 +15,7 @@ from tokalign_core.configs.train import TrainConfig
 from tokalign_core.train.data import BlockSampler, PackedBlocks, TokenStream, rank_positions
 from tokalign_core.train.distributed import Dist
 from tokalign_core.train.engine import grad_accumulation
+from tokalign_core.vocab.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ def _load_model(name: str, dtype: Any, trust: bool) -> Any:
     from tokalign_core.model.load import load_causal_lm
 
     return load_causal_lm(name, dtype=dtype, trust_remote_code=trust, eval_mode=False)
-
-
-def _load_tokenizer(name: str, trust: bool) -> Any:
-    from tokalign_core.vocab.tokenizers import load_tokenizer
-
-    return load_tokenizer(name, trust_remote_code=trust)
 
 
 def check_tokens_tokenizer(meta: dict, tok: Any, tokens: str | Path, tok_name: str) -> None:
@@ -82,7 +77,7 @@ def build_context(cfg: TrainConfig, dist: Dist) -> Context:
 
     from tokalign_core.runtime.tracking import NullLogger, default_logger
 
-    tok = _load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
     eos = cfg.eos_id if cfg.eos_id is not None else tok.eos_token_id
     if eos is None:
         raise ValueError(f"tokenizer {cfg.tokenizer or cfg.model} has no eos token; set eos_id")
@@ -110,7 +105,8 @@ def _attach_teacher(ctx: Context) -> None:
 
     cfg, d = ctx.cfg, ctx.cfg.distill
     try:
-        distill.same_vocabulary(ctx.tokenizer, _load_tokenizer(d.teacher, d.trust_remote_code))
+        teacher_tok = load_tokenizer(d.teacher, trust_remote_code=d.trust_remote_code)
+        distill.same_vocabulary(ctx.tokenizer, teacher_tok)
     except OSError:
         log.warning("teacher %s ships no tokenizer; assuming the student's", d.teacher)
     dtype = torch.bfloat16 if ctx.dist.bf16 else torch.float32

@@ -293,7 +293,7 @@ def cache_key(config: PretrainConfig, texts: TrainingTexts) -> str:
 
 def find_cached(store: ArtifactStore, key: str) -> ArtifactRef | None:
     """The model artifact recorded under ``key`` if it is still intact (sizes + checksums
-    of the manifest); a damaged one is reported and set aside by the store, so it is
+    of the manifest); a damaged one is reported and quarantined by the store, so it is
     rebuilt."""
     return store.recall(INDEX, key)
 
@@ -522,15 +522,14 @@ def model_card(config: PretrainConfig, metrics: dict[str, float], source: str,
 
 def load_pretrained(ref: ArtifactRef | str | Path):
     """(model, tokenizer) of a pretrained artifact (a ref or its folder), in eval mode."""
-    from transformers import AutoTokenizer
-
     from tokalign_core.model.load import load_causal_lm
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     path = Path(ref.path) if isinstance(ref, ArtifactRef) else Path(ref)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a pretrained model folder (no config.json); "
                                 "run `tokalign pretrain` first")
-    return load_causal_lm(path), AutoTokenizer.from_pretrained(path)
+    return load_causal_lm(path), load_tokenizer(path)
 
 
 def _training_code() -> tuple[Any, ...]:
