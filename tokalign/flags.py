@@ -239,7 +239,8 @@ def _add_argument(group: Any, spec: FlagSpec, info: Any, default_text: str | Non
         kwargs["type"] = spec.item
         kwargs["choices"] = _choices(info)
         if kwargs["choices"] is None:
-            kwargs["metavar"] = spec.opt.metavar or spec.path.rsplit(".", 1)[-1].upper()
+            kwargs["metavar"] = spec.opt.metavar or {int: "N", float: "X"}.get(
+                _unwrap(info.annotation)[0], spec.path.rsplit(".", 1)[-1].upper())
     group.add_argument(*names, **kwargs)
 
 
