@@ -299,16 +299,27 @@ def config_from_args(args: argparse.Namespace, key: str = "config", *,
     for path, value in values.items():
         _set(data, path, value)
         for follower in specs[path].opt.also:
-            if follower not in values:
+            if follower not in values and has_field(flag_set.cls, follower):
                 _set(data, follower, value)
         for cleared in specs[path].opt.clears:
-            if cleared not in values:
+            if cleared not in values and has_field(flag_set.cls, cleared):
                 _set(data, cleared, None)
     for path, value in (fixed or {}).items():
         _set(data, path, value)
     if fix is not None:
         fix(data)
     return validate(flag_set, data, config_path or None)
+
+
+def has_field(cls: type, path: str) -> bool:
+    """True when the dotted ``path`` names a field of ``cls`` (through nested configs)."""
+    *parents, last = path.split(".")
+    for part in parents:
+        info = cls.model_fields.get(part)
+        cls = _config_class(info.annotation) if info is not None else None
+        if cls is None:
+            return False
+    return last in cls.model_fields
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
