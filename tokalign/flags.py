@@ -22,9 +22,10 @@ import argparse
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 FLAGS_KEY = "_config_flags"  # the parser default holding each command's flag sets
 PROGRESS_DEST = "no_progress"

@@ -11,6 +11,7 @@ from typing import Any
 from tokalign.flags import Opt, add_common_flags, add_config_flags, config_from_args
 from tokalign_core.configs.align_eval import EvalAlignConfig
 
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "eval-align",
