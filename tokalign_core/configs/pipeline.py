@@ -72,15 +72,19 @@ class PipelineConfig(FrozenConfig):
 
     source_model: str = Field("EleutherAI/pythia-1b", description="model to adapt: "
         "hub id, folder, .gguf or builtin:smollm2-135m")
-    source_tokenizer: str | None = Field(None, description="default: the source model's")
+    source_tokenizer: str | None = Field(None, description="the source model's tokenizer "
+                                         "(none: the model's own)")
     target_tokenizer: str = Field("builtin:qwen2", description="the new vocabulary")
     corpus: CorpusConfig = Field(
         CorpusConfig(sources=(SourceSpec(path="data/corpus"),)),
         description="text both tokenizers see (same documents)")
-    add_bos: bool | None = Field(None, description="prepend BOS (None: tokenizer's default)")
+    add_bos: bool | None = Field(None, description="prepend BOS (auto/none: the tokenizer's "
+                                 "default)")
     add_eos: bool = Field(False, description="append EOS to every document")
     tokenize_batch_size: int = Field(1024, ge=1, description="documents per encode call")
-    representation: Literal["glove", "hidden"] = "glove"
+    representation: Literal["glove", "hidden"] = Field(
+        "glove", description="token vectors: co-occurrence + GloVe, or the source model's "
+        "last-token hidden states")
     cooccur: CooccurConfig = CooccurConfig()
     glove: GloveConfig = GloveConfig()
     hidden_batch_size: int = Field(32, ge=1, description="sequences per hidden-state pass")
@@ -92,7 +96,8 @@ class PipelineConfig(FrozenConfig):
     distill: TrainConfig | None = Field(None, description="token-level distillation")
     evaluate: EvalConfig = EvalConfig()
     eval_texts: str | None = Field(None, description="texts by language for bits per byte")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="allow models/tokenizers whose "
+                                    "config needs custom code")
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
