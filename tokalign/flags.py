@@ -165,6 +165,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, label: str,
     sets = dict(parser.get_default(FLAGS_KEY) or {})
     sets[key] = flag_set
     parser.set_defaults(**{FLAGS_KEY: sets})
+    if key == "config" and parser.get_default("build_config") is None:
+        # ``args.build_config(args)`` gives any command's config; commands that add
+        # values of their own (corpus sources, training stages) set their builder.
+        parser.set_defaults(build_config=config_from_args)
     return flag_set
 
 
@@ -351,7 +355,7 @@ def check_known(cls: type, data: dict[str, Any], where: str, prefix: str = "") -
         info = cls.model_fields.get(name)
         if info is None:
             known = list(cls.model_fields)
-            raise UserError(f"{where}: unknown setting {prefix}{name!r} for "
+            raise UserError(f"{where}: unknown setting {prefix + name!r} for "
                             f"{cls.__name__}{did_you_mean(name, known)}; known settings: "
                             f"{', '.join(known)}")
         sub = _config_class(info.annotation)

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "token_budget": Opt(clears=("byte_budget",)),
         "byte_budget": Opt(clears=("token_budget",))})
     add_common_flags(p, config="CorpusConfig", artifact_root=True)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_config=corpus_config_from_args)
 
 
 def sources_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:

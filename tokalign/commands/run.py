@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
 
     add_run_flags(p, "runs/run")
     add_common_flags(p, config="PipelineConfig (instead of a --preset)", progress=False)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_config=build_config)
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -90,9 +90,6 @@ def _overlay(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     from tokalign.cli import UserError
     from tokalign_core.configs.distill import DistillConfig
 
-    for key in ("source_model", "source_tokenizer", "target_tokenizer"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
     if args.corpus:
         data["corpus"]["sources"] = [{"path": p} for p in args.corpus]
     if args.byte_budget is not None:

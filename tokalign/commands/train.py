@@ -203,7 +203,7 @@ def register(subparsers: Any) -> None:
                    help=f"peak lr of stage 2, all parameters (default {lr2:g})")
     add_config_flags(a, TrainConfig, label="adapt", skip=(*_SET_HERE, "distill"), opts=_OPTS)
     _add_launcher_options(a)
-    a.set_defaults(func=_cmd_adapt)
+    a.set_defaults(func=_cmd_adapt, build_config=adapt_config)
 
     d = subparsers.add_parser(
         "distill", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -222,4 +222,4 @@ def register(subparsers: Any) -> None:
               "distill.teacher": Opt(metavar="SPEC"),
               "trust_remote_code": Opt(also=("distill.trust_remote_code",))})
     _add_launcher_options(d)
-    d.set_defaults(func=_cmd_distill)
+    d.set_defaults(func=_cmd_distill, build_config=distill_config)
