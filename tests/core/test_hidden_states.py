@@ -16,6 +16,7 @@ from tokalign_core.embed.hidden_states import (
     last_hidden_states,
     load_embeddings,
     special_prefix,
+    target_sequences,
     write_embeddings,
 )
 from tokalign_core.model import toy
@@ -53,7 +54,7 @@ def test_shapes_and_missing(extracted, bpe_tok, sp_tok):
     # byte-level source spells every byte: only the 3 specials of the target are missing
     assert sorted(target.missing_ids.tolist()) == [0, 1, 2]
     assert target.missing_counts() == {"special": 3, "unused": 0, "empty": 0,
-                                       "undecodable": 0}
+                                       "undecodable": 0, "unspellable": 0}
     assert np.array_equal(target.token_ids, np.arange(3, len(sp_tok)))
     assert target.vectors.shape == (len(sp_tok) - 3, 32)
     assert np.isfinite(source.vectors).all() and np.isfinite(target.vectors).all()
@@ -195,3 +196,24 @@ def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
                 str(tmp_path / "tgt"), "--out", str(tmp_path / "art"),
                 "--source-counts", str(tmp_path / "nope")])
     assert bad == 2
+
+
+def test_bytes_the_source_cannot_spell_are_missing_rows_not_a_crash():
+    """Qwen2 keeps byte tokens such as 0xC0 that SmolLM2's BPE has no token for: the source
+    tokenizer encodes them to nothing. Such a target token has no hidden state to read; it is
+    a missing row ("unspellable"), and every other sequence is non-empty. (The real run on
+    SmolLM2-135M -> Qwen2 stopped with "every sequence needs at least one token".)"""
+    from tokalign_core.vocab.tokenizers import load_tokenizer
+    from tokalign_core.vocab.vocab import build_vocab
+
+    src, tgt = load_tokenizer("builtin:smollm2-135m"), load_tokenizer("builtin:qwen2")
+    s_vocab, t_vocab = build_vocab(src), build_vocab(tgt)
+    ids, seqs, missing, reasons = target_sequences(src, s_vocab, t_vocab, [])
+    assert len(ids) == len(seqs) and all(seqs)
+    unspellable = set(missing[reasons == MISSING_REASONS.index("unspellable")].tolist())
+    c0 = t_vocab.token_bytes.index(b"\xc0")
+    assert c0 in unspellable and c0 not in set(ids.tolist())
+    assert not src(["\x04"], add_special_tokens=False)["input_ids"][0] or \
+        t_vocab.token_bytes.index(b"\x04") not in unspellable
+    assert np.all(np.diff(missing) > 0)  # ids in order, each once
+    assert len(ids) + len(missing) == t_vocab.size

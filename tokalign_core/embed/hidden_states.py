@@ -40,7 +40,9 @@ from tokalign_core.vocab.vocab import Scheme, TokenKind, Vocab, build_vocab, byt
 
 log = logging.getLogger(__name__)
 
-MISSING_REASONS = ("special", "unused", "empty", "undecodable")
+MISSING_REASONS = ("special", "unused", "empty", "undecodable", "unspellable")
+# "unspellable": the source tokenizer encodes the token's bytes to nothing (SmolLM2's BPE has
+# no token for bytes that never occur in UTF-8, such as 0xC0, which Qwen2 keeps as tokens).
 
 
 @dataclass
@@ -141,9 +143,17 @@ def target_sequences(
     encoded = source_tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     encoded += [raw_encode(b) for b in raw_bytes] if raw_encode else []
     limit = max(max_length - len(prefix), 1)
-    seqs = [[*prefix, *e[-limit:]] for e in encoded]
-    return (np.array(ids + raw_ids, dtype=np.int64), seqs,
-            np.array(missing, dtype=np.int64), np.array(reasons, dtype=np.uint8))
+    kept, seqs = [], []
+    for tid, e in zip(ids + raw_ids, encoded, strict=True):
+        if not e:  # nothing to read a hidden state from: a missing row, not a crash
+            missing.append(tid)
+            reasons.append(MISSING_REASONS.index("unspellable"))
+            continue
+        kept.append(tid)
+        seqs.append([*prefix, *e[-limit:]])
+    order = np.argsort(np.array(missing, dtype=np.int64), kind="stable")
+    return (np.array(kept, dtype=np.int64), seqs, np.array(missing, dtype=np.int64)[order],
+            np.array(reasons, dtype=np.uint8)[order])
 
 
 def _raw_encoder(tokenizer: Any, vocab: Vocab) -> Callable[[bytes], list[int]] | None:
