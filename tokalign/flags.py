@@ -419,6 +419,23 @@ def add_common_flags(parser: argparse.ArgumentParser, *, config: str | None = No
                        help="hide progress bars (default: shown on stderr)")
     g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging")
+    parser.usage = compact_usage(parser)
+
+
+def compact_usage(parser: argparse.ArgumentParser) -> str:
+    """``prog --required X ... POSITIONAL [options]``: the usage line without the dozens
+    of optional settings flags (``--help`` lists them by group)."""
+    words = []
+    required = {s.dest for flags in (parser.get_default(FLAGS_KEY) or {}).values()
+                for s in flags.specs if s.required}
+    for action in parser._actions:
+        if action.option_strings and (action.required or action.dest in required):
+            words.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+    for action in parser._actions:
+        if not action.option_strings and action.nargs != argparse.SUPPRESS:
+            name = action.metavar or action.dest
+            words.append(f"[{name}]" if action.nargs == "?" else name)
+    return " ".join(["%(prog)s", *words, "[options]"])
 
 
 def show_progress(args: argparse.Namespace) -> bool:

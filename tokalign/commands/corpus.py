@@ -28,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "ratio up to a budget, and write N parquet shards plus heldout.parquet. Prints "
             "the artifact folder. Per-source options beyond the flags below: use --config."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--source", action="append", metavar="PATH", default=None,
                    help="a file, folder, glob or hf:<dataset>; repeat for several sources "

@@ -20,7 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--dask-address). Writes uint32 ids + int64 document offsets per shard, counts.npy "
             "over the training shards and meta.json; prints the artifact folder."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--corpus", default=None, metavar="DIR",
                    help="the corpus artifact folder printed by `tokalign corpus` (required)")

@@ -191,7 +191,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     a = subparsers.add_parser(
-        "adapt", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "adapt",
         help="progressive two-stage adaptation of an initialised model",
         description="Stage 1 trains only the input embeddings and the LM head, stage 2 every "
         "parameter (TokAlign section 7), on the target-tokenized corpus. Writes OUT/run.json "
@@ -206,7 +206,7 @@ def register(subparsers: Any) -> None:
     a.set_defaults(func=_cmd_adapt, build_config=adapt_config)
 
     d = subparsers.add_parser(
-        "distill", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "distill",
         help="token-level (KL) or sentence-level distillation from a same-vocabulary teacher",
         description="Token level: loss = CE + lambda * T^2 * KL(teacher^T || student^T), "
         "chunked over the sequence. Sentence level: the teacher continues prompts taken "
