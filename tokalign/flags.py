@@ -131,7 +131,7 @@ def field_description(info: Any, name: str) -> str:
 # ---------------------------------------------------------------------- the generator
 
 
-class _Switch(argparse.Action):
+class Switch(argparse.Action):
     """``--name`` sets True, ``--no-name`` (and the ``negatives``) False."""
 
     def __init__(self, option_strings: list[str], dest: str, negatives: tuple[str, ...] = (),
@@ -232,7 +232,7 @@ def _add_argument(group: Any, spec: FlagSpec, info: Any, default_text: str | Non
     if spec.kind == "switch":
         base = names[0][2:]
         negatives = (f"--no-{base}", *spec.opt.negatives)
-        group.add_argument(*names, *negatives, action=_Switch, negatives=negatives, **kwargs)
+        group.add_argument(*names, *negatives, action=Switch, negatives=negatives, **kwargs)
         return
     if spec.kind in ("yes_no", "auto_yes_no"):
         choices = ["yes", "no"] if spec.kind == "yes_no" else ["auto", "yes", "no"]
@@ -374,12 +374,13 @@ def validate(flag_set: FlagSet, data: dict[str, Any], config_path: str | None) -
     except ValidationError as exc:
         specs = flag_set.by_path()
         where = f" (from --config {config_path} and the flags)" if config_path else ""
-        problems = [_problem(err, specs, config_path) for err in exc.errors()]
+        problems = [_problem(err, specs) for err in exc.errors()]
         raise UserError(f"invalid {flag_set.label} settings{where}: "
                         + "; ".join(problems)) from exc
 
 
-def _problem(err: dict[str, Any], specs: dict[str, FlagSpec], config_path: str | None) -> str:
+def _problem(err: dict[str, Any], specs: dict[str, FlagSpec]) -> str:
+    """One pydantic error as ``--flag value: message`` (or the config key's path)."""
     path = ".".join(str(p) for p in err.get("loc", ()))
     spec = specs.get(path)
     if err.get("type") == "missing":

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokalign.flags import _Switch, add_common_flags
+from tokalign.flags import Switch, add_common_flags
 
 
 def register(subparsers: Any) -> None:
@@ -51,7 +51,7 @@ def add_run_flags(p: Any, run_dir: str) -> None:
                         "(default: %(default)s)")
     p.add_argument("--dask-address", default=None, metavar="TCP",
                    help="use an existing Dask scheduler instead (default: none)")
-    p.add_argument("--progress", "--no-progress", dest="progress", action=_Switch,
+    p.add_argument("--progress", "--no-progress", dest="progress", action=Switch,
                    negatives=("--no-progress",), default=False,
                    help="show the stages' progress bars (default: off)")
 
