@@ -85,16 +85,18 @@ class PipelineConfig(FrozenConfig):
     representation: Literal["glove", "hidden"] = Field(
         "glove", description="token vectors: co-occurrence + GloVe, or the source model's "
         "last-token hidden states")
-    cooccur: CooccurConfig = CooccurConfig()
-    glove: GloveConfig = GloveConfig()
+    cooccur: CooccurConfig = Field(CooccurConfig(), description="co-occurrence counting")
+    glove: GloveConfig = Field(GloveConfig(), description="GloVe token vectors")
     hidden_batch_size: int = Field(32, ge=1, description="sequences per hidden-state pass")
-    align: AlignConfig = AlignConfig()
-    align_eval: EvalAlignConfig = EvalAlignConfig()
-    init: InitConfig = InitConfig()
+    align: AlignConfig = Field(AlignConfig(), description="the target -> source alignment")
+    align_eval: EvalAlignConfig = Field(EvalAlignConfig(),
+                                        description="scoring the alignment before training")
+    init: InitConfig = Field(InitConfig(), description="initialising the model's embeddings")
     baselines: tuple[str, ...] = Field(BASELINES, description="baseline initialisations")
     adapt: TrainConfig | None = Field(_train(), description="two-stage adaptation")
     distill: TrainConfig | None = Field(None, description="token-level distillation")
-    evaluate: EvalConfig = EvalConfig()
+    evaluate: EvalConfig = Field(EvalConfig(), description="bits per byte, perplexity and "
+                                 "compression of every model")
     eval_texts: str | None = Field(None, description="texts by language for bits per byte")
     trust_remote_code: bool = Field(False, description="allow models/tokenizers whose "
                                     "config needs custom code")
