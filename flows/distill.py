@@ -8,13 +8,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import Runner, markdown_table, publish_markdown, publish_table
+from flows.common import Runner, publish_markdown, publish_table
 from flows.evaluate import bpb_rows, run_evaluate
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig
 from tokalign_core.configs.train import TrainConfig
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 

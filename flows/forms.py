@@ -23,7 +23,7 @@ from prefect import flow
 from pydantic import Field
 
 from flows.align import alignment_rows, run_align
-from flows.common import Runner, markdown_table, publish_markdown, publish_table
+from flows.common import Runner, publish_markdown, publish_table
 from flows.demo import SOURCE_MODEL, TEXT_CORPUS, DemoConfig, bind_corpus
 from flows.evaluate import bpb_rows, run_evaluate
 from flows.pipeline import publish_summary, run_pipeline
@@ -32,6 +32,7 @@ from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 Preset = Literal["quick", "demo", "tokalign++", "tokalign", "paper-scale"]
