@@ -112,6 +112,12 @@ def retarget(cfg: DemoConfig, target: str) -> DemoConfig:
     return DemoConfig.model_validate(data)
 
 
+def reads_machine_text(cfg: PipelineConfig) -> bool:
+    """True when a corpus source is the :data:`TEXT_CORPUS` placeholder (the demo's text
+    corpus, bound at run time by :func:`bind_corpus`)."""
+    return any(s.path == TEXT_CORPUS for s in cfg.corpus.sources)
+
+
 def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any,
                 eval_texts: Any) -> PipelineConfig:
     """Point the pipeline at the demo's text corpus and source model (a spec, or the

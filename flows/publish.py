@@ -19,7 +19,7 @@ from typing import Any
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, is_number
-from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig, short_name
+from tokalign_core.configs.pipeline import PipelineConfig, is_unset, short_name
 from tokalign_core.evaluate.results import EvalResult
 from tokalign_core.model.card import CardInfo, method_label, publish_folder, render
 from tokalign_core.store.artifacts import ArtifactRef
@@ -53,8 +53,8 @@ def _training(cfg: PipelineConfig, label: str) -> str:
         parts.append("a shallower copy of the adapted model (fewer decoder layers)")
     if label in ("distilled", "student (distilled)") and cfg.distill is not None:
         teacher = cfg.distill.distill.teacher if cfg.distill.distill is not None else ""
-        source = "the adapted model" if label.startswith("student") or teacher in (
-            "", SET_BY_PIPELINE) else short_name(teacher)
+        source = "the adapted model" if label.startswith("student") or not teacher \
+            or is_unset(teacher) else short_name(teacher)
         parts.append(f"token-level distillation ({cfg.distill.total_steps} steps) from "
                      f"{source}")
     return ", then ".join(parts)

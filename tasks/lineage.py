@@ -38,6 +38,7 @@ from typing import Any
 from tasks.caching import Workspace
 from tasks.common import run_logger, warm_imports
 from tokalign_core.configs.base import FrozenConfig, redact_uris, redact_userinfo
+from tokalign_core.configs.pipeline import is_unset
 from tokalign_core.runtime.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
 from tokalign_core.store import hashing
 from tokalign_core.store.artifacts import ArtifactRef
@@ -50,7 +51,6 @@ MAX_PARAM_LEN = 500  # MLflow rejects longer param values
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
-PLACEHOLDER = "(set by the pipeline)"  # tokalign_core.configs.pipeline.SET_BY_PIPELINE
 # Files of a model folder logged with its MLflow model (the card and what describes the
 # model); the weights stay in the run folder's artifact store, named by a tag.
 MODEL_FILES = ("README.md", "config.json", "generation_config.json", "tokenizer_config.json",
@@ -278,7 +278,7 @@ class Lineage:
             return
         # Placeholders a later stage fills in say nothing about this run: left out.
         flat = {k: str(v)[:MAX_PARAM_LEN] for k, v in config.flat(prefix).items()
-                if str(v) != PLACEHOLDER}
+                if not is_unset(str(v))}
         self._record("params", run_id=run_id, params=flat, digest=config.digest())
         if not run_id:
             return

@@ -32,6 +32,7 @@ from tokalign_core.configs.corpus import CorpusConfig
 from tokalign_core.configs.evaluate import EvalConfig
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.init import InitConfig
+from tokalign_core.configs.pipeline import bind_run_fields
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.configs.train import TrainConfig
 from tokalign_core.store.artifacts import ArtifactRef
@@ -333,9 +334,8 @@ def train_task(ctx: StageContext, model: ArtifactRef, tokens: ArtifactRef,
     checkpoint."""
     key = f"{model.sha256[:12]}-{tokens.sha256[:12]}-{cfg.digest()[:12]}"
     work = ctx.ws.root / "train" / f"{cfg.mode}-{key}"
-    run_cfg = TrainConfig.model_validate({**cfg.model_dump(mode="json"),
-                                          "model": str(model_dir(model)),
-                                          "tokens": tokens.path, "out_dir": str(work)})
+    run_cfg = bind_run_fields(cfg, model=str(model_dir(model)), tokens=tokens.path,
+                              out_dir=str(work))
     with ctx.run(f"train:{cfg.mode}", run_cfg, {"model": model, "tokens": tokens}) as run:
         run_cfg.save(work / "run.json")
         cmd = [sys.executable, "-m", "tokalign_core.train", "--config", str(work / "run.json")]
