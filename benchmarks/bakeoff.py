@@ -281,7 +281,8 @@ def score(model, tok, src_tok, groups, args) -> dict:
     from tokalign_core.evaluate.perplexity import evaluate_model
 
     cfg = EvalConfig(window=args.window, stride=args.window // 2, batch_size=args.batch_size)
-    return evaluate_model(model, tok, groups, src_tok, cfg, progress=not args.no_progress)
+    return evaluate_model(model, tok, groups, src_tok, cfg,
+                          progress=not args.no_progress).to_dict()
 
 
 def run_method(name: str, path: Path, src_tok, tgt_tok, alignment, groups, args) -> dict:

@@ -8,12 +8,20 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import Runner, markdown_table, publish_markdown, publish_table
-from flows.evaluate import SOURCE_LABEL, bpb_rows, collect, source_first, submit_evaluate
+from flows.common import Runner, publish_markdown, publish_table
+from flows.evaluate import (
+    SOURCE_LABEL,
+    bpb_rows,
+    collect,
+    collect_results,
+    source_first,
+    submit_evaluate,
+)
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 
@@ -66,7 +74,7 @@ def run_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: Arti
     adapted model (``evaluation``: label -> result)."""
     out = start_adapt(r, cfg, source_model, alignment, target_tokens, texts)
     return {"inits": out["inits"], "models": out["models"],
-            "evaluation": source_first(collect(out.pop("pending")))}
+            "evaluation": source_first(collect_results(out.pop("pending")))}
 
 
 @flow(name="adapt", log_prints=True)

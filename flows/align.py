@@ -11,11 +11,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import Runner, markdown_table, publish_markdown, publish_table, with_target
+from flows.common import Runner, publish_markdown, publish_table, with_target
 from tasks import stages
 from tasks.caching import Workspace
-from tasks.lineage import parent_run
+from tasks.lineage import flat_numbers, parent_run
+from tokalign_core.align.metrics import AlignmentMetrics
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.tables import markdown_table
 
 
 def _representations(r: Runner, cfg: PipelineConfig, tokens: dict[str, Any],
@@ -43,9 +45,9 @@ def run_align(r: Runner, cfg: PipelineConfig, source_model: Any = None) -> dict[
     emb = _representations(r, cfg, tokens, source_model or cfg.source_model)
     alignment = r.run("align", stages.align_task, emb["source"], emb["target"],
                       cfg.source_tokenizer_spec, cfg.target_tokenizer, cfg.align)
-    metrics = r.run("evaluate-alignment", stages.eval_align_task, alignment, tokens["source"],
-                    tokens["target"], cfg.source_tokenizer_spec, cfg.target_tokenizer,
-                    cfg.align_eval)
+    metrics = AlignmentMetrics.from_dict(r.run(
+        "evaluate-alignment", stages.eval_align_task, alignment, tokens["source"],
+        tokens["target"], cfg.source_tokenizer_spec, cfg.target_tokenizer, cfg.align_eval))
     return {"corpus": corpus, "tokens": tokens, "embeddings": emb, "alignment": alignment,
             "metrics": metrics, "overlap": overlap.result()}
 
@@ -55,12 +57,10 @@ def run_align(r: Runner, cfg: PipelineConfig, source_model: Any = None) -> dict[
 DETAIL_SUFFIXES = (".bp", ".hyp_len", ".ref_len", ".precision", "hubness_top", "n_docs_bleu")
 
 
-def alignment_rows(metrics: dict[str, Any], brief: bool = False) -> list[dict[str, Any]]:
-    """Flat ``metric -> value`` rows of the alignment metrics (for tables); ``brief`` drops
-    :data:`DETAIL_SUFFIXES`."""
-    from tasks.stages import _numbers
-
-    flat = sorted(_numbers(metrics).items())
+def alignment_rows(metrics: AlignmentMetrics, brief: bool = False) -> list[dict[str, Any]]:
+    """Flat ``metric -> value`` rows of the alignment metrics (for tables), named by their
+    JSON path (``bleu1.t2s.bleu1``); ``brief`` drops :data:`DETAIL_SUFFIXES`."""
+    flat = sorted(flat_numbers(metrics).items())
     return [{"metric": k, "value": v} for k, v in flat
             if not (brief and k.endswith(DETAIL_SUFFIXES))]
 

@@ -15,18 +15,23 @@ from prefect import Task
 
 from flows.env import embedded_defaults  # noqa: F401 - re-exported
 from tasks.caching import Workspace
+from tasks.context import StageContext
 from tasks.records import result_storage
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.tables import rounded
 
 log = logging.getLogger(__name__)
 
 
 class Runner:
-    """Submit tasks with the workspace's result storage; remember each stage's final state
-    name (``Completed`` or ``Cached``) for the summary and the benchmarks."""
+    """Submit tasks with the workspace's result storage and the flow run's stage context
+    (built once here, labelled per stage; never part of a cache key); remember each
+    stage's final state name (``Completed`` or ``Cached``) for the summary and the
+    benchmarks."""
 
     def __init__(self, ws: Workspace):
         self.ws = ws
+        self.ctx = StageContext.of(ws)
         self.states: dict[str, str] = {}
         self._bound: dict[int, tuple[Task, Task]] = {}  # id(task) -> (task, bound copy)
 
@@ -40,8 +45,8 @@ class Runner:
         return self._bound[id(task)][1]
 
     def submit(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
-        ws = self.ws.model_copy(update={"stage_label": label})
-        return _Tracked(self, label, self.bind(task).submit(ws, *args, **kwargs))
+        ctx = self.ctx.for_stage(label)
+        return _Tracked(self, label, self.bind(task).submit(ctx, *args, **kwargs))
 
     def run(self, label: str, task: Task, *args: Any, **kwargs: Any) -> Any:
         return self.submit(label, task, *args, **kwargs).result()
@@ -108,18 +113,6 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str = "") -
              description=description)
 
 
-def rounded(value: Any) -> Any:
-    """Floats to 4 significant digits (counts stay whole); NaN becomes None (an empty
-    cell, not the string "NaN"); anything else as it is."""
-    if not isinstance(value, float):
-        return value
-    if value != value or value in (float("inf"), float("-inf")):
-        return None
-    if value.is_integer():
-        return int(value)
-    return float(f"{value:.4g}")
-
-
 def _publish(fn_name: str, **kwargs: Any) -> None:
     from prefect import artifacts
 
@@ -127,22 +120,3 @@ def _publish(fn_name: str, **kwargs: Any) -> None:
         getattr(artifacts, fn_name)(**kwargs)
     except Exception as exc:  # noqa: BLE001 - a report must never fail the pipeline
         log.warning("could not publish Prefect artifact %s: %s", kwargs.get("key"), exc)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A GitHub markdown table (counts as integers, other floats with 4 significant digits)."""
-    if not rows:
-        return "(no rows)"
-    cols = columns or list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    """``20710.0 -> '20710'`` (counts come back from JSON as floats), ``0.13662 -> '0.1366'``."""
-    if isinstance(value, float):
-        if value.is_integer() and 1000 <= abs(value) < 1e12:
-            return str(int(value))
-        return f"{value:.4g}"
-    return str(value)

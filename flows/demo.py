@@ -31,6 +31,7 @@ from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.pipeline import BASELINES, PipelineConfig
 from tokalign_core.data.textsources import TextCorpusConfig
+from tokalign_core.evaluate.results import EvalResult
 from tokalign_core.store.artifacts import ArtifactRef
 from tokalign_core.train.pretrain import PretrainConfig
 from tokalign_core.train.pretrain import preset as pretrain_preset
@@ -111,6 +112,12 @@ def retarget(cfg: DemoConfig, target: str) -> DemoConfig:
     return DemoConfig.model_validate(data)
 
 
+def reads_machine_text(cfg: PipelineConfig) -> bool:
+    """True when a corpus source is the :data:`TEXT_CORPUS` placeholder (the demo's text
+    corpus, bound at run time by :func:`bind_corpus`)."""
+    return any(s.path == TEXT_CORPUS for s in cfg.corpus.sources)
+
+
 def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any,
                 eval_texts: Any) -> PipelineConfig:
     """Point the pipeline at the demo's text corpus and source model (a spec, or the
@@ -125,10 +132,10 @@ def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any,
     return PipelineConfig.model_validate(data)
 
 
-def distillation_note(evaluation: dict[str, Any]) -> str:
+def distillation_note(evaluation: dict[str, EvalResult]) -> str:
     """One paragraph: the teacher's and the student's held-out bits per byte before
     distillation, and the student's after (empty when the run did not distil)."""
-    rows = {k: evaluation.get(k, {}).get("macro", {}).get("bits_per_byte")
+    rows = {k: evaluation[k].macro.bits_per_byte if k in evaluation else None
             for k in ("aligned (adapted)", "student (init)", "student (distilled)")}
     if None in rows.values():
         return ""

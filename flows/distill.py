@@ -8,13 +8,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import Runner, markdown_table, publish_markdown, publish_table
+from flows.common import Runner, publish_markdown, publish_table
 from flows.evaluate import bpb_rows, run_evaluate
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
-from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig
+from tokalign_core.configs.pipeline import PipelineConfig, bind_run_fields, is_unset
 from tokalign_core.configs.train import TrainConfig
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 
@@ -23,9 +24,7 @@ def distill_config(cfg: PipelineConfig, teacher: ArtifactRef | str) -> TrainConf
     if cfg.distill is None or cfg.distill.distill is None:
         raise ValueError("the pipeline config has no distill section; set `distill`")
     spec = str(stages.model_dir(teacher)) if isinstance(teacher, ArtifactRef) else teacher
-    data = cfg.distill.model_dump(mode="json")
-    data["distill"]["teacher"] = spec
-    return TrainConfig.model_validate(data)
+    return bind_run_fields(cfg.distill, teacher=spec)
 
 
 def teacher_of(cfg: PipelineConfig) -> str | None:
@@ -33,7 +32,7 @@ def teacher_of(cfg: PipelineConfig) -> str | None:
     if cfg.distill is None or cfg.distill.distill is None:
         return None
     teacher = cfg.distill.distill.teacher
-    return None if teacher == SET_BY_PIPELINE else teacher
+    return None if is_unset(teacher) else teacher
 
 
 def run_distill(r: Runner, cfg: PipelineConfig, student: ArtifactRef,

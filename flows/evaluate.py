@@ -7,11 +7,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import Runner, markdown_table, publish_markdown, publish_table
+from flows.common import Runner, publish_markdown, publish_table
 from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 
@@ -19,7 +21,8 @@ def submit_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, Any], text
                     after: Any = None) -> dict[str, Any]:
     """Start evaluating ``models`` (label -> model artifact, or the tracked future of one
     still being built) without waiting: ``label -> tracked future`` of the
-    ``evaluate_model`` result, reference = source tokenizer. The flow goes on meanwhile,
+    ``evaluate_model`` result (its JSON form; :func:`collect_results` reads it), reference =
+    source tokenizer. The flow goes on meanwhile,
     e.g. with a training subprocess that leaves a core free.
 
     One model at a time, each after the previous one (and after ``after``, a tracked
@@ -51,10 +54,15 @@ def collect(futures: dict[str, Any]) -> dict[str, Any]:
     return {label: f.result() for label, f in futures.items()}
 
 
+def collect_results(futures: dict[str, Any]) -> dict[str, EvalResult]:
+    """``label -> EvalResult`` of tracked evaluation futures (:func:`submit_evaluate`)."""
+    return {label: EvalResult.from_dict(value) for label, value in collect(futures).items()}
+
+
 def run_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, ArtifactRef],
-                 texts: str) -> dict[str, dict[str, Any]]:
+                 texts: str) -> dict[str, EvalResult]:
     """``label -> evaluate_model result`` for every model (one at a time), waiting for all."""
-    return collect(submit_evaluate(r, cfg, models, texts))
+    return collect_results(submit_evaluate(r, cfg, models, texts))
 
 
 # Per-group bits-per-byte columns in the summary only up to this many scored groups (the
@@ -63,43 +71,48 @@ def run_evaluate(r: Runner, cfg: PipelineConfig, models: dict[str, ArtifactRef],
 MAX_GROUP_COLUMNS = 8
 
 
-def bpb_rows(evaluation: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def bpb_rows(evaluation: dict[str, EvalResult]) -> list[dict[str, Any]]:
     """One row per model: bits per byte and source-normalised perplexity averaged over the
     scored text groups, then each scored group's bits per byte (when there are at most
     :data:`MAX_GROUP_COLUMNS`; columns in the first model's ``scored_groups`` order)."""
     columns = _scored_columns(evaluation)
     rows = []
     for label, result in evaluation.items():
-        macro, groups = result.get("macro", {}), result.get("groups", {})
+        groups = result.groups
         rows.append({"model": label,
-                     "bits_per_byte": macro.get("bits_per_byte", float("nan")),
-                     "norm_ppl": macro.get("norm_ppl", float("nan")),
-                     **{g: groups.get(g, {}).get("bits_per_byte", float("nan"))
+                     "bits_per_byte": _or_nan(result.macro.bits_per_byte),
+                     "norm_ppl": _or_nan(result.macro.norm_ppl),
+                     **{g: _or_nan(groups[g].bits_per_byte if g in groups else None)
                         for g in columns}})
     return rows
 
 
-def _scored_columns(evaluation: dict[str, dict[str, Any]]) -> list[str]:
+def _or_nan(value: float | None) -> float:
+    """A table cell: NaN for a metric that was not measured."""
+    return float("nan") if value is None else value
+
+
+def _scored_columns(evaluation: dict[str, EvalResult]) -> list[str]:
     """The first result's scored groups (in ``score_groups`` order), if few enough."""
     if not evaluation:
         return []
     first = next(iter(evaluation.values()))
-    groups = first.get("groups", {})
-    order = first.get("scored_groups", list(groups))
+    groups = first.groups
     fixed = {"model", "bits_per_byte", "norm_ppl"}  # a group of that name keeps no column
-    scored = [g for g in order if "bits_per_byte" in groups.get(g, {}) and g not in fixed]
+    scored = [g for g in first.scored_groups
+              if g in groups and groups[g].bits_per_byte is not None and g not in fixed]
     return scored if len(scored) <= MAX_GROUP_COLUMNS else []
 
 
-def compression_rows(evaluation: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def compression_rows(evaluation: dict[str, EvalResult]) -> list[dict[str, Any]]:
     """Per group: target tokens per byte and the length change against the source
     tokenizer (same for every model with the target vocabulary; taken from the first)."""
     if not evaluation:
         return []
     first = next(iter(evaluation.values()))
-    return [{"group": g, "tokens_per_byte": m.get("tokens_per_byte", float("nan")),
-             "length_change": m.get("length_change", float("nan"))}
-            for g, m in sorted(first.get("groups", {}).items())]
+    return [{"group": g, "tokens_per_byte": m.tokens_per_byte,
+             "length_change": m.length_change}
+            for g, m in sorted(first.groups.items())]
 
 
 @flow(name="evaluate", log_prints=True)

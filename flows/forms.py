@@ -23,8 +23,8 @@ from prefect import flow
 from pydantic import Field
 
 from flows.align import alignment_rows, run_align
-from flows.common import Runner, markdown_table, publish_markdown, publish_table
-from flows.demo import SOURCE_MODEL, TEXT_CORPUS, DemoConfig, bind_corpus
+from flows.common import Runner, publish_markdown, publish_table
+from flows.demo import SOURCE_MODEL, TEXT_CORPUS, DemoConfig, bind_corpus, reads_machine_text
 from flows.evaluate import bpb_rows, run_evaluate
 from flows.pipeline import publish_summary, run_pipeline
 from tasks import stages
@@ -32,6 +32,7 @@ from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 Preset = Literal["quick", "demo", "tokalign++", "tokalign", "paper-scale"]
@@ -103,7 +104,7 @@ def form_config(preset: str, source_model: str | None, target_tokenizer: str | N
 def machine_text(r: Runner, cfg: PipelineConfig, demo: DemoConfig) -> PipelineConfig:
     """``cfg`` reading this machine's text when its corpus is the placeholder (the demo's
     text-corpus and evaluation-sample stages, cached like every stage)."""
-    if not any(s.path == TEXT_CORPUS for s in cfg.corpus.sources):
+    if not reads_machine_text(cfg):
         return cfg
     corpus = r.run("text-corpus", stages.text_corpus_task, demo.text, demo.max_files_per_group)
     sample = r.run("eval-sample", stages.eval_sample_task, corpus, demo.eval_docs,

@@ -13,18 +13,12 @@ from prefect import flow
 
 from flows.adapt import start_adapt
 from flows.align import alignment_rows, run_align
-from flows.common import (
-    Runner,
-    markdown_table,
-    publish_markdown,
-    publish_table,
-    with_target,
-)
+from flows.common import Runner, publish_markdown, publish_table, with_target
 from flows.distill import run_distill, teacher_of
 from flows.evaluate import (
     SOURCE_LABEL,
     bpb_rows,
-    collect,
+    collect_results,
     compression_rows,
     source_first,
     submit_evaluate,
@@ -32,8 +26,11 @@ from flows.evaluate import (
 from flows.publish import publish_models
 from tasks import stages
 from tasks.caching import Workspace
-from tasks.lineage import Lineage, parent_run
+from tasks.lineage import Lineage, is_number, parent_run
+from tokalign_core.align.metrics import AlignmentMetrics
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
 
@@ -75,7 +72,7 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
         adapted["models"][label] = distilled["model"]
         pending.update(submit_evaluate(r, cfg, {label: distilled["model"]}, texts,
                                        after=list(pending.values())[-1]))
-    evaluation = source_first(collect(pending))
+    evaluation = source_first(collect_results(pending))
     tables = summary_tables(aligned["metrics"], evaluation)
     published = publish_models(r.ws, cfg, adapted["models"], evaluation, aligned["alignment"],
                                {row["metric"]: row["value"] for row in tables["alignment"]},
@@ -84,7 +81,8 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
             "tables": tables, "published": {k: str(v) for k, v in published.items()}}
 
 
-def summary_tables(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, list]:
+def summary_tables(metrics: AlignmentMetrics,
+                   evaluation: dict[str, EvalResult]) -> dict[str, list]:
     """Bits per byte by model (the source reference first when present), compression of
     the target tokenizer (from a target-vocabulary model) and the brief alignment metrics."""
     target_side = {k: v for k, v in evaluation.items() if k != SOURCE_LABEL}
@@ -142,13 +140,12 @@ def summary_metrics(tables: dict[str, list]) -> dict[str, float]:
             out[f"{name}/{model}"] = value
     changes = {slug(row["group"]): row["length_change"] for row in tables.get("compression", [])}
     out.update({f"length_change/{group}": change for group, change in changes.items()})
-    finite = [c for c in changes.values() if isinstance(c, (int, float)) and math.isfinite(c)]
+    finite = [c for c in changes.values() if is_number(c)]
     if finite:
         out["length_change/mean"] = sum(finite) / len(finite)
     for row in tables.get("alignment", []):
         out[f"alignment/{slug(row['metric'])}"] = row["value"]
-    return {k: float(v) for k, v in out.items()
-            if isinstance(v, (int, float)) and math.isfinite(v)}
+    return {k: float(v) for k, v in out.items() if is_number(v)}
 
 
 def _axes(height: float) -> tuple[Any, Any]:

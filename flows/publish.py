@@ -18,8 +18,9 @@ from typing import Any
 
 from tasks import stages
 from tasks.caching import Workspace
-from tasks.lineage import Lineage
-from tokalign_core.configs.pipeline import SET_BY_PIPELINE, PipelineConfig, short_name
+from tasks.lineage import Lineage, is_number
+from tokalign_core.configs.pipeline import PipelineConfig, is_unset, short_name
+from tokalign_core.evaluate.results import EvalResult
 from tokalign_core.model.card import CardInfo, method_label, publish_folder, render
 from tokalign_core.store.artifacts import ArtifactRef
 
@@ -52,8 +53,8 @@ def _training(cfg: PipelineConfig, label: str) -> str:
         parts.append("a shallower copy of the adapted model (fewer decoder layers)")
     if label in ("distilled", "student (distilled)") and cfg.distill is not None:
         teacher = cfg.distill.distill.teacher if cfg.distill.distill is not None else ""
-        source = "the adapted model" if label.startswith("student") or teacher in (
-            "", SET_BY_PIPELINE) else short_name(teacher)
+        source = "the adapted model" if label.startswith("student") or not teacher \
+            or is_unset(teacher) else short_name(teacher)
         parts.append(f"token-level distillation ({cfg.distill.total_steps} steps) from "
                      f"{source}")
     return ", then ".join(parts)
@@ -76,7 +77,7 @@ def _license(source_model: str) -> str:
 
 
 def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
-             evaluation: dict[str, Any], align_metrics: dict[str, Any]) -> CardInfo:
+             evaluation: dict[str, EvalResult], align_metrics: dict[str, Any]) -> CardInfo:
     """The card of the model ``label`` (``"<method> (init)"``, ``"aligned (adapted)"``,
     ``"distilled"``)."""
     init_method = label.removesuffix(" (init)") if label.endswith(" (init)") \
@@ -94,7 +95,7 @@ def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
         alignment=f"sha256:{alignment.sha256}" if alignment is not None and aligned else "",
         counts=meta.get("counts", {}) if aligned else {},
         alignment_metrics=align_metrics if aligned else {},
-        eval_results=evaluation.get(label, {}),
+        eval_results=evaluation[label].to_dict() if label in evaluation else {},
         config_digest=cfg.digest(), base_model=_hub_id(cfg.source_model),
         license=_license(cfg.source_model),
         datasets=[s.path.removeprefix("hf:") for s in cfg.corpus.sources
@@ -125,7 +126,7 @@ def lineage_tags(cfg: PipelineConfig, alignment: ArtifactRef | None,
 
 
 def publish_models(ws: Workspace, cfg: PipelineConfig, models: dict[str, Any],
-                   evaluation: dict[str, Any], alignment: ArtifactRef | None = None,
+                   evaluation: dict[str, EvalResult], alignment: ArtifactRef | None = None,
                    align_metrics: dict[str, Any] | None = None,
                    teacher: Any = None) -> dict[str, Path]:
     """``<run_dir>/models/<name>`` for every model artifact in ``models`` (label -> ref),
@@ -145,7 +146,7 @@ def publish_models(ws: Workspace, cfg: PipelineConfig, models: dict[str, Any],
             ws.parent_run_id, folder_name(label), paths[label],
             tags={"tokalign.label": label, "tokalign.method": card.method,
                   "output.model.sha256": ref.sha256},
-            params=_model_params(evaluation.get(label, {})))
+            params=_model_params(evaluation.get(label)))
     final = final_label(paths)
     if final is not None:
         lineage.register(registered_name(cfg), ids.get(final), ws.parent_run_id,
@@ -154,6 +155,7 @@ def publish_models(ws: Workspace, cfg: PipelineConfig, models: dict[str, Any],
     return paths
 
 
-def _model_params(result: dict[str, Any]) -> dict[str, str]:
-    macro = result.get("macro", {}) if isinstance(result, dict) else {}
-    return {k: f"{v:.4g}" for k, v in macro.items() if isinstance(v, (int, float))}
+def _model_params(result: EvalResult | None) -> dict[str, str]:
+    """The model's mean metrics as MLflow model params (``bits_per_byte: "1.234"``)."""
+    macro = result.macro.to_dict() if result is not None else {}
+    return {k: f"{v:.4g}" for k, v in macro.items() if is_number(v, finite=False)}

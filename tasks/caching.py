@@ -10,7 +10,8 @@ by its string. :class:`ContentHashPolicy` keys a task run instead on
       - a ``pathlib.Path`` (or a string naming an existing local file/folder, also inside a
         config) counts by the sha256 of its bytes (:func:`tokalign_core.store.hashing.sha256_tree`),
       - a :class:`~tokalign_core.configs.base.FrozenConfig` counts by its canonical JSON,
-      - a :class:`Workspace` (run folder, cluster address, MLflow run) does not count,
+      - a :class:`Workspace` (run folder, cluster address, MLflow run) does not count, nor
+        does a stage context (:class:`tasks.context.StageContext`, ``in_cache_key = False``),
     + :func:`tokalign_core.store.hashing.code_hash` (the library's source),
 
 with no run id, so an unchanged rerun reuses every result across processes and days, and
@@ -112,10 +113,10 @@ def fingerprint(value: Any) -> Any:
     """A JSON-able stand-in for ``value`` that changes exactly when its content does.
 
     Artifact refs by content hash, paths by bytes, configs by canonical JSON plus the bytes
-    of every local path they name, workspaces dropped (``None``).
+    of every local path they name, workspaces and stage contexts dropped (``None``).
     """
-    if isinstance(value, Workspace):
-        return None
+    if isinstance(value, Workspace) or getattr(type(value), "in_cache_key", True) is False:
+        return None  # where and how a run executes (a Workspace, a StageContext)
     if isinstance(value, ArtifactRef):
         return {"artifact": value.kind, "sha256": value.sha256}
     if isinstance(value, FrozenConfig):

@@ -9,6 +9,8 @@ I/O errors only.
 from __future__ import annotations
 
 import atexit
+import functools
+import inspect
 import logging
 import os
 import threading
@@ -63,7 +65,7 @@ def warm_imports() -> None:
 def stage_run_name(parameters: dict[str, Any]) -> str:
     """A task run's name: the flow's label for the stage (``glove:source``, ``init:mean``,
     ``evaluate:distilled``) from the workspace argument, else the task's name."""
-    ws = parameters.get("ws")
+    ws = parameters.get("ctx", parameters.get("ws"))
     label = ws.get("stage_label") if isinstance(ws, dict) else getattr(ws, "stage_label", None)
     if label:
         return str(label)
@@ -87,7 +89,33 @@ def stage_task(name: str, **options: Any) -> Callable[[F], F]:
         "log_prints": True,
     }
     defaults.update(options)
-    return task(**defaults)  # type: ignore[return-value]
+    return lambda fn: task(**defaults)(with_context(fn))  # type: ignore[return-value]
+
+
+def with_context(fn: F) -> F:
+    """``fn`` called with its first argument as it declares it: a task whose first
+    parameter is ``ctx`` gets a :class:`~tasks.context.StageContext` (built from a bare
+    :class:`Workspace` when a caller passes one), one whose first parameter is ``ws`` gets
+    the Workspace. The signature and source stay ``fn``'s (``functools.wraps``), so Prefect
+    binds the same parameters and the cache key's task source is ``fn``'s own."""
+    first = next(iter(inspect.signature(fn).parameters))
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from tasks.context import StageContext
+
+        def adapt(value: Any) -> Any:
+            if first == "ctx":
+                return StageContext.of(value)
+            return value.ws if isinstance(value, StageContext) else value
+
+        if first in kwargs:
+            kwargs[first] = adapt(kwargs[first])
+        elif args:
+            args = (adapt(args[0]), *args[1:])
+        return fn(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 def store(ws: Workspace) -> ArtifactStore:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 import threading
 import time
@@ -36,6 +38,7 @@ from typing import Any
 from tasks.caching import Workspace
 from tasks.common import run_logger, warm_imports
 from tokalign_core.configs.base import FrozenConfig, redact_uris, redact_userinfo
+from tokalign_core.configs.pipeline import is_unset
 from tokalign_core.runtime.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
 from tokalign_core.store import hashing
 from tokalign_core.store.artifacts import ArtifactRef
@@ -48,7 +51,6 @@ MAX_PARAM_LEN = 500  # MLflow rejects longer param values
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
-PLACEHOLDER = "(set by the pipeline)"  # tokalign_core.configs.pipeline.SET_BY_PIPELINE
 # Files of a model folder logged with its MLflow model (the card and what describes the
 # model); the weights stay in the run folder's artifact store, named by a tag.
 MODEL_FILES = ("README.md", "config.json", "generation_config.json", "tokenizer_config.json",
@@ -276,7 +278,7 @@ class Lineage:
             return
         # Placeholders a later stage fills in say nothing about this run: left out.
         flat = {k: str(v)[:MAX_PARAM_LEN] for k, v in config.flat(prefix).items()
-                if str(v) != PLACEHOLDER}
+                if not is_unset(str(v))}
         self._record("params", run_id=run_id, params=flat, digest=config.digest())
         if not run_id:
             return
@@ -300,7 +302,7 @@ class Lineage:
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
         """Stepped metrics, named with one separator (:func:`metric_name`)."""
-        clean = {metric_name(k): float(v) for k, v in metrics.items() if _is_number(v)}
+        clean = {metric_name(k): float(v) for k, v in metrics.items() if is_number(v)}
         self._record("metrics", run_id=run_id, step=step, metrics=clean)
         if run_id and clean:
             from mlflow.entities import Metric
@@ -455,12 +457,32 @@ def _client_for(uri: str) -> Any:
         return _CLIENTS[uri]
 
 
-def _is_number(value: Any) -> bool:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
+def is_number(value: Any, finite: bool = True) -> bool:
+    """True for a real number (Python or numpy int/float; never a bool or a string), and
+    with ``finite`` only for a finite one (MLflow rejects NaN and inf)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         return False
-    return f == f and f not in (float("inf"), float("-inf"))
+    return not finite or math.isfinite(value)
+
+
+def flat_numbers(data: Any, prefix: str = "", depth: int | None = None) -> dict[str, float]:
+    """The numeric leaves of a nested result as flat metric names: ``{"a": {"b": 1}}`` ->
+    ``{"a.b": 1.0}``. Dicts, typed results (their ``to_dict()``) and plain objects (their
+    attributes) are walked ``depth`` levels deep (None: all the way); strings, lists and
+    bools are left out, NaN kept (:meth:`Lineage.log_metrics` drops it). ``@`` and spaces
+    in names become ``_at_`` and ``_`` (MLflow's metric-name rules)."""
+    out: dict[str, float] = {}
+    if hasattr(data, "to_dict") and not isinstance(data, type):
+        data = data.to_dict()
+    elif not isinstance(data, dict) and hasattr(data, "__dict__") and not isinstance(data, type):
+        data = vars(data)
+    if isinstance(data, dict) and depth != 0:
+        for k, v in data.items():
+            if is_number(v, finite=False):
+                out[f"{prefix}{k}"] = float(v)
+            else:
+                out.update(flat_numbers(v, f"{prefix}{k}.", None if depth is None else depth - 1))
+    return {k.replace("@", "_at_").replace(" ", "_"): v for k, v in out.items()}
 
 
 class StageRun:
@@ -474,7 +496,7 @@ class StageRun:
 
     def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.lineage.log_metrics(self.run_id, metrics, step)
-        self.last.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+        self.last.update({k: float(v) for k, v in metrics.items() if is_number(v)})
 
     def outputs(self, **refs: Any) -> None:
         self.lineage.set_tags(self.run_id, ref_tags("output", refs))

@@ -2,8 +2,11 @@
 
 Each task resolves its inputs (artifact refs, tokenizer specs), calls one core function,
 records a nested MLflow run (params, input/output hashes, metrics) and returns an
-:class:`~tokalign_core.store.artifacts.ArtifactRef` or a small dict of metrics. Work that fans
-out over shards runs on Dask inside the task (:func:`tasks.common.executor`). Training runs
+:class:`~tokalign_core.store.artifacts.ArtifactRef` or a small dict of metrics (a typed
+result's ``to_dict()``: cache records are plain JSON). Each task's first argument is the
+flow run's :class:`~tasks.context.StageContext` (store, executor, logger, progress; never
+part of a cache key). Work that fans out over shards runs on Dask inside the task
+(:meth:`~tasks.context.StageContext.executor`). Training runs
 as a subprocess ``python -m tokalign_core.train --config run.json`` with ``MLFLOW_RUN_ID``
 set, so the training loop logs into the stage's MLflow run (and the same command runs on a
 DeepSpeed launcher without Prefect).
@@ -19,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
-from tasks.common import executor, pinned_env, run_logger, stage_task, store
-from tasks.lineage import stage_run
+from tasks.common import pinned_env, run_logger, stage_task, store
+from tasks.context import StageContext
+from tasks.lineage import flat_numbers, stage_run
 from tokalign_core.configs.align import AlignConfig
 from tokalign_core.configs.align_eval import EvalAlignConfig
 from tokalign_core.configs.cooccur import CooccurConfig
@@ -28,6 +32,7 @@ from tokalign_core.configs.corpus import CorpusConfig
 from tokalign_core.configs.evaluate import EvalConfig
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.init import InitConfig
+from tokalign_core.configs.pipeline import bind_run_fields
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.configs.train import TrainConfig
 from tokalign_core.store.artifacts import ArtifactRef
@@ -50,26 +55,26 @@ def _tok(spec: ModelSpec, trust_remote_code: bool = False) -> Any:
 
 
 @stage_task("corpus")
-def corpus_task(ws: Workspace, cfg: CorpusConfig) -> ArtifactRef:
+def corpus_task(ctx: StageContext, cfg: CorpusConfig) -> ArtifactRef:
     """Mixed corpus artifact (parquet shards + held-out split) from the configured sources."""
     from tokalign_core.data.corpus import build_corpus
 
-    with stage_run(ws, "corpus", cfg) as run:
-        ref = build_corpus(cfg, store(ws), progress=ws.progress)
+    with ctx.run("corpus", cfg) as run:
+        ref = build_corpus(cfg, ctx.store, progress=ctx.progress)
         run.dataset("corpus", ref.sha256, ref.path)
-        run.metrics({k: v for k, v in ref.meta().items() if isinstance(v, (int, float))})
+        run.metrics(flat_numbers(ref.meta(), depth=1))
         run.outputs(corpus=ref)
     return ref
 
 
 @stage_task("tokenize")
-def tokenize_task(ws: Workspace, corpus: ArtifactRef, cfg: TokenizeConfig) -> ArtifactRef:
+def tokenize_task(ctx: StageContext, corpus: ArtifactRef, cfg: TokenizeConfig) -> ArtifactRef:
     """Token ids of the corpus under one tokenizer (shards on Dask when workers > 1)."""
     from tokalign_core.vocab.tokenize import tokenize_corpus
 
-    with stage_run(ws, f"tokenize:{Path(cfg.tokenizer).name}", cfg, {"corpus": corpus}) as run, \
-            executor(ws) as ex:
-        ref = tokenize_corpus(corpus, cfg, store(ws), executor=ex)
+    stage = f"tokenize:{Path(cfg.tokenizer).name}"
+    with ctx.run_on_executor(stage, cfg, {"corpus": corpus}) as (run, ex):
+        ref = tokenize_corpus(corpus, cfg, ctx.store, executor=ex)
         meta = ref.meta()
         run.dataset(f"tokenizer:{cfg.tokenizer}", str(meta.get("tokenizer_digest", "")),
                     cfg.tokenizer)
@@ -79,25 +84,25 @@ def tokenize_task(ws: Workspace, corpus: ArtifactRef, cfg: TokenizeConfig) -> Ar
 
 
 @stage_task("cooccur")
-def cooccur_task(ws: Workspace, tokens: ArtifactRef, cfg: CooccurConfig) -> ArtifactRef:
+def cooccur_task(ctx: StageContext, tokens: ArtifactRef, cfg: CooccurConfig) -> ArtifactRef:
     """Windowed 1/distance co-occurrence counts (per shard on Dask, merged exactly)."""
     from tokalign_core.embed.cooccur import build_cooccur
 
-    with stage_run(ws, "cooccur", cfg, {"tokens": tokens}) as run, executor(ws) as ex:
-        ref = build_cooccur(tokens, cfg, store(ws), executor=ex)
+    with ctx.run_on_executor("cooccur", cfg, {"tokens": tokens}) as (run, ex):
+        ref = build_cooccur(tokens, cfg, ctx.store, executor=ex)
         run.outputs(cooccur=ref)
     return ref
 
 
 @stage_task("glove")
-def glove_task(ws: Workspace, cooccur: ArtifactRef, cfg: GloveConfig) -> ArtifactRef:
+def glove_task(ctx: StageContext, cooccur: ArtifactRef, cfg: GloveConfig) -> ArtifactRef:
     """GloVe token vectors; the cost per iteration goes to MLflow as ``glove.cost``."""
     from tokalign_core.embed.glove import build_glove
 
-    with stage_run(ws, "glove", cfg, {"cooccur": cooccur}) as run:
+    with ctx.run("glove", cfg, {"cooccur": cooccur}) as run:
         logger = run.logger()
         try:
-            ref = build_glove(cooccur, cfg, store(ws), logger=logger, progress=ws.progress)
+            ref = build_glove(cooccur, cfg, ctx.store, logger=logger, progress=ctx.progress)
         finally:
             logger.close()
         run.outputs(embeddings=ref)
@@ -105,7 +110,7 @@ def glove_task(ws: Workspace, cooccur: ArtifactRef, cfg: GloveConfig) -> Artifac
 
 
 @stage_task("hidden-states")
-def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
+def hidden_states_task(ctx: StageContext, model: ModelSpec, source_tokenizer: ModelSpec,
                        target_tokenizer: str, source_tokens: ArtifactRef | None = None,
                        target_tokens: ArtifactRef | None = None,
                        batch_size: int = 32) -> dict[str, ArtifactRef]:
@@ -118,17 +123,16 @@ def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelS
     from tokalign_core.vocab.tokenize import load_counts
 
     inputs = {"model": model, "source_tokens": source_tokens, "target_tokens": target_tokens}
-    with stage_run(ws, "hidden-states", None, inputs) as run:
+    with ctx.run("hidden-states", None, inputs) as run:
         s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
         src, tgt = extract_hidden_states(load_model(_spec(model)), s_tok, t_tok,
-                                         batch_size=batch_size, progress=ws.progress)
+                                         batch_size=batch_size, progress=ctx.progress)
         counts = [load_counts(t) if t is not None else None for t in (source_tokens,
                                                                        target_tokens)]
-        st = store(ws)
-        refs = {"source": write_embeddings(st, src.ordered(counts[0]),
+        refs = {"source": write_embeddings(ctx.store, src.ordered(counts[0]),
                                            {"tokenizer": _spec(source_tokenizer),
                                             "tokenizer_digest": digest_of(s_tok)}),
-                "target": write_embeddings(st, tgt.ordered(counts[1]),
+                "target": write_embeddings(ctx.store, tgt.ordered(counts[1]),
                                            {"tokenizer": target_tokenizer,
                                             "tokenizer_digest": digest_of(t_tok)})}
         run.outputs(**refs)
@@ -136,15 +140,15 @@ def hidden_states_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelS
 
 
 @stage_task("shared-tokens")
-def shared_tokens_task(ws: Workspace, source_tokenizer: ModelSpec,
+def shared_tokens_task(ctx: StageContext, source_tokenizer: ModelSpec,
                        target_tokenizer: str) -> dict[str, Any]:
     """Overlap statistics of the two vocabularies (tokens equal as bytes, specials by role)."""
     from tokalign_core.vocab.vocab import build_vocab, overlap_stats, shared_tokens
 
-    with stage_run(ws, "shared-tokens") as run:
+    with ctx.run("shared-tokens") as run:
         s_vocab, t_vocab = build_vocab(_tok(source_tokenizer)), build_vocab(_tok(target_tokenizer))
         stats = overlap_stats(s_vocab, t_vocab, shared_tokens(s_vocab, t_vocab))
-        run.metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+        run.metrics(flat_numbers(stats, depth=1))
     return stats
 
 
@@ -174,7 +178,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
         step = iter(range(10**9))
         result = build_alignment(
             source, target, shared, len(t_tok), len(s_tok), cfg, fallbacks,
-            callback=lambda stats: run.metrics(_numbers(stats, "vecmap."), next(step)),
+            callback=lambda stats: run.metrics(flat_numbers(stats, "vecmap."), next(step)),
             progress=ws.progress)
         result.alignment.meta.update({"source_tokenizer": _spec(source_tokenizer),
                                       "target_tokenizer": target_tokenizer,
@@ -187,7 +191,7 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
 
 
 @stage_task("evaluate-alignment")
-def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: ArtifactRef,
+def eval_align_task(ctx: StageContext, alignment: ArtifactRef, source_tokens: ArtifactRef,
                     target_tokens: ArtifactRef, source_tokenizer: ModelSpec,
                     target_tokenizer: str, cfg: EvalAlignConfig) -> dict[str, Any]:
     """BLEU-1 / BERTScore both directions, hubness and coverage on the held-out split."""
@@ -196,7 +200,7 @@ def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: Artifa
 
     inputs = {"alignment": alignment, "source_tokens": source_tokens,
               "target_tokens": target_tokens}
-    with stage_run(ws, "evaluate-alignment", cfg, inputs) as run:
+    with ctx.run("evaluate-alignment", cfg, inputs) as run:
         toks = (_tok(source_tokenizer), _tok(target_tokenizer)) if cfg.bertscore else (None,
                                                                                         None)
         ali = Alignment.load(alignment.path)
@@ -204,16 +208,16 @@ def eval_align_task(ws: Workspace, alignment: ArtifactRef, source_tokens: Artifa
         result = am.evaluate_alignment(
             ali, am.load_heldout(source_tokens.path, cfg.strip_bos_eos),
             am.load_heldout(target_tokens.path, cfg.strip_bos_eos), cfg, *toks)
-        run.metrics(_numbers(result))
+        run.metrics(flat_numbers(result))
         run.lineage.log_text(run.run_id, am.format_table(result), "alignment_metrics.md")
-    return json.loads(json.dumps(result, default=float))
+    return json.loads(json.dumps(result.to_dict(), default=float))
 
 
 # ------------------------------------------------------------------------ models
 
 
 @stage_task("init-model")
-def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
+def init_task(ctx: StageContext, model: ModelSpec, source_tokenizer: ModelSpec,
               target_tokenizer: str, cfg: InitConfig,
               alignment: ArtifactRef | None = None) -> ArtifactRef:
     """The source model with the target vocabulary, initialised by ``cfg.method`` (the
@@ -224,7 +228,7 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
     from tokalign_core.model.load import model_slot
 
     inputs = {"model": model, "alignment": alignment}
-    with stage_run(ws, f"init:{cfg.method}", cfg, inputs) as run, model_slot():
+    with ctx.run(f"init:{cfg.method}", cfg, inputs) as run, model_slot():
         t_tok = _tok(target_tokenizer, cfg.trust_remote_code)
         ali = Alignment.load(alignment.path) if alignment is not None else None
         result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
@@ -234,7 +238,7 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
             source_model=_spec(model), target_tokenizer=target_tokenizer,
             alignment=f"sha256:{alignment.sha256}" if alignment is not None else "",
             counts=result.report.counts, config_digest=cfg.digest())
-        with store(ws).writer("model") as w:
+        with ctx.store.writer("model") as w:
             save_initialized(result.model, t_tok, w.dir / "model", card, overwrite=True)
         run.metrics({f"count.{k}": v for k, v in result.report.counts.items()})
         run.outputs(model=w.ref)
@@ -242,17 +246,17 @@ def init_task(ws: Workspace, model: ModelSpec, source_tokenizer: ModelSpec,
 
 
 @stage_task("shrink-model")
-def shrink_task(ws: Workspace, model: ArtifactRef, layers: int) -> ArtifactRef:
+def shrink_task(ctx: StageContext, model: ArtifactRef, layers: int) -> ArtifactRef:
     """A shallower copy of a model artifact (``layers`` evenly spread decoder blocks kept,
     same vocabulary): a student to distil from the full-depth model."""
     from tokalign_core.model.init import keep_layers, load_model, save_initialized
     from tokalign_core.model.load import model_slot
 
-    with stage_run(ws, f"shrink:{layers}", None, {"model": model}) as run, model_slot():
+    with ctx.run(f"shrink:{layers}", None, {"model": model}) as run, model_slot():
         folder = model_dir(model)
         net = load_model(str(folder))
         kept = keep_layers(net, layers)
-        with store(ws).writer("model") as w:
+        with ctx.store.writer("model") as w:
             save_initialized(net, _tok(str(folder)), w.dir / "model", overwrite=True,
                              card_info={"method": f"student: layers {kept} of the model"})
         run.metrics({"layers_kept": len(kept)})
@@ -265,11 +269,12 @@ PROGRESS_SECONDS = 15.0
 
 
 def follow_training(proc: subprocess.Popen, metrics: Path, label: str, total: int,
-                    every: float = PROGRESS_SECONDS) -> int:
+                    every: float = PROGRESS_SECONDS, logger: Any = None) -> int:
     """Wait for a training subprocess, logging its newest step from ``metrics`` (the
     JSONL it appends to) every ``every`` seconds and once at the end:
-    ``adapt: step 12/24 (stage 1), loss 3.214, lr 0.00064``. Returns its exit code."""
-    logger = run_logger()
+    ``adapt: step 12/24 (stage 1), loss 3.214, lr 0.00064``. Returns its exit code.
+    ``logger`` defaults to the calling Prefect run's."""
+    logger = logger or run_logger()
     offset = metrics.stat().st_size if metrics.exists() else 0  # a resumed run's old lines
     shown = None
     while True:
@@ -322,36 +327,36 @@ def model_dir(ref: ArtifactRef) -> Path:
 
 
 @stage_task("train")
-def train_task(ws: Workspace, model: ArtifactRef, tokens: ArtifactRef,
+def train_task(ctx: StageContext, model: ArtifactRef, tokens: ArtifactRef,
                cfg: TrainConfig) -> ArtifactRef:
     """Run ``python -m tokalign_core.train`` (both stages of adaptation, or distillation)
     in a subprocess logging into this stage's MLflow run; the final model becomes an
     artifact. The work folder is keyed by the inputs, so a killed run resumes from its last
     checkpoint."""
     key = f"{model.sha256[:12]}-{tokens.sha256[:12]}-{cfg.digest()[:12]}"
-    work = ws.root / "train" / f"{cfg.mode}-{key}"
-    run_cfg = TrainConfig.model_validate({**cfg.model_dump(mode="json"),
-                                          "model": str(model_dir(model)),
-                                          "tokens": tokens.path, "out_dir": str(work)})
-    with stage_run(ws, f"train:{cfg.mode}", run_cfg, {"model": model, "tokens": tokens}) as run:
+    work = ctx.ws.root / "train" / f"{cfg.mode}-{key}"
+    run_cfg = bind_run_fields(cfg, model=str(model_dir(model)), tokens=tokens.path,
+                              out_dir=str(work))
+    with ctx.run(f"train:{cfg.mode}", run_cfg, {"model": model, "tokens": tokens}) as run:
         run_cfg.save(work / "run.json")
         cmd = [sys.executable, "-m", "tokalign_core.train", "--config", str(work / "run.json")]
-        label = ws.stage_label or cfg.mode
+        label = ctx.stage_label or cfg.mode
         with open(work / "train.log", "w") as out:
             proc = subprocess.Popen(cmd, env=pinned_env(run.env()), stdout=out,
                                     stderr=subprocess.STDOUT, text=True)
-            code = follow_training(proc, work / "metrics.jsonl", label, cfg.total_steps)
+            code = follow_training(proc, work / "metrics.jsonl", label, cfg.total_steps,
+                                   logger=ctx.logger)
         if code != 0:
             tail = (work / "train.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"training failed (exit {code}); see {work}/train.log:\n{tail}")
-        with store(ws).writer("model") as w:
+        with ctx.store.writer("model") as w:
             shutil.copytree(work / "model", w.dir / "model")
         run.outputs(model=w.ref)
     return w.ref
 
 
 @stage_task("evaluate-model")
-def eval_model_task(ws: Workspace, model: ModelSpec, texts: str, cfg: EvalConfig,
+def eval_model_task(ctx: StageContext, model: ModelSpec, texts: str, cfg: EvalConfig,
                     reference_tokenizer: ModelSpec | None = None,
                     label: str = "model") -> dict[str, Any]:
     """Bits per byte, source-normalised perplexity and compression per text group of a
@@ -359,24 +364,25 @@ def eval_model_task(ws: Workspace, model: ModelSpec, texts: str, cfg: EvalConfig
     from tokalign_core.evaluate.perplexity import evaluate_model, format_table, load_texts
     from tokalign_core.model.init import load_model
 
-    with stage_run(ws, f"evaluate:{label}", cfg, {"model": model}) as run:
+    with ctx.run(f"evaluate:{label}", cfg, {"model": model}) as run:
         path = model_dir(model) if isinstance(model, ArtifactRef) else model
         ref_tok = _tok(reference_tokenizer) if reference_tokenizer is not None else None
         result = evaluate_model(load_model(str(path)), _tok(str(path)),
                                 load_texts(texts, cfg.txt_split, cfg.max_docs_per_group),
                                 ref_tok, cfg)
-        run.metrics(_numbers(result))
+        run.metrics(flat_numbers(result))
         run.lineage.log_text(run.run_id, format_table(result), f"evaluation_{label}.md")
-    return json.loads(json.dumps(result, default=float))
+    return json.loads(json.dumps(result.to_dict(), default=float))
 
 
 @stage_task("heldout-texts")
-def heldout_texts_task(ws: Workspace, corpus: ArtifactRef, label: str = "heldout") -> ArtifactRef:
+def heldout_texts_task(ctx: StageContext, corpus: ArtifactRef,
+                       label: str = "heldout") -> ArtifactRef:
     """The corpus's held-out documents as ``texts.jsonl`` (label ``label``), the default
     evaluation texts when no ``eval_texts`` folder is given."""
     from tokalign_core.data.corpus import heldout_file, read_texts
 
-    with store(ws).writer("texts", {"corpus": corpus.sha256}) as w:
+    with ctx.store.writer("texts", {"corpus": corpus.sha256}) as w:
         lines = [json.dumps({"text": t, "label": label}) for t in read_texts(heldout_file(corpus))]
         w.path("texts.jsonl").write_text("\n".join(lines) + "\n")
     return w.ref
@@ -404,17 +410,17 @@ def sample_files(files: list[Any], per_group: int | None, seed: int) -> list[Any
 
 
 @stage_task("text-corpus")
-def text_corpus_task(ws: Workspace, cfg: Any,
+def text_corpus_task(ctx: StageContext, cfg: Any,
                      max_files_per_group: int | None = None) -> ArtifactRef:
     """A real multilingual corpus from the machine's text (``textsources``), as an artifact
     with ``train/<lang>.<domain>.jsonl`` and ``eval/<lang>.jsonl``."""
     from tokalign_core.data.textsources import build_text_corpus, discover
 
-    with stage_run(ws, "text-corpus", cfg) as run:
+    with ctx.run("text-corpus", cfg) as run:
         files = sample_files(discover(cfg), max_files_per_group, cfg.seed)
-        with store(ws).writer("textcorpus") as w:
+        with ctx.store.writer("textcorpus") as w:
             summary = build_text_corpus(cfg, w.dir / "train", w.dir / "eval", files=files,
-                                        progress=ws.progress)
+                                        progress=ctx.progress)
             (w.dir / "summary.json").write_text(json.dumps(
                 {"train": summary.train, "eval": summary.eval, "fallback": summary.fallback},
                 indent=2, sort_keys=True))
@@ -425,13 +431,13 @@ def text_corpus_task(ws: Workspace, cfg: Any,
 
 
 @stage_task("eval-sample")
-def eval_sample_task(ws: Workspace, corpus: ArtifactRef, max_docs: int,
+def eval_sample_task(ctx: StageContext, corpus: ArtifactRef, max_docs: int,
                      max_chars: int) -> ArtifactRef:
     """The first ``max_docs`` held-out documents per language of a text corpus, each cut to
     ``max_chars`` at a space: ``<lang>.jsonl`` files for a short, bounded evaluation."""
     from tokalign_core.data.textsources import read_jsonl
 
-    with store(ws).writer("texts", {"max_docs": max_docs, "max_chars": max_chars}) as w:
+    with ctx.store.writer("texts", {"max_docs": max_docs, "max_chars": max_chars}) as w:
         for path in sorted((Path(corpus.path) / "eval").glob("*.jsonl")):
             docs = [d["text"] for _, d in zip(range(max_docs), read_jsonl(path), strict=False)]
             cut = [t if len(t) <= max_chars else t[:max_chars].rsplit(" ", 1)[0] for t in docs]
@@ -442,30 +448,17 @@ def eval_sample_task(ws: Workspace, corpus: ArtifactRef, max_docs: int,
 
 
 @stage_task("pretrain")
-def pretrain_task(ws: Workspace, cfg: Any, corpus: ArtifactRef) -> ArtifactRef:
+def pretrain_task(ctx: StageContext, cfg: Any, corpus: ArtifactRef) -> ArtifactRef:
     """A tiny causal LM pretrained on the text corpus (also cached by ``pretrain`` itself)."""
     from tokalign_core.train.pretrain import pretrain
 
-    with stage_run(ws, f"pretrain:{cfg.preset}", cfg, {"corpus": corpus}) as run:
+    with ctx.run(f"pretrain:{cfg.preset}", cfg, {"corpus": corpus}) as run:
         logger = run.logger()
         try:
-            result = pretrain(cfg, store(ws), corpus_dir=Path(corpus.path) / "train",
-                              logger=logger, progress=ws.progress)
+            result = pretrain(cfg, ctx.store, corpus_dir=Path(corpus.path) / "train",
+                              logger=logger, progress=ctx.progress)
         finally:
             logger.close()
-        run.metrics(_numbers(result.metrics))
+        run.metrics(flat_numbers(result.metrics))
         run.outputs(model=result.ref)
     return result.ref
-
-
-def _numbers(data: Any, prefix: str = "") -> dict[str, float]:
-    """Flatten the numeric leaves of a nested dict (``a.b.c -> float``) for MLflow."""
-    out: dict[str, float] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out.update(_numbers(v, f"{prefix}{k}."))
-    elif isinstance(data, (int, float)) and not isinstance(data, bool):
-        out[prefix.rstrip(".")] = float(data)
-    elif hasattr(data, "__dict__") and not isinstance(data, type):
-        out.update(_numbers(vars(data), prefix))
-    return {k.replace("@", "_at_").replace(" ", "_"): v for k, v in out.items()}

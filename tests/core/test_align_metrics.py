@@ -55,20 +55,20 @@ def test_split_docs():
 def test_bleu1_hand_computed():
     # hyp "1 2 3 4" vs ref "1 2 5 4 6": clipped unigram matches 3/4, BP = exp(1 - 5/4)
     res = am.bleu1([np.array([1, 2, 3, 4])], [np.array([1, 2, 5, 4, 6])])
-    assert res["precision"] == pytest.approx(75.0)
-    assert res["bp"] == pytest.approx(math.exp(1 - 5 / 4))
-    assert res["bleu1"] == pytest.approx(75.0 * math.exp(-0.25), abs=1e-6)  # 58.41
+    assert res.precision == pytest.approx(75.0)
+    assert res.bp == pytest.approx(math.exp(1 - 5 / 4))
+    assert res.bleu1 == pytest.approx(75.0 * math.exp(-0.25), abs=1e-6)  # 58.41
     # clipping: a repeated id counts at most as often as in the reference
     res = am.bleu1([np.array([7, 7, 7, 7])], [np.array([7, 1, 2, 3])])
-    assert res["precision"] == pytest.approx(25.0) and res["bp"] == pytest.approx(1.0)
+    assert res.precision == pytest.approx(25.0) and res.bp == pytest.approx(1.0)
 
 
 def test_bleu1_unmapped_source_never_matches():
     # reverse: source 0 has no target (-1); s->t of [0, 1] is "<none> 11" vs ref "10 11"
     al = _alignment(np.arange(12), [-1, 11] + list(range(2, 12)))
     res = am.bleu1_both(al, [np.array([0, 1])], [np.array([10, 11])])
-    assert res["s2t"]["precision"] == pytest.approx(50.0)
-    assert res["s2t"]["hyp_len"] == 2  # the unmapped token still counts in the length
+    assert res.s2t.precision == pytest.approx(50.0)
+    assert res.s2t.hyp_len == 2  # the unmapped token still counts in the length
     assert am.ids_to_line(np.array([-1, 3])) == "<none> 3"
 
 
@@ -76,12 +76,12 @@ def test_bleu1_identity_is_100_and_shuffled_drops(bpe_tok, docs):
     v = len(bpe_tok)
     ident = _alignment(np.arange(v), np.arange(v))
     res = am.bleu1_both(ident, docs, docs)
-    assert res["t2s"]["bleu1"] == pytest.approx(100.0)
-    assert res["s2t"]["bleu1"] == pytest.approx(100.0)
+    assert res.t2s.bleu1 == pytest.approx(100.0)
+    assert res.s2t.bleu1 == pytest.approx(100.0)
     perm = np.random.default_rng(0).permutation(v)
     shuffled = _alignment(perm, np.argsort(perm))
     res = am.bleu1_both(shuffled, docs, docs)
-    assert res["t2s"]["bleu1"] < 30 and res["s2t"]["bleu1"] < 30
+    assert res.t2s.bleu1 < 30 and res.s2t.bleu1 < 30
 
 
 def test_mismatched_inputs_are_errors(docs):
@@ -122,8 +122,8 @@ def test_coverage_and_non_shared_mask():
     assert cov == {"shared": 0.2, "special": 0.2, "aligned": 0.4, "fallback": 0.2}
     assert am.non_shared_mask(al).tolist() == [False, False, True, True, True]
     res = am.evaluate_alignment(al, config=EvalAlignConfig(hubness_top=1, bertscore=False))
-    assert res["hubness"] == pytest.approx(1.0) and res["hubs"] == [[2, 3]]
-    assert res["n_non_shared"] == 3 and "bleu1" not in res
+    assert res.hubness == pytest.approx(1.0) and res.hubs == ((2, 3),)
+    assert res.n_non_shared == 3 and res.bleu1 is None and "bleu1" not in res.to_dict()
 
 
 def test_evaluate_alignment_bundle_is_json(bpe_tok, docs):
@@ -134,20 +134,22 @@ def test_evaluate_alignment_bundle_is_json(bpe_tok, docs):
     held = SharedTokens([4, 5, 7, 8], [4, 5, 7, 8], [0, 0, 0, 0])
     cfg = EvalAlignConfig(bertscore=False, bleu_max_docs=10)
     res = am.evaluate_alignment(al, docs, docs, cfg, heldout_pairs=held)
-    assert res["precision_at_1"] == pytest.approx(0.75) and res["n_heldout_pairs"] == 4
-    assert res["n_docs_bleu"] == 10 and "bertscore" not in res
-    assert 0 < res["bleu1"]["t2s"]["bleu1"] <= 100
-    json.dumps(res)  # JSON-friendly: plain ints/floats/lists only
+    assert res.precision_at_1 == pytest.approx(0.75) and res.n_heldout_pairs == 4
+    assert res.n_docs_bleu == 10 and res.bertscore is None
+    assert 0 < res.bleu1.t2s.bleu1 <= 100
+    data = json.loads(json.dumps(res.to_dict()))  # JSON-friendly: plain ints/floats/lists
+    assert data["bleu1"]["t2s"]["bleu1"] == res.bleu1.t2s.bleu1 and "bertscore" not in data
+    assert am.AlignmentMetrics.from_dict(data) == res
     assert "BLEU-1 t2s" in am.format_table(res)
 
 
 def test_bertscore_offline_identical_and_different(scorer):
     same = scorer(["the cat sat on the mat", "import numpy as np"],
                   ["the cat sat on the mat", "import numpy as np"])
-    assert same["f1"] == pytest.approx(1.0, abs=1e-4)
+    assert same.f1 == pytest.approx(1.0, abs=1e-4)
     diff = scorer(["stock prices fell sharply today"], ["the cat sat on the mat"])
-    assert diff["f1"] < same["f1"] - 0.1
-    assert set(same) == {"precision", "recall", "f1"}
+    assert diff.f1 < same.f1 - 0.1
+    assert set(same.to_dict()) == {"precision", "recall", "f1"}
 
 
 def test_bertscore_both_identity_vs_shuffled(scorer, bpe_tok, docs):
@@ -155,12 +157,12 @@ def test_bertscore_both_identity_vs_shuffled(scorer, bpe_tok, docs):
     few = sorted(docs, key=len)[10:13]  # short documents keep the test fast
     ident = am.bertscore_both(scorer, _alignment(np.arange(v), np.arange(v)), few, few,
                               bpe_tok, bpe_tok)
-    assert ident["t2s"]["f1"] == pytest.approx(1.0, abs=1e-4)
-    assert ident["s2t"]["f1"] == pytest.approx(1.0, abs=1e-4)
+    assert ident.t2s.f1 == pytest.approx(1.0, abs=1e-4)
+    assert ident.s2t.f1 == pytest.approx(1.0, abs=1e-4)
     perm = np.random.default_rng(1).permutation(v)
     shuf = am.bertscore_both(scorer, _alignment(perm, np.argsort(perm)), few, few,
                              bpe_tok, bpe_tok)
-    assert shuf["t2s"]["f1"] < 0.9 and shuf["s2t"]["f1"] < 0.9
+    assert shuf.t2s.f1 < 0.9 and shuf.s2t.f1 < 0.9
 
 
 def test_config_layers_and_validation():
@@ -217,3 +219,46 @@ def test_cli_eval_align(tmp_path, bpe_tok, docs, capsys):
     assert main(["eval-align", "--alignment", str(tmp_path / "al"), "--source-tokens",
                  str(s_dir), "--target-tokens", str(t_dir), "--out", str(out)]) == 2
     assert "--source-tokenizer" in capsys.readouterr().err
+
+
+# An evaluate-alignment result as the stage cached it before the typed results (counts come
+# back from JSON as floats), and the table the dict-based format_table printed for it.
+OLD_JSON = {
+    "target_size": 1000, "source_size": 800,
+    "coverage": {"shared": 0.5, "special": 0.002, "aligned": 0.4, "fallback": 0.098},
+    "counts": {"shared": 500.0, "special": 2.0, "aligned": 400.0, "fallback": 98.0},
+    "hubness": 0.1431, "hubness_top": 10, "n_non_shared": 498, "hubs": [[7, 30], [9, 12]],
+    "reverse_coverage": 0.75, "precision_at_1": 0.25, "n_heldout_pairs": 40,
+    "bleu1": {"t2s": {"bleu1": 43.51, "precision": 67.5, "bp": 0.64, "hyp_len": 22540,
+                      "ref_len": 32470},
+              "s2t": {"bleu1": 38.2, "precision": 50.1, "bp": 0.76, "hyp_len": 100,
+                      "ref_len": 120}},
+    "n_docs_bleu": 32,
+    "bertscore": {"t2s": {"precision": 0.81, "recall": 0.8, "f1": 0.80512},
+                  "s2t": {"precision": 0.7, "recall": 0.72, "f1": 0.71}},
+    "n_docs_bertscore": 16, "bertscore_model": "offline",
+}
+OLD_TABLE = "\n".join([
+    "hubness (top 10)   14.31%", "coverage shared    50.00%", "coverage special   0.20%",
+    "coverage aligned   40.00%", "coverage fallback  9.80%", "held-out P@1       25.00%",
+    "BLEU-1 t2s         43.51", "BERTScore F1 t2s   0.8051", "BLEU-1 s2t         38.20",
+    "BERTScore F1 s2t   0.7100"])
+
+
+def test_alignment_metrics_round_trip_through_json():
+    res = am.AlignmentMetrics.from_dict(json.loads(json.dumps(OLD_JSON)))
+    assert res.bleu1.t2s.bleu1 == 43.51 and res.bertscore.s2t.f1 == 0.71
+    assert res.hubs == ((7, 30), (9, 12)) and res.precision_at_1 == 0.25
+    assert json.loads(json.dumps(res.to_dict())) == OLD_JSON
+    assert am.AlignmentMetrics.from_dict(res.to_dict()) == res
+    # The CLI's extra keys (config, alignment path) are ignored; a bare result has no
+    # optional parts.
+    assert am.AlignmentMetrics.from_dict({**OLD_JSON, "config": {}}) == res
+    bare = {k: OLD_JSON[k] for k in ("target_size", "source_size", "coverage", "counts",
+                                      "hubness", "hubness_top", "n_non_shared", "hubs",
+                                      "reverse_coverage")}
+    assert am.AlignmentMetrics.from_dict(bare).to_dict() == bare
+
+
+def test_alignment_table_from_typed_results_equals_the_dict_era_table():
+    assert am.format_table(am.AlignmentMetrics.from_dict(OLD_JSON)) == OLD_TABLE

@@ -13,7 +13,10 @@ from tokalign import cli
 from tokalign_core.configs.evaluate import EvalConfig
 from tokalign_core.evaluate.perplexity import (
     NLL_KEYS,
+    EvalResult,
+    GroupMetrics,
     GroupStats,
+    MeanMetrics,
     evaluate_model,
     format_table,
     load_texts,
@@ -76,20 +79,20 @@ def test_windowed_scoring_counts_and_batch_independence(source_model, bpe_tok):
 def test_normalised_ppl_with_own_tokenizer_equals_ordinary_ppl(source_model, bpe_tok):
     res = evaluate_model(source_model, bpe_tok, {"mix": DOCS}, bpe_tok,
                          EvalConfig(window=64))
-    m = res["groups"]["mix"]
-    assert m["n_ref_tokens"] == m["n_tokens"] == m["n_scored"]
-    assert m["norm_ppl"] == pytest.approx(m["ppl"], rel=1e-12)
-    assert m["length_change"] == 0.0
+    m = res.groups["mix"]
+    assert m.n_ref_tokens == m.n_tokens == m.n_scored
+    assert m.norm_ppl == pytest.approx(m.ppl, rel=1e-12)
+    assert m.length_change == 0.0
 
 
 def test_normalised_ppl_uses_the_reference_count(source_model, bpe_tok, sp_tok):
     res = evaluate_model(source_model, bpe_tok, {"mix": DOCS}, sp_tok,
                          EvalConfig(window=64))
-    m = res["groups"]["mix"]
+    m = res.groups["mix"]
     n_ref = sum(len(sp_tok(d, add_special_tokens=False).input_ids) for d in DOCS)
-    assert m["n_ref_tokens"] == n_ref
-    assert m["norm_ppl"] == pytest.approx(math.exp(m["nll"] / n_ref))
-    assert m["length_change"] == pytest.approx(m["n_tokens"] / n_ref - 1)
+    assert m.n_ref_tokens == n_ref
+    assert m.norm_ppl == pytest.approx(math.exp(m.nll / n_ref))
+    assert m.length_change == pytest.approx(m.n_tokens / n_ref - 1)
 
 
 def test_bits_per_byte_hand_check_with_a_uniform_model(bpe_tok):
@@ -99,19 +102,19 @@ def test_bits_per_byte_hand_check_with_a_uniform_model(bpe_tok):
     text = "abc abc"
     n_tok = len(bpe_tok(text, add_special_tokens=False).input_ids)
     res = evaluate_model(model, bpe_tok, {"t": [text]}, None, EvalConfig())
-    m = res["groups"]["t"]
+    m = res.groups["t"]
     # Uniform over the 600 real tokens (the 40 padding columns are cut), 7 UTF-8 bytes.
-    assert m["n_bytes"] == 7
-    assert m["nll"] == pytest.approx(n_tok * math.log(600), rel=1e-6)
-    assert m["bits_per_byte"] == pytest.approx(n_tok * math.log2(600) / 7, rel=1e-6)
-    assert m["tokens_per_byte"] == pytest.approx(n_tok / 7)
+    assert m.n_bytes == 7
+    assert m.nll == pytest.approx(n_tok * math.log(600), rel=1e-6)
+    assert m.bits_per_byte == pytest.approx(n_tok * math.log2(600) / 7, rel=1e-6)
+    assert m.tokens_per_byte == pytest.approx(n_tok / 7)
 
 
 def test_group_stats_metrics_hand_check():
     s = GroupStats(n_docs=1, n_bytes=8, n_tokens=4, n_ref_tokens=2, n_scored=4,
                    nll=4 * math.log(2)).metrics()
-    assert s["ppl"] == pytest.approx(2.0) and s["norm_ppl"] == pytest.approx(4.0)
-    assert s["bits_per_byte"] == pytest.approx(0.5) and s["length_change"] == pytest.approx(1.0)
+    assert s.ppl == pytest.approx(2.0) and s.norm_ppl == pytest.approx(4.0)
+    assert s.bits_per_byte == pytest.approx(0.5) and s.length_change == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 32, 100])
@@ -132,17 +135,17 @@ def test_score_groups_limits_nll_metrics_and_keeps_compression_everywhere(
     full = evaluate_model(source_model, bpe_tok, groups, sp_tok, EvalConfig(window=64))
     part = evaluate_model(source_model, bpe_tok, groups, sp_tok,
                           EvalConfig(window=64, score_groups=("de", "code")))
-    assert part["scored_groups"] == ["de", "code"] and full["scored_groups"] == list(groups)
+    assert part.scored_groups == ("de", "code") and full.scored_groups == tuple(groups)
     for g in ("code", "de"):  # scored exactly as without the restriction
-        assert part["groups"][g] == full["groups"][g]
-    en = part["groups"]["en"]
-    assert not set(NLL_KEYS) & set(en)
+        assert part.groups[g] == full.groups[g]
+    en = part.groups["en"]
+    assert not set(NLL_KEYS) & set(en.to_dict()) and not en.scored
     for key in ("n_tokens", "n_ref_tokens", "n_bytes", "tokens_per_byte", "length_change"):
-        assert en[key] == full["groups"]["en"][key]
+        assert getattr(en, key) == getattr(full.groups["en"], key)
     # NLL means over the scored groups only; compression means over every group.
-    bpb = (full["groups"]["code"]["bits_per_byte"] + full["groups"]["de"]["bits_per_byte"]) / 2
-    assert part["macro"]["bits_per_byte"] == pytest.approx(bpb)
-    assert part["macro"]["length_change"] == pytest.approx(full["macro"]["length_change"])
+    bpb = (full.groups["code"].bits_per_byte + full.groups["de"].bits_per_byte) / 2
+    assert part.macro.bits_per_byte == pytest.approx(bpb)
+    assert part.macro.length_change == pytest.approx(full.macro.length_change)
     assert "-" in format_table(part).splitlines()[-2]  # en: no NLL cells
 
 
@@ -151,7 +154,7 @@ def test_score_groups_skips_missing_groups_and_rejects_none_present(
     groups = {"en": DOCS[1:2], "de": DOCS[2:]}
     res = evaluate_model(source_model, bpe_tok, groups, None,
                          EvalConfig(window=64, score_groups=("ja", "de")))
-    assert res["scored_groups"] == ["de"] and "bits_per_byte" not in res["groups"]["en"]
+    assert res.scored_groups == ("de",) and res.groups["en"].bits_per_byte is None
     assert "ja" in caplog.text
     with pytest.raises(ValueError, match="none of score_groups"):
         evaluate_model(source_model, bpe_tok, groups, None, EvalConfig(score_groups=("ja",)))
@@ -166,8 +169,8 @@ def test_cfg_rejects_empty_or_duplicate_score_groups():
 
 def test_unscored_group_stats_have_no_nll_metrics():
     s = GroupStats(n_docs=1, n_bytes=8, n_tokens=4, n_ref_tokens=2, scored=False).metrics()
-    assert not set(NLL_KEYS) & set(s) and "scored" not in s
-    assert s["tokens_per_byte"] == pytest.approx(0.5) and s["length_change"] == 1.0
+    assert not set(NLL_KEYS) & set(s.to_dict()) and "scored" not in s.to_dict()
+    assert s.tokens_per_byte == pytest.approx(0.5) and s.length_change == 1.0
 
 
 def test_load_texts_groups_by_label(tmp_path):
@@ -198,9 +201,13 @@ def test_cli_eval_model_writes_json(source_model, bpe_tok, tmp_path, capsys):
     rc = cli.main(["eval-model", str(tmp_path / "m"), "--texts", str(tmp_path / "texts"),
                    "--window", "32", "--output", str(out), "--no-progress"])
     assert rc == 0
-    res = json.loads(out.read_text())
-    assert set(res["groups"]) == {"code", "de"}
-    assert res["groups"]["de"]["norm_ppl"] == pytest.approx(res["groups"]["de"]["ppl"])
+    raw = json.loads(out.read_text())
+    assert raw["model"] == str(tmp_path / "m") and raw["reference_tokenizer"]
+    res = EvalResult.from_dict(raw)
+    assert res.to_dict() == {k: v for k, v in raw.items()
+                             if k not in ("model", "reference_tokenizer")}
+    assert set(res.groups) == {"code", "de"}
+    assert res.groups["de"].norm_ppl == pytest.approx(res.groups["de"].ppl)
     assert "norm_ppl" in capsys.readouterr().out
     assert "code" in format_table(res)
     rc = cli.main(["eval-model", str(tmp_path / "m"), "--texts", str(tmp_path / "texts"),
@@ -238,3 +245,55 @@ def test_lm_eval_argument_handling(capsys):
         parse_tasks(" , ")
     assert cli.main(["lm-eval", "m", "--tasks", "piqa", "--limit", "-1"]) == 2
     assert "--limit must be positive" in capsys.readouterr().err
+
+
+# A result as the evaluate stage cached it before the typed results (JSON of the old dicts):
+# one scored group, one compression-only group, the means and the config.
+OLD_JSON = {
+    "groups": {
+        "de": {"n_docs": 2, "n_bytes": 120, "n_tokens": 40, "n_ref_tokens": 50, "n_scored": 40,
+               "nll": 83.2, "ppl": 8.0063, "norm_ppl": 5.2823, "bits_per_byte": 1.0002,
+               "tokens_per_byte": 0.3333, "ref_tokens_per_byte": 0.4167, "length_change": -0.2},
+        "ja": {"n_docs": 1, "n_bytes": 300, "n_tokens": 90, "n_ref_tokens": 150,
+               "tokens_per_byte": 0.3, "ref_tokens_per_byte": 0.5, "length_change": -0.4},
+    },
+    "macro": {"norm_ppl": 5.2823, "bits_per_byte": 1.0002, "ppl": 8.0063,
+              "tokens_per_byte": 0.31665, "length_change": -0.3},
+    "scored_groups": ["de"],
+    "config": {"window": 64, "score_groups": ["de"]},
+}
+# format_table's output for OLD_JSON before the typed results (the dict-based version).
+OLD_TABLE = "\n".join([
+    'group                     n_docs        n_tokens        norm_ppl             ppl'
+    '   bits_per_byte tokens_per_byte   length_change',
+    "-" * 128,
+    'de                             2              40          5.2823          8.0063'
+    '          1.0002          0.3333         -0.2000',
+    'ja                             1              90               -               -'
+    '               -          0.3000         -0.4000',
+    '(mean)                                                    5.2823          8.0063'
+    '          1.0002          0.3166         -0.3000',
+])
+
+
+def test_eval_result_round_trips_through_json():
+    res = EvalResult.from_dict(json.loads(json.dumps(OLD_JSON)))
+    assert res.groups["de"].bits_per_byte == 1.0002 and res.groups["de"].scored
+    assert res.groups["ja"].bits_per_byte is None and not res.groups["ja"].scored
+    assert res.macro.length_change == -0.3 and res.scored_groups == ("de",)
+    assert json.loads(json.dumps(res.to_dict())) == OLD_JSON
+    assert EvalResult.from_dict(res.to_dict()) == res
+    # Unknown top-level keys (the CLI's provenance) are ignored, not an error.
+    assert EvalResult.from_dict({**OLD_JSON, "model": "m"}) == res
+
+
+def test_eval_table_from_typed_results_equals_the_dict_era_table():
+    assert format_table(EvalResult.from_dict(OLD_JSON)) == OLD_TABLE
+
+
+def test_evaluate_model_result_round_trips(source_model, bpe_tok, sp_tok):
+    res = evaluate_model(source_model, bpe_tok, {"en": DOCS[1:2], "de": DOCS[2:]}, sp_tok,
+                         EvalConfig(window=64, score_groups=("de",)))
+    assert isinstance(res.groups["de"], GroupMetrics) and isinstance(res.macro, MeanMetrics)
+    again = EvalResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again == res and format_table(again) == format_table(res)

@@ -17,7 +17,9 @@ from flows import pipeline
 from flows.evaluate import MAX_GROUP_COLUMNS, bpb_rows
 from tasks import stages
 from tasks.caching import Workspace
+from tokalign_core.align.metrics import AlignmentMetrics
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import EvalResult, GroupMetrics, MeanMetrics
 
 
 class Log:
@@ -68,10 +70,13 @@ def fake_eval(ws, model, texts, cfg, ref_tok, label) -> dict[str, Any]:
         LOG.running -= 1
     if label == "fvt (init)":
         LOG.init_evals_done.set()
+    counts = {"n_docs": 1, "n_bytes": 10, "n_tokens": 3, "n_ref_tokens": 4}
     bpb = {"de": 2.0, "en": 1.0}
-    return {"groups": {g: {"bits_per_byte": v, "tokens_per_byte": 0.3, "length_change": -0.2}
-                       for g, v in bpb.items()} | {"ja": {"tokens_per_byte": 0.5}},
-            "macro": {"bits_per_byte": 1.5, "norm_ppl": 9.0}, "model": model,
+    # The evaluated model goes where the stage puts its config: the result's JSON form.
+    return {"groups": {g: {**counts, "bits_per_byte": v, "tokens_per_byte": 0.3,
+                           "length_change": -0.2} for g, v in bpb.items()}
+            | {"ja": {**counts, "tokens_per_byte": 0.5}},
+            "macro": {"bits_per_byte": 1.5, "norm_ppl": 9.0}, "config": {"model": model},
             "scored_groups": ["en", "de"]}
 
 
@@ -91,8 +96,11 @@ def test_evaluations_run_one_at_a_time_next_to_training(prefect_api, fakes, monk
     distill = cfg.distill.model_dump()
     distill["distill"]["teacher"] = "teacher"
     cfg = PipelineConfig.model_validate({**cfg.model_dump(), "distill": distill})
+    metrics = AlignmentMetrics(target_size=10, source_size=8, coverage={}, counts={},
+                               hubness=0.5, hubness_top=10, n_non_shared=4, hubs=(),
+                               reverse_coverage=1.0)
     aligned = {"corpus": "corpus", "alignment": "alignment", "tokens": {"target": "tokens"},
-               "metrics": {"bleu1": 25.0}}
+               "metrics": metrics}
     monkeypatch.setattr(pipeline, "run_align", lambda r, cfg, source_model: aligned)
     ws = Workspace(run_dir=str(tmp_path / "run"))
 
@@ -112,8 +120,8 @@ def test_evaluations_run_one_at_a_time_next_to_training(prefect_api, fakes, monk
     # The source model with its own tokenizer is listed first (the reference) and is
     # evaluated after the initialisations, while the aligned model trains.
     assert list(out["evaluation"]) == [source, *labels]
-    assert out["evaluation"][source]["model"] == "src"
-    assert out["evaluation"]["distilled"]["model"] == "model:aligned+adapt+distill"
+    assert out["evaluation"][source].config["model"] == "src"
+    assert out["evaluation"]["distilled"].config["model"] == "model:aligned+adapt+distill"
     assert "overlap:True" in log.events, log.events  # init evaluations ran during training
     assert "fvt-overlap:True" in log.events, log.events  # a baseline built during training
     assert log.max_running == 1, "evaluations must not overlap each other"
@@ -133,7 +141,8 @@ def test_evaluations_run_one_at_a_time_next_to_training(prefect_api, fakes, monk
 
 
 def test_bpb_rows_drop_group_columns_when_too_many_groups():
-    groups = {f"g{i}": {"bits_per_byte": float(i)} for i in range(MAX_GROUP_COLUMNS + 1)}
-    rows = bpb_rows({"m": {"groups": groups, "macro": {"bits_per_byte": 4.0}}})
+    groups = {f"g{i}": GroupMetrics(1, 10, 3, 4, bits_per_byte=float(i), nll=1.0)
+              for i in range(MAX_GROUP_COLUMNS + 1)}
+    rows = bpb_rows({"m": EvalResult(groups, MeanMetrics(bits_per_byte=4.0), tuple(groups))})
     assert set(rows[0]) == {"model", "bits_per_byte", "norm_ppl"}
     assert bpb_rows({}) == []

@@ -11,11 +11,12 @@ import sys
 
 from prefect import flow
 
-from flows.common import Runner, rounded
+from flows.common import Runner
 from tasks.caching import Workspace
 from tasks.common import stage_run_name, stage_task, store
 from tasks.lineage import key_numbers, stage_run
 from tasks.stages import follow_training, step_line
+from tokalign_core.evaluate.tables import rounded
 
 
 @stage_task("ux-toy", retries=0)

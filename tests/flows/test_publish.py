@@ -8,6 +8,7 @@ import yaml
 
 from tasks.caching import Workspace
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import EvalResult
 from tokalign_core.store.artifacts import ArtifactStore
 
 
@@ -31,10 +32,12 @@ def produced(tmp_path, bpe_tok, sp_tok):
     return refs, w.ref
 
 
-def _evaluation(bpb: float) -> dict:
-    return {"macro": {"bits_per_byte": bpb, "norm_ppl": 100.0},
-            "groups": {"en": {"bits_per_byte": bpb - 1, "tokens_per_byte": 0.2},
-                       "de": {"bits_per_byte": bpb + 1}}}
+def _evaluation(bpb: float) -> EvalResult:
+    counts = {"n_docs": 1, "n_bytes": 10, "n_tokens": 3, "n_ref_tokens": 4}
+    return EvalResult.from_dict(
+        {"macro": {"bits_per_byte": bpb, "norm_ppl": 100.0},
+         "groups": {"en": {**counts, "bits_per_byte": bpb - 1, "tokens_per_byte": 0.2},
+                    "de": {**counts, "bits_per_byte": bpb + 1}}})
 
 
 def test_models_land_under_readable_names_with_hub_cards_and_in_mlflow(tmp_path, produced,

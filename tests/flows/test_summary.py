@@ -3,11 +3,18 @@ tables' formatting, the headline metrics and the two plots."""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 from flows.align import alignment_rows
-from flows.common import markdown_table
 from flows.pipeline import compression_figure, publish_summary, slug, summary_metrics
+from tokalign_core.align.metrics import AlignmentMetrics
+from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.tables import markdown_table
+
+GOLDEN = Path(__file__).parent / "golden"
 
 TABLES = {
     "bits_per_byte": [
@@ -105,14 +112,57 @@ def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monk
 def test_summary_tables_list_the_source_first_but_take_compression_from_the_target():
     from flows.pipeline import SOURCE_LABEL, summary_tables
 
-    def result(bpb: float, change: float) -> dict:
-        return {"macro": {"bits_per_byte": bpb, "norm_ppl": 2 ** bpb},
-                "groups": {"en": {"bits_per_byte": bpb, "tokens_per_byte": 0.2,
-                                  "length_change": change}},
-                "scored_groups": ["en"]}
-
-    tables = summary_tables({}, {SOURCE_LABEL: result(1.9, 0.0),
-                                 "aligned (init)": result(2.6, -0.2)})
+    evaluation = {label: EvalResult.from_dict(EVALUATION[label])
+                  for label in (SOURCE_LABEL, "aligned (init)")}
+    evaluation[SOURCE_LABEL] = replace(evaluation[SOURCE_LABEL], groups={
+        g: replace(m, length_change=0.0) for g, m in evaluation[SOURCE_LABEL].groups.items()})
+    tables = summary_tables(AlignmentMetrics.from_dict(ALIGNMENT), evaluation)
     assert [r["model"] for r in tables["bits_per_byte"]] == [SOURCE_LABEL, "aligned (init)"]
-    assert tables["compression"] == [{"group": "en", "tokens_per_byte": 0.2,
-                                      "length_change": -0.2}]
+    assert tables["compression"] == [{"group": g, "tokens_per_byte": 0.25, "length_change": c}
+                                     for g, c in (("de", -0.25), ("en", -0.1), ("ja", -0.5))]
+
+
+# Evaluation and alignment results in their JSON form (as the stages cache them); the
+# golden files are what the dict-based summary code printed and logged for them.
+def group(bpb, change, scored=True):
+    g = {"n_docs": 2, "n_bytes": 1200, "n_tokens": 300, "n_ref_tokens": 400,
+         "tokens_per_byte": 0.25, "ref_tokens_per_byte": 1 / 3, "length_change": change}
+    if scored:
+        g.update(n_scored=300, nll=bpb * 1200 * math.log(2), ppl=2 ** (bpb * 4),
+                 norm_ppl=2 ** (bpb * 3), bits_per_byte=bpb)
+    return g
+
+
+def result(bpb_en, bpb_de):
+    groups = {"en": group(bpb_en, -0.1), "de": group(bpb_de, -0.25),
+              "ja": group(0.0, -0.5, scored=False)}
+    return {"groups": groups,
+            "macro": {"norm_ppl": 2 ** (1.5 * (bpb_en + bpb_de)), "ppl": 9.5,
+                      "bits_per_byte": (bpb_en + bpb_de) / 2, "tokens_per_byte": 0.25,
+                      "length_change": -0.2833},
+            "scored_groups": ["en", "de"], "config": {"window": 64}}
+
+
+EVALUATION = {"source (own tokenizer)": result(1.1, 1.3), "aligned (init)": result(2.6, 3.1),
+              "mean (init)": result(3.6, 4.0), "aligned (adapted)": result(1.9, 2.2)}
+ALIGNMENT = {
+    "target_size": 1000, "source_size": 800,
+    "coverage": {"shared": 0.5, "special": 0.002, "aligned": 0.4, "fallback": 0.098},
+    "counts": {"shared": 500.0, "special": 2.0, "aligned": 400.0, "fallback": 98.0},
+    "hubness": 0.1431, "hubness_top": 10, "n_non_shared": 498, "hubs": [[7, 30], [9, 12]],
+    "reverse_coverage": 0.75,
+    "bleu1": {"t2s": {"bleu1": 43.51, "precision": 67.5, "bp": 0.64, "hyp_len": 22540,
+                      "ref_len": 32470},
+              "s2t": {"bleu1": 38.2, "precision": 50.1, "bp": 0.76, "hyp_len": 100,
+                      "ref_len": 120}},
+    "n_docs_bleu": 32,
+}
+
+
+def test_summary_from_typed_results_equals_the_dict_era_summary():
+    from flows.pipeline import summary_markdown, summary_tables
+
+    evaluation = {label: EvalResult.from_dict(r) for label, r in EVALUATION.items()}
+    tables = summary_tables(AlignmentMetrics.from_dict(ALIGNMENT), evaluation)
+    assert summary_markdown(tables) == (GOLDEN / "summary.md").read_text()
+    assert summary_metrics(tables) == json.loads((GOLDEN / "summary_metrics.json").read_text())

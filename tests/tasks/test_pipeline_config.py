@@ -32,6 +32,24 @@ def test_train_for_fills_runtime_paths_and_keeps_hyperparameters():
     assert cfg.adapt.model == SET_BY_PIPELINE
 
 
+def test_run_fields_are_filled_in_one_place():
+    from tokalign_core.configs.pipeline import bind_run_fields, is_unset
+
+    cfg = PipelineConfig.preset("tiny")
+    assert is_unset(cfg.adapt.model) and is_unset(cfg.distill.distill.teacher)
+    assert not is_unset("/m") and not is_unset(None)
+    run = bind_run_fields(cfg.adapt, model="/m", tokens="/t", out_dir="/o")
+    assert (run.model, run.tokens, run.out_dir) == ("/m", "/t", "/o")
+    assert run.model_dump(exclude={"model", "tokens", "out_dir"}) == cfg.adapt.model_dump(
+        exclude={"model", "tokens", "out_dir"})
+    student = bind_run_fields(cfg.distill, teacher="/teacher")
+    assert student.distill.teacher == "/teacher" and is_unset(student.model)
+    with pytest.raises(ValueError, match="no distill section"):
+        bind_run_fields(cfg.adapt, teacher="/teacher")
+    with pytest.raises(ValueError, match="not run-time fields"):
+        bind_run_fields(cfg.adapt, total_steps="3")
+
+
 def test_cross_field_rules():
     with pytest.raises(ValueError, match="unknown baselines"):
         PipelineConfig(baselines=("zeros",))

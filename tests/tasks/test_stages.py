@@ -6,8 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tasks import stages
 from tasks.caching import ContentHashPolicy, retry_on_transient_io
+from tasks.lineage import flat_numbers, is_number
 
 STAGES = ["corpus_task", "tokenize_task", "cooccur_task", "glove_task", "hidden_states_task",
           "shared_tokens_task", "align_task", "eval_align_task", "init_task", "train_task",
@@ -42,10 +45,22 @@ def test_sample_files_is_bounded_per_group_and_seeded():
     assert stages.sample_files(files, None, 0) is files
 
 
-def test_numbers_flattens_numeric_leaves():
-    out = stages._numbers({"bleu1": {"s2t": {"bleu1": 25.0, "note": "x"}}, "ok": True,
-                           "p@1": 0.5, "n": 3})
-    assert out == {"bleu1.s2t.bleu1": 25.0, "p_at_1": 0.5, "n": 3.0}
+def test_flat_numbers_flattens_numeric_leaves():
+    data = {"bleu1": {"s2t": {"bleu1": 25.0, "note": "x"}}, "ok": True, "p@1": 0.5, "n": 3,
+            "nan": float("nan"), "list": [1, 2], "np": np.float32(0.25)}
+    out = flat_numbers(data)
+    assert out.pop("nan") != out.get("nan")  # NaN kept (the MLflow sink drops it)
+    assert out == {"bleu1.s2t.bleu1": 25.0, "p_at_1": 0.5, "n": 3.0, "np": 0.25}
+    # One level: the corpus and overlap stages log only their top-level numbers.
+    assert set(flat_numbers(data, depth=1)) == {"p_at_1", "n", "nan", "np"}
+    assert flat_numbers(data, "vecmap.")["vecmap.n"] == 3.0
+
+
+def test_is_number_is_the_one_metric_filter():
+    assert is_number(3) and is_number(np.int64(3)) and is_number(0.5)
+    assert not is_number(True) and not is_number("3") and not is_number(None)
+    assert not is_number(float("nan")) and not is_number(float("inf"))
+    assert is_number(float("nan"), finite=False)
 
 
 def test_model_dir_finds_the_save_pretrained_folder(tmp_path):

@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
     pairs = SharedTokens.load(args.heldout_pairs) if args.heldout_pairs else None
     result = am.evaluate_alignment(alignment, src_docs, tgt_docs, config, src_tok, tgt_tok,
                                    pairs)
-    result["config"] = config.model_dump(mode="json")
-    result["alignment"] = str(Path(args.alignment).resolve())
     print(am.format_table(result))
+    data = {**result.to_dict(), "config": config.model_dump(mode="json"),
+            "alignment": str(Path(args.alignment).resolve())}
     from tokalign_core.store.artifacts import atomic_write_text
 
-    atomic_write_text(Path(args.out), json.dumps(result, indent=2, sort_keys=True))
+    atomic_write_text(Path(args.out), json.dumps(data, indent=2, sort_keys=True))
     print(f"wrote {args.out}")
     return 0

@@ -82,10 +82,10 @@ def run_eval(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.tokenizer or args.model, cfg.trust_remote_code)
     ref = load_tokenizer(args.reference_tokenizer, cfg.trust_remote_code) \
         if args.reference_tokenizer else None
-    results = evaluate_model(model, tok, groups, ref, cfg, progress=show_progress(args))
-    results["model"] = str(args.model)
-    results["reference_tokenizer"] = args.reference_tokenizer or "(model's own)"
-    print(format_table(results))
+    result = evaluate_model(model, tok, groups, ref, cfg, progress=show_progress(args))
+    results = {**result.to_dict(), "model": str(args.model),
+               "reference_tokenizer": args.reference_tokenizer or "(model's own)"}
+    print(format_table(result))
     if args.output:
         atomic_write_text(Path(args.output), json.dumps(results, indent=2))
     return 0

@@ -113,7 +113,7 @@ def _overlay(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def check_inputs(cfg: Any) -> None:
     """Fail before any server starts when a local input is missing."""
     from tokalign.cli import UserError
-    from tokalign_core.configs.pipeline import SET_BY_PIPELINE
+    from tokalign_core.configs.pipeline import is_unset
 
     def local(spec: str) -> bool:
         return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
@@ -127,7 +127,7 @@ def check_inputs(cfg: Any) -> None:
     if cfg.source_tokenizer:
         checks.append(("--source-tokenizer", cfg.source_tokenizer))
     for flag, spec in checks:
-        if spec in ("(tiny)", SET_BY_PIPELINE):
+        if spec == "(tiny)" or is_unset(spec):
             raise UserError(f"{flag} is not set (the preset has a placeholder); pass {flag}")
         if local(spec) and not Path(spec).expanduser().exists():
             raise UserError(f"{flag} {spec}: no such file or folder")

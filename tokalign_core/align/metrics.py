@@ -30,8 +30,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -42,6 +43,112 @@ from tokalign_core.vocab.vocab import SharedTokens
 log = logging.getLogger(__name__)
 
 NONE_WORD = "<none>"
+
+
+# ---------------------------------------------------------------------- typed results
+
+
+def _present(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass that are set (None = not measured), in field order."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class Bleu1Score:
+    """Corpus BLEU-1 (0-100), its unigram precision (0-100), brevity penalty and lengths."""
+
+    bleu1: float
+    precision: float
+    bp: float
+    hyp_len: int
+    ref_len: int
+
+    def to_dict(self) -> dict[str, float]:
+        return _present(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Bleu1Score:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BertScoreF:
+    """Mean BERTScore precision, recall and F1 (0-1) over sentence pairs."""
+
+    precision: float
+    recall: float
+    f1: float
+
+    def to_dict(self) -> dict[str, float]:
+        return _present(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BertScoreF:
+        return cls(**data)
+
+
+S = TypeVar("S", Bleu1Score, BertScoreF)
+
+
+@dataclass(frozen=True)
+class BothWays(Generic[S]):
+    """A score target -> source (``t2s``) and source -> target (``s2t``)."""
+
+    t2s: S
+    s2t: S
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {"t2s": self.t2s.to_dict(), "s2t": self.s2t.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], kind: type[S]) -> BothWays[S]:
+        return cls(t2s=kind.from_dict(data["t2s"]), s2t=kind.from_dict(data["s2t"]))
+
+
+@dataclass(frozen=True)
+class AlignmentMetrics:
+    """What :func:`evaluate_alignment` measured. Shares are 0-1, BLEU 0-100. The optional
+    parts are None when their inputs were not given (P@1: held-out pairs; BLEU-1: parallel
+    held-out documents; BERTScore: also both tokenizers and ``config.bertscore``)."""
+
+    target_size: int
+    source_size: int
+    coverage: dict[str, float]
+    counts: dict[str, int]
+    hubness: float
+    hubness_top: int
+    n_non_shared: int
+    hubs: tuple[tuple[int, int], ...]
+    reverse_coverage: float
+    precision_at_1: float | None = None
+    n_heldout_pairs: int | None = None
+    bleu1: BothWays[Bleu1Score] | None = None
+    n_docs_bleu: int | None = None
+    bertscore: BothWays[BertScoreF] | None = None
+    n_docs_bertscore: int | None = None
+    bertscore_model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (unmeasured parts left out): ``{"hubness": ..., "coverage":
+        {provenance: share}, "bleu1": {"t2s": {...}, "s2t": {...}}, ...}``."""
+        out = _present(self)
+        out["hubs"] = [[int(i), int(c)] for i, c in self.hubs]
+        for key in ("bleu1", "bertscore"):
+            if key in out:
+                out[key] = out[key].to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlignmentMetrics:
+        """Read :meth:`to_dict`'s shape (other keys, e.g. the CLI's config, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        known["hubs"] = tuple((int(i), int(c)) for i, c in known.get("hubs", ()))
+        if "bleu1" in known:
+            known["bleu1"] = BothWays.from_dict(known["bleu1"], Bleu1Score)
+        if "bertscore" in known:
+            known["bertscore"] = BothWays.from_dict(known["bertscore"], BertScoreF)
+        return cls(**known)
 
 
 # ------------------------------------------------------------------------- documents
@@ -104,7 +211,7 @@ def ids_to_line(doc: np.ndarray) -> str:
 # ----------------------------------------------------------------------------- BLEU-1
 
 
-def bleu1(hyp_docs: Sequence[np.ndarray], ref_docs: Sequence[np.ndarray]) -> dict[str, float]:
+def bleu1(hyp_docs: Sequence[np.ndarray], ref_docs: Sequence[np.ndarray]) -> Bleu1Score:
     """Corpus BLEU-1 (0-100) of id documents against references, with its unigram
     precision (0-100), brevity penalty and lengths."""
     from sacrebleu.metrics import BLEU
@@ -116,18 +223,18 @@ def bleu1(hyp_docs: Sequence[np.ndarray], ref_docs: Sequence[np.ndarray]) -> dic
     metric = BLEU(max_ngram_order=1, tokenize="none")
     res = metric.corpus_score([ids_to_line(d) for d in hyp_docs],
                               [[ids_to_line(d) for d in ref_docs]])
-    return {"bleu1": float(res.score), "precision": float(res.precisions[0]),
-            "bp": float(res.bp), "hyp_len": int(res.sys_len), "ref_len": int(res.ref_len)}
+    return Bleu1Score(bleu1=float(res.score), precision=float(res.precisions[0]),
+                      bp=float(res.bp), hyp_len=int(res.sys_len), ref_len=int(res.ref_len))
 
 
 def bleu1_both(alignment: Alignment, source_docs: Sequence[np.ndarray],
-               target_docs: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+               target_docs: Sequence[np.ndarray]) -> BothWays[Bleu1Score]:
     """BLEU-1 target->source (C_t through ``source_ids`` vs C_s) and source->target
     (C_s through ``reverse`` vs C_t). Documents must be parallel (same texts)."""
     _check_parallel(source_docs, target_docs)
     t2s = map_docs(target_docs, alignment.source_ids, "target tokens vs alignment")
     s2t = map_docs(source_docs, alignment.reverse, "source tokens vs alignment reverse")
-    return {"t2s": bleu1(t2s, source_docs), "s2t": bleu1(s2t, target_docs)}
+    return BothWays(t2s=bleu1(t2s, source_docs), s2t=bleu1(s2t, target_docs))
 
 
 def _check_parallel(a: Sequence[Any], b: Sequence[Any]) -> None:
@@ -183,31 +290,30 @@ class BertScore:
         self._scorer = bert_score.BERTScorer(model_type=model, num_layers=layers, lang=None,
                                              device=config.device or torch_device())
 
-    def __call__(self, cands: list[str], refs: list[str]) -> dict[str, float]:
+    def __call__(self, cands: list[str], refs: list[str]) -> BertScoreF:
         """Mean P, R, F1 (0-1) over the sentence pairs."""
         if len(cands) != len(refs) or not cands:
             raise ValueError(f"BERTScore needs equal, non-empty lists: {len(cands)} vs "
                              f"{len(refs)}")
         p, r, f = self._scorer.score(cands, refs, verbose=self.progress,
                                      batch_size=self.batch_size)
-        return {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f.mean())}
+        return BertScoreF(precision=float(p.mean()), recall=float(r.mean()),
+                          f1=float(f.mean()))
 
 
 def bertscore_both(
     scorer: BertScore, alignment: Alignment, source_docs: Sequence[np.ndarray],
     target_docs: Sequence[np.ndarray], source_tokenizer: Any, target_tokenizer: Any,
-) -> dict[str, dict[str, float]]:
+) -> BothWays[BertScoreF]:
     """BERTScore t->s (decode C'_s vs C_s, source tokenizer) and s->t (decode C'_t vs
     C_t, target tokenizer)."""
     _check_parallel(source_docs, target_docs)
     t2s = map_docs(target_docs, alignment.source_ids, "target tokens vs alignment")
     s2t = map_docs(source_docs, alignment.reverse, "source tokens vs alignment reverse")
-    return {
-        "t2s": scorer(decode_docs(source_tokenizer, t2s),
-                      decode_docs(source_tokenizer, source_docs)),
-        "s2t": scorer(decode_docs(target_tokenizer, s2t),
-                      decode_docs(target_tokenizer, target_docs)),
-    }
+    return BothWays(
+        t2s=scorer(decode_docs(source_tokenizer, t2s), decode_docs(source_tokenizer, source_docs)),
+        s2t=scorer(decode_docs(target_tokenizer, s2t), decode_docs(target_tokenizer, target_docs)),
+    )
 
 
 # ------------------------------------------------------------ P@1, hubness, coverage
@@ -270,8 +376,8 @@ def evaluate_alignment(
     target_docs: Sequence[np.ndarray] | None = None, config: EvalAlignConfig | None = None,
     source_tokenizer: Any = None, target_tokenizer: Any = None,
     heldout_pairs: SharedTokens | None = None, scorer: BertScore | None = None,
-) -> dict[str, Any]:
-    """Every metric that its inputs allow, as a JSON-friendly dict.
+) -> AlignmentMetrics:
+    """Every metric that its inputs allow.
 
     BLEU-1 needs parallel held-out documents; BERTScore also needs both tokenizers and
     ``config.bertscore``; P@1 needs ``heldout_pairs``. Scores: BLEU 0-100, the rest 0-1.
@@ -284,7 +390,7 @@ def evaluate_alignment(
         "coverage": coverage(alignment), "counts": alignment.counts(),
         "hubness": hubness(alignment.source_ids, mask, config.hubness_top),
         "hubness_top": config.hubness_top, "n_non_shared": int(mask.sum()),
-        "hubs": [[int(i), int(c)] for i, c in zip(hubs, hub_counts, strict=True)],
+        "hubs": tuple((int(i), int(c)) for i, c in zip(hubs, hub_counts, strict=True)),
         "reverse_coverage": float((alignment.reverse >= 0).mean()) if alignment.source_size
         else 0.0,
     }
@@ -294,7 +400,7 @@ def evaluate_alignment(
     if source_docs is not None and target_docs is not None:
         out.update(_text_metrics(alignment, source_docs, target_docs, config,
                                  source_tokenizer, target_tokenizer, scorer))
-    return out
+    return AlignmentMetrics(**out)
 
 
 def _text_metrics(alignment, source_docs, target_docs, config, source_tok, target_tok,
@@ -313,16 +419,16 @@ def _text_metrics(alignment, source_docs, target_docs, config, source_tok, targe
     return out
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: AlignmentMetrics) -> str:
     """A small human-readable table of :func:`evaluate_alignment`'s result."""
-    rows = [(f"hubness (top {result['hubness_top']})", f"{100 * result['hubness']:.2f}%")]
-    rows += [(f"coverage {k}", f"{100 * v:.2f}%") for k, v in result["coverage"].items()]
-    if "precision_at_1" in result:
-        rows.append(("held-out P@1", f"{100 * result['precision_at_1']:.2f}%"))
+    rows = [(f"hubness (top {result.hubness_top})", f"{100 * result.hubness:.2f}%")]
+    rows += [(f"coverage {k}", f"{100 * v:.2f}%") for k, v in result.coverage.items()]
+    if result.precision_at_1 is not None:
+        rows.append(("held-out P@1", f"{100 * result.precision_at_1:.2f}%"))
     for d in ("t2s", "s2t"):
-        if "bleu1" in result:
-            rows.append((f"BLEU-1 {d}", f"{result['bleu1'][d]['bleu1']:.2f}"))
-        if "bertscore" in result:
-            rows.append((f"BERTScore F1 {d}", f"{result['bertscore'][d]['f1']:.4f}"))
+        if result.bleu1 is not None:
+            rows.append((f"BLEU-1 {d}", f"{getattr(result.bleu1, d).bleu1:.2f}"))
+        if result.bertscore is not None:
+            rows.append((f"BERTScore F1 {d}", f"{getattr(result.bertscore, d).f1:.4f}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -8,9 +8,11 @@ papers' hyper-parameters: GloVe 300 d x 15 iterations, 2M tokens per step at 204
 DeepSpeed ZeRO-1). The same object is the Prefect flow parameter (rendered as a form), part
 of every cache key (by digest) and the MLflow params of the parent run (flattened).
 
-Training configs are complete :class:`TrainConfig` objects whose ``model``, ``tokens``
-and ``out_dir`` are filled in by the pipeline at run time (:meth:`PipelineConfig.train_for`),
-so the UI shows every hyper-parameter with its default.
+Training configs are complete :class:`TrainConfig` objects whose ``model``, ``tokens``,
+``out_dir`` (and a distillation's ``teacher``) hold :data:`SET_BY_PIPELINE` until the
+pipeline fills them in at run time, so the UI shows every hyper-parameter with its default.
+:func:`is_unset` is the one test for that placeholder and :func:`bind_run_fields` the one
+place that replaces it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,30 @@ from tokalign_core.configs.init import InitConfig
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.configs.train import TrainConfig
 
-# Placeholder for the run-time fields of a TrainConfig (filled in by ``train_for``).
+# Placeholder for the run-time fields of a TrainConfig (filled in by :func:`bind_run_fields`).
 SET_BY_PIPELINE = "(set by the pipeline)"
+RUN_FIELDS = ("model", "tokens", "out_dir", "teacher")
+
+
+def is_unset(value: Any) -> bool:
+    """True for a field the pipeline fills in at run time (:data:`SET_BY_PIPELINE`)."""
+    return value == SET_BY_PIPELINE
+
+
+def bind_run_fields(cfg: TrainConfig, **values: str) -> TrainConfig:
+    """``cfg`` with its run-time fields (:data:`RUN_FIELDS`: ``model``, ``tokens``,
+    ``out_dir``; ``teacher`` of its distill section) set to ``values``."""
+    unknown = sorted(set(values) - set(RUN_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown} are not run-time fields of a training config; "
+                         f"choose from {list(RUN_FIELDS)}")
+    data = cfg.model_dump(mode="json")
+    if "teacher" in values:
+        if data.get("distill") is None:
+            raise ValueError("the training config has no distill section; set `distill`")
+        data["distill"]["teacher"] = values.pop("teacher")
+    data.update(values)
+    return TrainConfig.model_validate(data)
 PRESETS = ("tiny", "tokalign", "tokalign++", "paper-scale")
 BASELINES = ("random", "random-permutation", "mean", "multivariate", "fvt")
 
@@ -137,10 +161,9 @@ class PipelineConfig(FrozenConfig):
         base = self.adapt if which == "adapt" else self.distill
         if base is None:
             raise ValueError(f"the pipeline has no {which!r} section; set it or skip the stage")
-        data = base.model_dump(mode="json")
-        data.update(model=model, tokens=tokens, out_dir=out_dir,
-                    tokenizer=self.target_tokenizer if base.tokenizer is None else base.tokenizer)
-        return TrainConfig.model_validate(data)
+        if base.tokenizer is None:
+            base = base.model_copy(update={"tokenizer": self.target_tokenizer})
+        return bind_run_fields(base, model=model, tokens=tokens, out_dir=out_dir)
 
     # ------------------------------------------------------------------ for people
     @property
@@ -192,7 +215,7 @@ class PipelineConfig(FrozenConfig):
                 out["distill.kl_weight"] = getattr(train.distill, "kl_weight", None)
                 out["distill.temperature"] = getattr(train.distill, "temperature", None)
         return {k: str(v) for k, v in out.items()
-                if v is not None and v != SET_BY_PIPELINE}
+                if v is not None and not is_unset(v)}
 
     # ------------------------------------------------------------------ presets
     @classmethod

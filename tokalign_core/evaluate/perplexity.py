@@ -34,11 +34,12 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokalign_core.configs.evaluate import EvalConfig
+from tokalign_core.evaluate.results import NLL_KEYS, EvalResult, GroupMetrics, MeanMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ MAX_LOGIT_ELEMENTS = 250_000_000
 # Logit rows reduced at once by ``nll_sum``: [32, 151k] float32 is ~19 MB of temporaries,
 # about 3x faster on CPU than one log-softmax over a whole [window, vocab] slice.
 NLL_CHUNK_ROWS = 32
-# Metrics that need the model's NLL (absent for groups outside ``score_groups``).
-NLL_KEYS = ("n_scored", "nll", "ppl", "norm_ppl", "bits_per_byte")
+__all__ = ["NLL_KEYS", "EvalResult", "GroupMetrics", "GroupStats", "MeanMetrics",
+           "evaluate_model", "format_table", "load_texts"]
 
 
 @dataclass
@@ -64,25 +65,24 @@ class GroupStats:
     nll: float = 0.0
     scored: bool = True
 
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> GroupMetrics:
         """The sums plus ppl, norm_ppl, bits_per_byte and compression (compression and the
         counts only when the group was not scored)."""
-        out: dict[str, float | int] = asdict(self)
-        del out["scored"]
-        out["ppl"] = math.exp(self.nll / self.n_scored) if self.n_scored else float("nan")
-        out["norm_ppl"] = (
-            math.exp(self.nll / self.n_ref_tokens) if self.n_ref_tokens else float("nan")
-        )
-        out["bits_per_byte"] = self.nll / math.log(2) / self.n_bytes if self.n_bytes else 0.0
-        out["tokens_per_byte"] = self.n_tokens / self.n_bytes if self.n_bytes else 0.0
-        out["ref_tokens_per_byte"] = self.n_ref_tokens / self.n_bytes if self.n_bytes else 0.0
-        out["length_change"] = (
-            self.n_tokens / self.n_ref_tokens - 1 if self.n_ref_tokens else float("nan")
-        )
-        if not self.scored:
-            for key in NLL_KEYS:
-                del out[key]
-        return out
+        nll: dict[str, float | int] = {}
+        if self.scored:
+            nll = {"n_scored": self.n_scored, "nll": self.nll,
+                   "ppl": math.exp(self.nll / self.n_scored) if self.n_scored else float("nan"),
+                   "norm_ppl": (math.exp(self.nll / self.n_ref_tokens) if self.n_ref_tokens
+                                else float("nan")),
+                   "bits_per_byte": (self.nll / math.log(2) / self.n_bytes if self.n_bytes
+                                     else 0.0)}
+        return GroupMetrics(
+            n_docs=self.n_docs, n_bytes=self.n_bytes, n_tokens=self.n_tokens,
+            n_ref_tokens=self.n_ref_tokens, **nll,
+            tokens_per_byte=self.n_tokens / self.n_bytes if self.n_bytes else 0.0,
+            ref_tokens_per_byte=self.n_ref_tokens / self.n_bytes if self.n_bytes else 0.0,
+            length_change=(self.n_tokens / self.n_ref_tokens - 1 if self.n_ref_tokens
+                           else float("nan")))
 
 
 # --------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def evaluate_group(
 def evaluate_model(
     model: Any, tokenizer: Any, groups: dict[str, list[str]], ref_tokenizer: Any = None,
     cfg: EvalConfig | None = None, progress: bool = True,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Metrics per group plus their unweighted mean over groups (``macro``), as the papers
     average normalised perplexity over languages: NLL metrics over the scored groups
     (``cfg.score_groups``, listed in ``scored_groups``), compression over every group.
@@ -309,8 +309,8 @@ def evaluate_model(
                               score=label in scored).metrics()
         for label, docs in groups.items()
     }
-    return {"groups": results, "macro": _macro(results), "scored_groups": scored,
-            "config": cfg.model_dump()}
+    return EvalResult(groups=results, macro=_macro(results), scored_groups=tuple(scored),
+                      config=cfg.model_dump(mode="json"))
 
 
 def scored_groups(labels: list[str], wanted: tuple[str, ...] | None) -> list[str]:
@@ -330,27 +330,27 @@ def scored_groups(labels: list[str], wanted: tuple[str, ...] | None) -> list[str
     return [g for g in wanted if g in labels]
 
 
-def _macro(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+def _macro(results: dict[str, GroupMetrics]) -> MeanMetrics:
     """Unweighted means over the groups that have each metric (NLL ones: scored groups)."""
-    keys = ("norm_ppl", "bits_per_byte", "ppl", "tokens_per_byte", "length_change")
     out = {}
-    for k in keys:
-        values = [float(r[k]) for r in results.values() if k in r]
+    for k in ("norm_ppl", "bits_per_byte", "ppl", "tokens_per_byte", "length_change"):
+        values = [float(getattr(r, k)) for r in results.values() if getattr(r, k) is not None]
         if values:
             out[k] = sum(values) / len(values)
-    return out
+    return MeanMetrics(**out)
 
 
-def format_table(results: dict[str, Any]) -> str:
+def format_table(results: EvalResult) -> str:
     """A fixed-width table of the main metrics per group (and the macro average)."""
     cols = ("n_docs", "n_tokens", "norm_ppl", "ppl", "bits_per_byte", "tokens_per_byte",
             "length_change")
     head = f"{'group':<16}" + "".join(f"{c:>16}" for c in cols)
     lines = [head, "-" * len(head)]
-    for label, m in sorted(results["groups"].items()):
+    for label, group in sorted(results.groups.items()):
+        m = group.to_dict()
         lines.append(f"{label[:16]:<16}" + "".join(_cell(m[c]) if c in m else f"{'-':>16}"
                                                    for c in cols))
-    macro = results.get("macro") or {}
+    macro = results.macro.to_dict()
     if macro:
         lines.append(f"{'(mean)':<16}" + "".join(_cell(macro[c]) if c in macro else f"{'':>16}"
                                                for c in cols))

@@ -88,9 +88,9 @@ def hash_input(spec: Any) -> str:
 
 
 def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
-    return "\n".join(lines)
+    from tokalign_core.evaluate.tables import markdown_table
+
+    return markdown_table([{header[0]: k, header[1]: v} for k, v in rows], header, _fmt)
 
 
 def _fmt(v: Any) -> str:
@@ -107,11 +107,11 @@ def _eval_section(results: dict[str, Any]) -> str:
     groups = results.get("groups") if isinstance(results, dict) else None
     if not groups:
         return _table(sorted(results.items()), ("metric", "value"))
+    from tokalign_core.evaluate.tables import markdown_table
+
     metrics = sorted({m for g in groups.values() for m in g if not isinstance(g[m], dict)})
-    lines = ["| group | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for label, vals in sorted(groups.items()):
-        lines.append(f"| {label} | " + " | ".join(_fmt(vals.get(m, "")) for m in metrics) + " |")
-    return "\n".join(lines)
+    rows = [{"group": label, **vals} for label, vals in sorted(groups.items())]
+    return markdown_table(rows, ["group", *metrics], _fmt)
 
 
 def front_matter(info: CardInfo) -> dict[str, Any]:
