@@ -83,9 +83,6 @@ def _register_align(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed of VecMap's dropout, the anchors, the fallbacks and the "
                    f"holdout split (default: {d.seed})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"similarity rows per batch: memory only, results do not change "
-                   f"(default: {d.batch_size})")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_align)
 
@@ -126,12 +123,11 @@ def build_config(args: argparse.Namespace) -> Any:
 
     base = AlignConfig.load(args.config) if args.config else AlignConfig()
     data = base.model_dump()
-    for flag in ("method", "retrieval", "csls_k", "n_anchors", "fallback", "seed",
-                 "batch_size"):
+    for flag in ("method", "retrieval", "csls_k", "n_anchors", "fallback", "seed"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
     vm = data["vecmap"]
-    for flag in ("init", "init_size", "vocab_cutoff", "max_iterations", "seed", "batch_size"):
+    for flag in ("init", "init_size", "vocab_cutoff", "max_iterations", "seed"):
         if getattr(args, flag) is not None:
             vm[flag] = getattr(args, flag)
     return AlignConfig.model_validate(data)

@@ -19,13 +19,22 @@ iterations).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from tokalign_core.configs.base import FrozenConfig
 
 NormStep = Literal["unit", "center", "unitdim", "centeremb", "none"]
+
+
+def _refuse_removed(data: Any, name: str) -> Any:
+    """Old saved configs may still name ``batch_size``: say why it is gone and the fix."""
+    if isinstance(data, dict) and "batch_size" in data:
+        raise ValueError(
+            f"{name}.batch_size was removed: it never changed results or memory (retrieval "
+            "runs on fixed 2048-row GEMM tiles); delete it from the config")
+    return data
 
 
 class VecMapConfig(FrozenConfig):
@@ -54,8 +63,6 @@ class VecMapConfig(FrozenConfig):
     stored, and both directions and both CSLS passes read it (one GEMM instead of two, one
     transpose instead of two); 0 turns this off (e.g. on a small GPU). Results are the same
     either way, only the speed differs.
-    ``batch_size``: kept for compatibility; the retrieval runs on fixed 2048-row tiles
-    (memory O(2048 x cutoff)) so it has no effect on results or memory.
     """
 
     normalize: tuple[NormStep, ...] = ("unit", "center", "unit")
@@ -84,9 +91,13 @@ class VecMapConfig(FrozenConfig):
     candidates: int = Field(64, ge=1)
     exact_max_keys: int = Field(32768, ge=0)
     dense_max_bytes: int = Field(2 * 1024**3, ge=0)
-    batch_size: int = Field(4096, ge=1)
     seed: int = 0
     backend: Literal["auto", "numpy", "cupy"] = "numpy"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed(data, "vecmap")
 
     @model_validator(mode="after")
     def _consistent(self) -> VecMapConfig:
@@ -130,7 +141,7 @@ class AlignConfig(FrozenConfig):
     (chosen with ``seed``). ``fallback``: for target tokens without a vector, the rarest
     piece with a vector of the token's source tokenization when known
     (``tokenization``) else a seeded random trained source row, or always ``random``.
-    ``candidates``/``batch_size``: retrieval speed/memory knobs (results do not change).
+    ``candidates``: retrieval speed knob (results do not change).
     """
 
     method: Literal["vecmap", "relative", "cosine"] = "vecmap"
@@ -139,9 +150,13 @@ class AlignConfig(FrozenConfig):
     n_anchors: int = Field(300, ge=1)
     fallback: Literal["tokenization", "random"] = "tokenization"
     candidates: int = Field(64, ge=1)
-    batch_size: int = Field(4096, ge=1)
     seed: int = 0
     vecmap: VecMapConfig = VecMapConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed(data, "align")
 
     @model_validator(mode="after")
     def _consistent(self) -> AlignConfig:
