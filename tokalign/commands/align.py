@@ -76,10 +76,10 @@ def _register_align(subparsers: Any) -> None:
     p.add_argument("--fallback", choices=["tokenization", "random"], default=None,
                    help=f"targets without a vector: most frequent source token of their "
                    f"text, else seeded random; or always random (default: {d.fallback})")
-    p.add_argument("--holdout", type=float, default=0.0,
+    p.add_argument("--holdout", type=float, default=None,
                    help="hide this fraction of the byte-matched shared pairs from the seed "
                    "dictionary and the overrides; they are saved as heldout_pairs.npz for "
-                   "`tokalign eval-align --heldout-pairs` (default: %(default)s)")
+                   f"`tokalign eval-align --heldout-pairs` (default: {d.holdout})")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed of VecMap's dropout, the anchors, the fallbacks and the "
                    f"holdout split (default: {d.seed})")
@@ -123,7 +123,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
     base = AlignConfig.load(args.config) if args.config else AlignConfig()
     data = base.model_dump()
-    for flag in ("method", "retrieval", "csls_k", "n_anchors", "fallback", "seed"):
+    for flag in ("method", "retrieval", "csls_k", "n_anchors", "fallback", "holdout", "seed"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
     vm = data["vecmap"]
@@ -143,18 +143,6 @@ def _load_tokenizer(spec: str) -> Any:
         raise UserError(f"cannot load tokenizer {spec!r}: {exc}") from exc
 
 
-def tokenization_fallbacks(missing: np.ndarray, target_vocab: Any,
-                           source_tok: Any) -> dict[int, list[int]]:
-    """target id -> source ids of the token's text under the source tokenizer, for the
-    ``missing`` target ids whose bytes are valid text."""
-    texts = {int(t): target_vocab.text(int(t)) for t in missing}
-    texts = {t: s for t, s in texts.items() if s}
-    if not texts:
-        return {}
-    enc = source_tok(list(texts.values()), add_special_tokens=False)["input_ids"]
-    return {t: list(ids) for t, ids in zip(texts, enc, strict=True) if ids}
-
-
 def _fresh_out(path: Path) -> Path:
     from tokalign.cli import UserError
 
@@ -166,38 +154,22 @@ def _fresh_out(path: Path) -> Path:
 
 def run_align(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
-    from tokalign_core.align.build import Embeddings, build_alignment, check_embedding_tokenizers
+    from tokalign_core.align.prepare import prepare_alignment
     from tokalign_core.store.artifacts import write_manifest
-    from tokalign_core.vocab.vocab import build_vocab, shared_tokens, split_shared
 
-    if not 0.0 <= args.holdout < 1.0:
+    if args.holdout is not None and not 0.0 <= args.holdout < 1.0:
         raise UserError(f"--holdout must be in [0, 1), got {args.holdout}")
     cfg = build_config(args)
     out = Path(args.out)
-    source, target = Embeddings.load(args.source_emb), Embeddings.load(args.target_emb)
     s_tok, t_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(args.target_tokenizer)
-    digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
-    s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
-    shared = shared_tokens(s_vocab, t_vocab)
-    seed_pairs, heldout = split_shared(shared, args.holdout, cfg.seed)
-    t_size, s_size = len(t_tok), len(s_tok)
-    have = np.zeros(t_size, bool)
-    have[target.token_ids[target.token_ids < t_size]] = True
-    have[seed_pairs.target_ids] = True
-    fallbacks = tokenization_fallbacks(np.flatnonzero(~have), t_vocab, s_tok)
-    result = build_alignment(source, target, seed_pairs, t_size, s_size, cfg, fallbacks,
-                             progress=not args.no_progress)
-    result.alignment.meta.update({
-        "source_tokenizer": args.source_tokenizer, "target_tokenizer": args.target_tokenizer,
-        "source_emb": str(Path(args.source_emb).resolve()),
-        "target_emb": str(Path(args.target_emb).resolve()),
-        "n_shared": len(shared), "n_heldout": len(heldout), "holdout": args.holdout,
-        **digests})
+    prepared = prepare_alignment(args.source_emb, args.target_emb, s_tok, t_tok, cfg,
+                                 source_spec=args.source_tokenizer,
+                                 target_spec=args.target_tokenizer,
+                                 progress=not args.no_progress)
+    result = prepared.output
     tmp = _fresh_out(out)
     try:
-        result.save(tmp)
-        if len(heldout):
-            heldout.save(tmp / "heldout_pairs.npz")
+        prepared.save(tmp)
         write_manifest(tmp)  # readers (init, eval-align, neighbors) verify it
         if out.exists():
             out.rmdir()

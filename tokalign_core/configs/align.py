@@ -141,7 +141,10 @@ class AlignConfig(FrozenConfig):
     (chosen with ``seed``). ``fallback``: for target tokens without a vector, the rarest
     piece with a vector of the token's source tokenization when known
     (``tokenization``) else a seeded random trained source row, or always ``random``.
-    ``candidates``: retrieval speed knob (results do not change).
+    ``candidates``: retrieval speed knob (results do not change). ``holdout``: fraction
+    of the byte-matched shared token pairs hidden from the seed dictionary and the
+    overrides (chosen with ``seed``), saved as ``heldout_pairs.npz`` for the held-out
+    precision@1 (``tokalign eval-align --heldout-pairs``); 0 hides none.
     """
 
     method: Literal["vecmap", "relative", "cosine"] = "vecmap"
@@ -150,6 +153,7 @@ class AlignConfig(FrozenConfig):
     n_anchors: int = Field(300, ge=1)
     fallback: Literal["tokenization", "random"] = "tokenization"
     candidates: int = Field(64, ge=1)
+    holdout: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
     vecmap: VecMapConfig = VecMapConfig()
 
