@@ -9,13 +9,14 @@ import json
 import numpy as np
 import pytest
 
+from tokalign_core.embed.artifact import Embeddings
 from tokalign_core.embed.hidden_states import (
     MISSING_REASONS,
     TokenVectors,
     extract_hidden_states,
     last_hidden_states,
-    load_embeddings,
     special_prefix,
+    target_sequences,
     write_embeddings,
 )
 from tokalign_core.model import toy
@@ -53,7 +54,7 @@ def test_shapes_and_missing(extracted, bpe_tok, sp_tok):
     # byte-level source spells every byte: only the 3 specials of the target are missing
     assert sorted(target.missing_ids.tolist()) == [0, 1, 2]
     assert target.missing_counts() == {"special": 3, "unused": 0, "empty": 0,
-                                       "undecodable": 0}
+                                       "undecodable": 0, "unspellable": 0}
     assert np.array_equal(target.token_ids, np.arange(3, len(sp_tok)))
     assert target.vectors.shape == (len(sp_tok) - 3, 32)
     assert np.isfinite(source.vectors).all() and np.isfinite(target.vectors).all()
@@ -163,7 +164,7 @@ def test_embeddings_artifact_round_trip(extracted, tmp_path):
     meta = ref.meta()
     assert meta["n"] == len(target.token_ids) and meta["dim"] == 32
     assert meta["missing"]["special"] == 3 and meta["missing_reasons"] == list(MISSING_REASONS)
-    back = load_embeddings(ref.path)
+    back = Embeddings.load(ref.path)
     assert back.vectors.dtype == np.float32 and back.token_ids.dtype == np.int64
     assert np.array_equal(back.vectors, target.vectors)
     assert np.array_equal(back.missing_ids, target.missing_ids)
@@ -186,8 +187,8 @@ def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
                  "--target-counts", str(tokens), "--no-progress"])
     assert code == 0
     refs = json.loads(capsys.readouterr().out)
-    src = load_embeddings(refs["source"]["path"])
-    tgt = load_embeddings(refs["target"]["path"])
+    src = Embeddings.load(refs["source"]["path"])
+    tgt = Embeddings.load(refs["target"]["path"])
     assert src.vectors.shape == (len(bpe_tok), 16)
     assert tgt.token_ids[0] == sp_tok.convert_tokens_to_ids("▁the")  # most frequent first
     assert tgt.meta["row_order"] == "frequency" and src.meta["row_order"] == "id"
@@ -195,3 +196,24 @@ def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
                 str(tmp_path / "tgt"), "--out", str(tmp_path / "art"),
                 "--source-counts", str(tmp_path / "nope")])
     assert bad == 2
+
+
+def test_bytes_the_source_cannot_spell_are_missing_rows_not_a_crash():
+    """Qwen2 keeps byte tokens such as 0xC0 that SmolLM2's BPE has no token for: the source
+    tokenizer encodes them to nothing. Such a target token has no hidden state to read; it is
+    a missing row ("unspellable"), and every other sequence is non-empty. (The real run on
+    SmolLM2-135M -> Qwen2 stopped with "every sequence needs at least one token".)"""
+    from tokalign_core.vocab.tokenizers import load_tokenizer
+    from tokalign_core.vocab.vocab import build_vocab
+
+    src, tgt = load_tokenizer("builtin:smollm2-135m"), load_tokenizer("builtin:qwen2")
+    s_vocab, t_vocab = build_vocab(src), build_vocab(tgt)
+    ids, seqs, missing, reasons = target_sequences(src, s_vocab, t_vocab, [])
+    assert len(ids) == len(seqs) and all(seqs)
+    unspellable = set(missing[reasons == MISSING_REASONS.index("unspellable")].tolist())
+    c0 = t_vocab.token_bytes.index(b"\xc0")
+    assert c0 in unspellable and c0 not in set(ids.tolist())
+    assert not src(["\x04"], add_special_tokens=False)["input_ids"][0] or \
+        t_vocab.token_bytes.index(b"\x04") not in unspellable
+    assert np.all(np.diff(missing) > 0)  # ids in order, each once
+    assert len(ids) + len(missing) == t_vocab.size

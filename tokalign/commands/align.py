@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -133,50 +130,34 @@ def build_config(args: argparse.Namespace) -> Any:
     return AlignConfig.model_validate(data)
 
 
-def _load_tokenizer(spec: str) -> Any:
-    from tokalign.cli import UserError
-    from tokalign_core.vocab.tokenizers import load_tokenizer
-
-    try:
-        return load_tokenizer(spec)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load tokenizer {spec!r}: {exc}") from exc
-
-
-def _fresh_out(path: Path) -> Path:
+def _check_fresh_out(path: Path) -> None:
     from tokalign.cli import UserError
 
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"--out {path} already exists and is not empty; choose a new folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
 
 
 def run_align(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.align.prepare import prepare_alignment
     from tokalign_core.store.artifacts import write_manifest
+    from tokalign_core.store.atomic import atomic_dir
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     if args.holdout is not None and not 0.0 <= args.holdout < 1.0:
         raise UserError(f"--holdout must be in [0, 1), got {args.holdout}")
     cfg = build_config(args)
     out = Path(args.out)
-    s_tok, t_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(args.target_tokenizer)
+    s_tok, t_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(args.target_tokenizer)
     prepared = prepare_alignment(args.source_emb, args.target_emb, s_tok, t_tok, cfg,
                                  source_spec=args.source_tokenizer,
                                  target_spec=args.target_tokenizer,
                                  progress=not args.no_progress)
     result = prepared.output
-    tmp = _fresh_out(out)
-    try:
+    _check_fresh_out(out)
+    with atomic_dir(out) as tmp:
         prepared.save(tmp)
         write_manifest(tmp)  # readers (init, eval-align, neighbors) verify it
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     counts = result.alignment.counts()
     print(json.dumps({"out": str(out.resolve()), "counts": counts,
                       "fallback_counts": result.alignment.meta["fallback_counts"]}))
@@ -239,6 +220,7 @@ def neighbours_of(run: Path, tid: int, k: int) -> dict[str, Any]:
 
 def run_neighbors(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     run = Path(args.alignment_run)
     if not (run / "target_vectors.npy").exists():
@@ -249,8 +231,8 @@ def run_neighbors(args: argparse.Namespace) -> int:
     meta = json.loads((run / "meta.json").read_text())
     t_spec = args.target_tokenizer or meta.get("target_tokenizer")
     s_spec = args.source_tokenizer or meta.get("source_tokenizer")
-    t_tok = _load_tokenizer(t_spec) if t_spec else None
-    s_tok = _load_tokenizer(s_spec) if s_spec else None
+    t_tok = load_tokenizer(t_spec) if t_spec else None
+    s_tok = load_tokenizer(s_spec) if s_spec else None
     tid = _resolve_target(args.token, args.id, t_tok, int(meta["target_size"]))
     info = neighbours_of(run, tid, args.top)
 

@@ -96,17 +96,11 @@ def build_config(args: argparse.Namespace) -> EvalAlignConfig:
     return EvalAlignConfig.model_validate(data)
 
 
-def _load_tokenizer(spec: str) -> Any:
-    """Tokenizer specs go through tokenizers_io (hub ids, files, tiktoken, builtin:)."""
-    from tokalign_core.vocab.tokenizers import load_tokenizer
-
-    return load_tokenizer(spec)
-
-
 def run(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.align import metrics as am
     from tokalign_core.align.alignment import Alignment
+    from tokalign_core.vocab.tokenizers import load_tokenizer
     from tokalign_core.vocab.vocab import SharedTokens
 
     config = build_config(args)
@@ -123,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if not (args.source_tokenizer and args.target_tokenizer):
             raise UserError("BERTScore needs --source-tokenizer and --target-tokenizer "
                             "(or pass --no-bertscore)")
-        src_tok, tgt_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(
+        src_tok, tgt_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(
             args.target_tokenizer)
     pairs = SharedTokens.load(args.heldout_pairs) if args.heldout_pairs else None
     result = am.evaluate_alignment(alignment, src_docs, tgt_docs, config, src_tok, tgt_tok,

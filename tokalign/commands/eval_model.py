@@ -93,8 +93,9 @@ def build_eval_config(args: argparse.Namespace):
 
 def run_eval(args: argparse.Namespace) -> int:
     from tokalign_core.evaluate.perplexity import evaluate_model, format_table, load_texts
-    from tokalign_core.model.init import load_model, load_tokenizer
+    from tokalign_core.model.init import load_model
     from tokalign_core.store.artifacts import atomic_write_text
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     cfg = build_eval_config(args)
     groups = load_texts(args.texts, cfg.txt_split, cfg.max_docs_per_group)

@@ -75,14 +75,14 @@ def _load_model(spec: str, trust_remote_code: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from tokalign.cli import open_store
-    from tokalign.commands.eval_align import _load_tokenizer
     from tokalign_core.embed.hidden_states import extract_hidden_states, write_embeddings
     from tokalign_core.store.inputs import digest_of
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     if args.batch_size < 1 or args.max_length < 1:
         raise ValueError("--batch-size and --max-length must be >= 1")
     src_counts, tgt_counts = _counts(args.source_counts), _counts(args.target_counts)
-    src_tok, tgt_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(
+    src_tok, tgt_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(
         args.target_tokenizer)
     model = _load_model(args.model, args.trust_remote_code)
     add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]

@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.align.alignment import Alignment
     from tokalign_core.model.card import CardInfo, hash_input
-    from tokalign_core.model.init import initialize, load_model, load_tokenizer, save_initialized
+    from tokalign_core.model.init import initialize, load_model, save_initialized
     from tokalign_core.store.inputs import check_out_dir
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     cfg = build_config(args)
     out_dir = Path(args.out)

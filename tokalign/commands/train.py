@@ -151,8 +151,8 @@ def preflight(cfg: TrainConfig) -> None:
     holds no input, the model folders are complete, the tokens artifact exists and was
     tokenized with the model's tokenizer. Raises UserError / ValueError in one line."""
     from tokalign_core.model.init import check_model_source
+    from tokalign_core.store.artifacts import read_meta
     from tokalign_core.store.inputs import check_out_dir
-    from tokalign_core.train.data import _read_meta
     from tokalign_core.train.loop import check_tokens_tokenizer
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
@@ -165,7 +165,7 @@ def preflight(cfg: TrainConfig) -> None:
     if not tokens.is_dir():
         raise UserError(f"--tokens {tokens} does not exist; give the folder printed by "
                         "`tokalign tokenize`")
-    meta = _read_meta(tokens)
+    meta = read_meta(tokens)
     name = cfg.tokenizer or cfg.model
     if meta.get("tokenizer_digest"):
         tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code)

@@ -18,13 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from tokalign_core.align.build import (
-    AlignOutput,
-    Embeddings,
-    build_alignment,
-    check_embedding_tokenizers,
-)
+from tokalign_core.align.build import AlignOutput, build_alignment, check_embedding_tokenizers
 from tokalign_core.configs.align import AlignConfig
+from tokalign_core.embed.artifact import Embeddings
 from tokalign_core.vocab.vocab import SharedTokens, Vocab, build_vocab, shared_tokens, split_shared
 
 HELDOUT_FILE = "heldout_pairs.npz"

@@ -44,7 +44,8 @@ class TrainConfig(FrozenConfig):
     model: str = Field(..., description="model to train: "
         "hub id, folder, .gguf or builtin:smollm2-135m")
     tokenizer: str | None = Field(
-        None, description="tokenizer folder/hub id; None = the model's own folder"
+        None, description="tokenizer spec (hub id, folder, tokenizer.json, *.tiktoken, .gguf, "
+        "builtin:qwen2, ...); None = the model's own"
     )
     tokens: str = Field(..., description="target-side tokens artifact folder (tokenize stage)")
     out_dir: str = Field(..., description="checkpoints/, metrics.jsonl and the final model/")

@@ -40,7 +40,9 @@ from tokalign_core.vocab.vocab import Scheme, TokenKind, Vocab, build_vocab, byt
 
 log = logging.getLogger(__name__)
 
-MISSING_REASONS = ("special", "unused", "empty", "undecodable")
+MISSING_REASONS = ("special", "unused", "empty", "undecodable", "unspellable")
+# "unspellable": the source tokenizer encodes the token's bytes to nothing (SmolLM2's BPE has
+# no token for bytes that never occur in UTF-8, such as 0xC0, which Qwen2 keeps as tokens).
 
 
 @dataclass
@@ -141,9 +143,17 @@ def target_sequences(
     encoded = source_tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     encoded += [raw_encode(b) for b in raw_bytes] if raw_encode else []
     limit = max(max_length - len(prefix), 1)
-    seqs = [[*prefix, *e[-limit:]] for e in encoded]
-    return (np.array(ids + raw_ids, dtype=np.int64), seqs,
-            np.array(missing, dtype=np.int64), np.array(reasons, dtype=np.uint8))
+    kept, seqs = [], []
+    for tid, e in zip(ids + raw_ids, encoded, strict=True):
+        if not e:  # nothing to read a hidden state from: a missing row, not a crash
+            missing.append(tid)
+            reasons.append(MISSING_REASONS.index("unspellable"))
+            continue
+        kept.append(tid)
+        seqs.append([*prefix, *e[-limit:]])
+    order = np.argsort(np.array(missing, dtype=np.int64), kind="stable")
+    return (np.array(kept, dtype=np.int64), seqs, np.array(missing, dtype=np.int64)[order],
+            np.array(reasons, dtype=np.uint8)[order])
 
 
 def _raw_encoder(tokenizer: Any, vocab: Vocab) -> Callable[[bytes], list[int]] | None:
@@ -289,26 +299,3 @@ def write_embeddings(store: ArtifactStore, vectors: TokenVectors,
                 allow_pickle=False)
     assert w.ref is not None
     return w.ref
-
-
-def load_embeddings(path: str) -> TokenVectors:
-    """Read an embeddings artifact folder (GloVe or hidden states) without unpickling."""
-    import json
-    from pathlib import Path
-
-    from tokalign_core.store.artifacts import verify_input
-
-    folder = Path(path)
-    verify_input(folder, "embeddings")  # sha256 of every file (manifest) first
-    if not (folder / "vectors.npy").exists():
-        raise FileNotFoundError(f"{folder} is not an embeddings artifact (no vectors.npy)")
-    meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-
-    def arr(name: str, dtype: Any) -> np.ndarray:
-        p = folder / name
-        return np.load(p, allow_pickle=False) if p.exists() else np.zeros(0, dtype)
-
-    return TokenVectors(arr("vectors.npy", np.float32), arr("token_ids.npy", np.int64),
-                        arr("missing_ids.npy", np.int64), arr("missing_reason.npy", np.uint8),
-                        meta)
