@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tokalign.flags import Opt, add_common_flags, add_config_flags, config_from_args
+
 _TOK_HELP = "hub id, local folder, tokenizer.json, *.tiktoken or builtin:qwen2"
 
 
@@ -20,9 +22,8 @@ def register(subparsers: Any) -> None:
 
 
 def _register_align(subparsers: Any) -> None:
-    from tokalign_core.configs.align import AlignConfig, VecMapConfig
+    from tokalign_core.configs.align import AlignConfig
 
-    d, v = AlignConfig(), VecMapConfig()
     p = subparsers.add_parser(
         "align",
         help="align the target vocabulary to the source (VecMap + CSLS, or a baseline)",
@@ -47,40 +48,11 @@ def _register_align(subparsers: Any) -> None:
                    help=f"the new tokenizer ({_TOK_HELP}); required")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder; must not exist or be empty (written atomically)")
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="AlignConfig JSON/YAML; the flags below override it "
-                   "(default: built-in defaults)")
-    p.add_argument("--method", choices=["vecmap", "relative", "cosine"], default=None,
-                   help=f"vecmap = TokAlign++, relative = TokAlign (anchors), cosine = no "
-                   f"mapping, one shared space (default: {d.method})")
-    p.add_argument("--init", choices=["unsupervised", "shared"], default=None,
-                   help=f"VecMap initial dictionary: sorted square-root similarities, or "
-                   f"the shared tokens (default: {v.init})")
-    p.add_argument("--retrieval", choices=["auto", "csls", "cosine"], default=None,
-                   help=f"final choice by CSLS or cosine; auto = CSLS for vecmap, cosine "
-                   f"for the baselines (default: {d.retrieval})")
-    p.add_argument("--csls-k", type=int, default=None,
-                   help=f"CSLS neighbourhood size (default: {d.csls_k})")
-    p.add_argument("--n-anchors", type=int, default=None,
-                   help=f"shared anchor tokens of method relative (default: {d.n_anchors})")
-    p.add_argument("--init-size", type=int, default=None,
-                   help=f"rows of the unsupervised VecMap init (default: {v.init_size})")
-    p.add_argument("--vocab-cutoff", type=int, default=None,
-                   help=f"most frequent rows used by VecMap self-learning "
-                   f"(default: {v.vocab_cutoff})")
-    p.add_argument("--max-iterations", type=int, default=None,
-                   help=f"cap on VecMap iterations (default: {v.max_iterations})")
-    p.add_argument("--fallback", choices=["tokenization", "random"], default=None,
-                   help=f"targets without a vector: most frequent source token of their "
-                   f"text, else seeded random; or always random (default: {d.fallback})")
-    p.add_argument("--holdout", type=float, default=None,
-                   help="hide this fraction of the byte-matched shared pairs from the seed "
-                   "dictionary and the overrides; they are saved as heldout_pairs.npz for "
-                   f"`tokalign eval-align --heldout-pairs` (default: {d.holdout})")
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"seed of VecMap's dropout, the anchors, the fallbacks and the "
-                   f"holdout split (default: {d.seed})")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_flags(p, AlignConfig, label="align", nested={"vecmap": "vecmap-"}, opts={
+        "seed": Opt(also=("vecmap.seed",)),
+        **{f"vecmap.{name}": Opt(names=(f"--{name.replace('_', '-')}",)) for name in (
+            "init", "init_size", "vocab_cutoff", "max_iterations")}})
+    add_common_flags(p, config="AlignConfig")
     p.set_defaults(func=run_align)
 
 
@@ -108,6 +80,7 @@ def _register_neighbors(subparsers: Any) -> None:
     p.add_argument("--target-tokenizer", metavar="SPEC", default=None,
                    help="override the target tokenizer recorded by align (default: recorded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common_flags(p, progress=False)
     p.set_defaults(func=run_neighbors)
 
 
@@ -116,18 +89,7 @@ def _register_neighbors(subparsers: Any) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The config file (if any) with the flags the user set laid over it."""
-    from tokalign_core.configs.align import AlignConfig
-
-    base = AlignConfig.load(args.config) if args.config else AlignConfig()
-    data = base.model_dump()
-    for flag in ("method", "retrieval", "csls_k", "n_anchors", "fallback", "holdout", "seed"):
-        if getattr(args, flag) is not None:
-            data[flag] = getattr(args, flag)
-    vm = data["vecmap"]
-    for flag in ("init", "init_size", "vocab_cutoff", "max_iterations", "seed"):
-        if getattr(args, flag) is not None:
-            vm[flag] = getattr(args, flag)
-    return AlignConfig.model_validate(data)
+    return config_from_args(args)
 
 
 def _check_fresh_out(path: Path) -> None:
@@ -138,15 +100,12 @@ def _check_fresh_out(path: Path) -> None:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from tokalign.cli import UserError
     from tokalign_core.align.prepare import prepare_alignment
     from tokalign_core.store.artifacts import write_manifest
     from tokalign_core.store.atomic import atomic_dir
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
-    if args.holdout is not None and not 0.0 <= args.holdout < 1.0:
-        raise UserError(f"--holdout must be in [0, 1), got {args.holdout}")
-    cfg = build_config(args)
+    cfg = build_config(args)  # --holdout is AlignConfig.holdout: checked there, in [0, 1)
     out = Path(args.out)
     s_tok, t_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(args.target_tokenizer)
     prepared = prepare_alignment(args.source_emb, args.target_emb, s_tok, t_tok, cfg,

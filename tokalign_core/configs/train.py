@@ -91,7 +91,7 @@ class TrainConfig(FrozenConfig):
     log_every: int = Field(1, ge=1, description="optimizer steps between metric lines")
     peak_flops: float = Field(
         312e12, gt=0, description="per-device peak FLOP/s for the GPU MFU metric "
-        "(default: A100 bf16 dense)"
+        "(the default is A100 bf16 dense)"
     )
     save_final: bool = Field(True, description="write the final save_pretrained folder")
     progress: bool = Field(True, description="show a tqdm progress bar (rank 0)")
