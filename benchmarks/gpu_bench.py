@@ -52,7 +52,7 @@ def bench_retrieval(backend: str, n: int, d: int) -> dict:
     x, z = pair(n, d, rotate=False)
     xa, za = asarray(x, backend), asarray(z, backend)
     t0 = time.perf_counter()
-    fwd, _ = retrieve_both(xa, za, "csls", 10, 64, 4096)
+    fwd, _ = retrieve_both(xa, za, "csls", 10, 64)
     _sync(backend)
     secs = time.perf_counter() - t0
     p1 = float((to_numpy(fwd.indices) == np.arange(n)).mean())

@@ -37,12 +37,6 @@ def submit_inits(r: Runner, cfg: PipelineConfig, source_model: Any,
     }
 
 
-def run_init(r: Runner, cfg: PipelineConfig, source_model: Any,
-             alignment: ArtifactRef) -> dict[str, ArtifactRef]:
-    """``aligned`` plus every baseline initialisation, in parallel, waiting for all."""
-    return collect(submit_inits(r, cfg, source_model, alignment))
-
-
 def start_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: ArtifactRef,
                 target_tokens: ArtifactRef, texts: str) -> dict[str, Any]:
     """Init (aligned + baselines) -> two-stage training of the aligned model, without

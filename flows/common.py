@@ -83,11 +83,6 @@ def record_cached(ws: Workspace, label: str, value: Any) -> Future:
         {"tokalign.stage": label, "tokalign.cached": "true", **ref_tags("output", refs)})
 
 
-def resolve(value: Any) -> Any:
-    """The value of a tracked future (or the value itself)."""
-    return value.result() if isinstance(value, _Tracked) else value
-
-
 def with_target(cfg: PipelineConfig, target_tokenizer: str | None) -> PipelineConfig:
     """``cfg`` with the target tokenizer replaced (event-triggered runs pass it alone)."""
     if not target_tokenizer:

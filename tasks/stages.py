@@ -159,33 +159,23 @@ def shared_tokens_task(ctx: StageContext, source_tokenizer: ModelSpec,
 def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
                source_tokenizer: ModelSpec, target_tokenizer: str,
                cfg: AlignConfig) -> ArtifactRef:
-    """The target -> source alignment artifact (VecMap objective per iteration to MLflow)."""
-    from tokalign.commands.align import tokenization_fallbacks
-    from tokalign_core.align.build import build_alignment, check_embedding_tokenizers
-    from tokalign_core.embed.artifact import Embeddings
-    from tokalign_core.vocab.vocab import build_vocab, shared_tokens
+    """The target -> source alignment artifact (VecMap objective per iteration to MLflow),
+    with ``heldout_pairs.npz`` when ``cfg.holdout`` hides shared pairs: the same files as
+    ``tokalign align`` (both call :func:`tokalign_core.align.prepare.prepare_alignment`)."""
+    from tokalign_core.align.prepare import prepare_alignment
 
     inputs = {"source_emb": source_emb, "target_emb": target_emb}
     with stage_run(ws, f"align:{cfg.method}", cfg, inputs) as run:
-        s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
-        source, target = Embeddings.load(source_emb.path), Embeddings.load(target_emb.path)
-        digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
-        s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
-        shared = shared_tokens(s_vocab, t_vocab)
-        have = target.rows_of(len(t_tok)) >= 0
-        have[shared.target_ids] = True
-        fallbacks = tokenization_fallbacks((~have).nonzero()[0], t_vocab, s_tok)
         step = iter(range(10**9))
-        result = build_alignment(
-            source, target, shared, len(t_tok), len(s_tok), cfg, fallbacks,
+        prepared = prepare_alignment(
+            source_emb.path, target_emb.path, _tok(source_tokenizer), _tok(target_tokenizer),
+            cfg, source_spec=_spec(source_tokenizer), target_spec=target_tokenizer,
             callback=lambda stats: run.metrics(flat_numbers(stats, "vecmap."), next(step)),
             progress=ws.progress)
-        result.alignment.meta.update({"source_tokenizer": _spec(source_tokenizer),
-                                      "target_tokenizer": target_tokenizer,
-                                      "n_shared": len(shared), **digests})
         with store(ws).writer("alignment") as w:
-            result.save(w.dir)
-        run.metrics({f"count.{k}": v for k, v in result.alignment.counts().items()})
+            prepared.save(w.dir)
+        counts = prepared.output.alignment.counts()
+        run.metrics({f"count.{k}": v for k, v in counts.items()})
         run.outputs(alignment=w.ref)
     return w.ref
 

@@ -176,3 +176,19 @@ def test_cli_help_lists_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--method", "--init", "--holdout", "--vocab-cutoff", "default"):
         assert opt in text
+
+
+def test_removed_batch_size_in_an_old_config_is_a_clear_error(tmp_path):
+    # batch_size never changed results nor memory (retrieval tiles are fixed) yet changed
+    # cache keys: it is gone, and an old saved config naming it fails with the fix.
+    from tokalign_core.configs.pipeline import PipelineConfig
+
+    assert "batch_size" not in AlignConfig.model_fields
+    assert "batch_size" not in VecMapConfig.model_fields
+    for data in ({"batch_size": 4096}, {"vecmap": {"batch_size": 4096}}):
+        with pytest.raises(ValueError, match="batch_size was removed.*delete it"):
+            AlignConfig.model_validate(data)
+    old = tmp_path / "pipeline.yaml"
+    old.write_text("align:\n  batch_size: 512\n")
+    with pytest.raises(ValueError, match=r"(?s)pipeline\.yaml.*align\.batch_size was removed"):
+        PipelineConfig.load(old)

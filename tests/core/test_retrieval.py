@@ -1,4 +1,4 @@
-"""Retrieval: CSLS by the hand formula, exactness against brute force, batch invariance."""
+"""Retrieval: CSLS by the hand formula, exactness against brute force, tiling invariance."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_csls_3x3_hand_example():
 def test_csls_equals_brute_force(candidates):
     x, z = _rand(700, 16, 0), _rand(450, 16, 1)
     dense = R.csls_matrix(x, z, k=10)
-    fwd, bwd = R.retrieve_both(x, z, "csls", k=10, candidates=candidates, batch_size=300)
+    fwd, bwd = R.retrieve_both(x, z, "csls", k=10, candidates=candidates)
     np.testing.assert_array_equal(fwd.indices, dense.argmax(1))
     np.testing.assert_array_equal(bwd.indices, dense.argmax(0))
     np.testing.assert_allclose(fwd.scores, dense.max(1), atol=1e-5)
@@ -51,25 +51,50 @@ def test_cosine_equals_brute_force():
     np.testing.assert_allclose(fwd.best_cos, cos.max(1), atol=1e-6)
 
 
-def test_batch_size_invariance_bitwise():
+def _same_bits(a: R.Retrieval, b: R.Retrieval) -> bool:
+    arrays = ("indices", "scores", "best_cos", "r_queries", "r_keys")
+    return all(getattr(a, f).tobytes() == getattr(b, f).tobytes() for f in arrays) and \
+        (a.n_recomputed, a.mode) == (b.n_recomputed, b.mode)
+
+
+@pytest.mark.parametrize("mode,k,candidates,dropout", [
+    ("candidates", 10, 16, False), ("candidates", 5, 2, False),  # 5, 2: rows recomputed
+    ("exact", 10, 16, True), ("dense", 10, 16, True)])
+def test_tiling_invariance_bitwise(mode, k, candidates, dropout):
+    # The GEMM tiles are the only blocking retrieval does: 600 x 520 rows on tiles of 64
+    # and 250 rows leave a partial last tile on both sides (the backward walks of the dense
+    # mode tile the 520 keys), and 2048 is one zero-padded tile. Every value must be
+    # bitwise the same: a tile dropped, misplaced or read past its valid rows changes them.
     x, z = _rand(600, 24, 4), _rand(520, 24, 5)
-    results = [R.retrieve_both(x, z, "csls", 10, 16, batch_size=b) for b in (1, 7, 600)]
-    keep = R.hash_keep(7, 0.3)
-    results += [R.retrieve_both(x, z, "csls", 10, 16, batch_size=b, keep_fwd=keep,
-                                keep_bwd=keep) for b in (1, 7, 600)]
-    for group in (results[:3], results[3:]):
-        ref_f, ref_b = group[0]
-        for f, b in group[1:]:
-            for a, c in ((ref_f, f), (ref_b, b)):
-                assert a.indices.tobytes() == c.indices.tobytes()
-                assert a.scores.tobytes() == c.scores.tobytes()
-                assert a.r_queries.tobytes() == c.r_queries.tobytes()
-                assert a.r_keys.tobytes() == c.r_keys.tobytes()
+    keep = R.hash_keep(7, 0.3) if dropout else None
+    runs = {t: R.retrieve_both(x, z, "csls", k, candidates, keep_fwd=keep, keep_bwd=keep,
+                               mode=mode, tile_rows=t) for t in (R.GEMM_ROWS, 64, 250)}
+    ref_f, ref_b = runs[R.GEMM_ROWS]
+    assert ref_f.mode == mode
+    if candidates < k:  # the full-row recompute (its own tiling) ran in both directions
+        assert ref_f.n_recomputed > 0 and ref_b.n_recomputed > 0
+    for fwd, bwd in runs.values():
+        assert _same_bits(fwd, ref_f) and _same_bits(bwd, ref_b)
+    dense = R.csls_matrix(x, z, k=k)
+    if not dropout:  # and the answer is the right one, not just a stable one
+        np.testing.assert_array_equal(ref_f.indices, dense.argmax(1))
+        np.testing.assert_array_equal(ref_b.indices, dense.argmax(0))
+
+
+def test_scan_tiling_invariance_bitwise():
+    x, z = R.normalize_rows(_rand(300, 12, 6)), R.normalize_rows(_rand(280, 12, 7))
+    ref = R.scan(x, z, row_k=5, col_k=4)
+    for t in (64, 256):
+        sc = R.scan(x, z, row_k=5, col_k=4, tile_rows=t)
+        for name in ("row_vals", "row_idx", "col_vals", "col_idx"):
+            assert getattr(sc, name).tobytes() == getattr(ref, name).tobytes()
+    with pytest.raises(ValueError, match="tile_rows"):
+        R.scan(x, z, row_k=5, col_k=4, tile_rows=0)
 
 
 def test_scan_matches_sorted_similarities():
     x, z = R.normalize_rows(_rand(300, 12, 6)), R.normalize_rows(_rand(280, 12, 7))
-    sc = R.scan(x, z, row_k=5, col_k=4, batch_size=256)
+    sc = R.scan(x, z, row_k=5, col_k=4)
     cos = x @ z.T
     np.testing.assert_allclose(sc.row_vals, -np.sort(-cos, 1)[:, :5], atol=1e-6)
     np.testing.assert_allclose(sc.col_vals, -np.sort(-cos.T, 1)[:, :4], atol=1e-6)

@@ -24,7 +24,7 @@ def tiny_cfg(tmp_path_factory, texts, bpe_tok, sp_tok):
 
 def test_align_flow_resumes_and_caches(prefect_api, tiny_cfg, tmp_path, monkeypatch):
     from flows.align import align_flow
-    from tokalign_core.align import build as align
+    from tokalign_core.align import prepare as align
     from tokalign_core.align.alignment import Alignment
     from tokalign_core.store import hashing
 

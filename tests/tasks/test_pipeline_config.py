@@ -67,3 +67,18 @@ def test_tokenize_configs_share_the_policy():
     s, t = cfg.tokenize_config("source"), cfg.tokenize_config("target")
     assert (s.tokenizer, t.tokenizer) == ("m", "builtin:qwen2")
     assert s.add_eos and t.add_eos
+
+
+def test_stage_fields_are_never_dropped(tmp_path):
+    # The presets build their stage configs directly: a field a stage config lacks is an
+    # error naming it, never silently dropped (the tiny preset once passed progress=False
+    # to InitConfig and EvalConfig, which have no such field, through a filter).
+    from tokalign_core.configs import pipeline
+
+    assert not hasattr(pipeline, "_known")
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text("evaluate:\n  progress: false\n")
+    with pytest.raises(ValueError, match=r"evaluate\.progress"):
+        PipelineConfig.load(bad)
+    with pytest.raises(ValueError, match="progress"):
+        PipelineConfig.preset("tiny", init={"progress": False})

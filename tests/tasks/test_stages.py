@@ -72,3 +72,60 @@ def test_model_dir_finds_the_save_pretrained_folder(tmp_path):
     ref_b = ArtifactRef(kind="model", sha256="0" * 64, path=str(tmp_path / "b"))
     assert stages.model_dir(ref_a) == Path(tmp_path / "a" / "model")
     assert stages.model_dir(ref_b) == Path(tmp_path / "b")
+
+
+def _emb_artifact(store, vectors, ids):
+    import numpy as np
+
+    with store.writer("embeddings") as w:
+        np.save(w.dir / "vectors.npy", vectors.astype(np.float32))
+        np.save(w.dir / "token_ids.npy", np.asarray(ids, np.int64))
+    return w.ref
+
+
+def test_align_task_and_cli_write_identical_alignments_with_a_holdout(tmp_path, bpe_tok,
+                                                                      sp_tok, capsys):
+    """One preparation (tokalign_core.align.prepare) behind both: the same inputs with a
+    holdout give byte-identical artifacts, held-out pairs included."""
+    import numpy as np
+
+    from tasks.caching import Workspace
+    from tokalign.cli import main
+    from tokalign_core.align.alignment import Alignment, Provenance
+    from tokalign_core.configs.align import AlignConfig
+    from tokalign_core.store.artifacts import ArtifactStore
+    from tokalign_core.vocab.vocab import SharedTokens
+
+    bpe_tok.save_pretrained(tmp_path / "src_tok")
+    sp_tok.save_pretrained(tmp_path / "tgt_tok")
+    inputs = ArtifactStore(tmp_path / "inputs")
+    base = np.random.default_rng(0).standard_normal((len(bpe_tok), 12))
+    src = _emb_artifact(inputs, base[:500], np.arange(500))
+    tgt = _emb_artifact(inputs, base[np.arange(600) % 500] + 0.01, np.arange(600))
+    s_spec, t_spec = str(tmp_path / "src_tok"), str(tmp_path / "tgt_tok")
+    cfg = AlignConfig(method="cosine", retrieval="csls", holdout=0.3, seed=5)
+
+    # A file tracking store: the lineage is not under test, and SQLite's first migration
+    # costs seconds.
+    ws = Workspace(run_dir=str(tmp_path / "ws"), tracking_uri=f"file://{tmp_path / 'mlruns'}")
+    ref = stages.align_task.fn(ws, src, tgt, s_spec, t_spec, cfg)
+    cfg_file = tmp_path / "align.json"
+    cfg_file.write_text(cfg.model_dump_json())
+    assert main(["align", "--source-emb", src.path, "--target-emb", tgt.path,
+                 "--source-tokenizer", s_spec, "--target-tokenizer", t_spec,
+                 "--config", str(cfg_file), "--no-progress",
+                 "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+
+    task_dir, cli_dir = Path(ref.path), tmp_path / "cli"
+    names = sorted(p.name for p in task_dir.iterdir())
+    assert names == sorted(p.name for p in cli_dir.iterdir())
+    assert "heldout_pairs.npz" in names
+    for name in names:
+        assert (task_dir / name).read_bytes() == (cli_dir / name).read_bytes(), name
+    held = SharedTokens.load(task_dir / "heldout_pairs.npz")
+    ali = Alignment.load(task_dir)
+    assert len(held) > 0 and ali.meta["n_heldout"] == len(held)
+    assert ali.meta["config"]["holdout"] == 0.3
+    # held-out pairs left the overrides: none of them is SHARED
+    assert not (ali.provenance[held.target_ids] == Provenance.SHARED).any()

@@ -49,13 +49,9 @@ def _register_align(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder; must not exist or be empty (written atomically)")
     add_config_flags(p, AlignConfig, label="align", nested={"vecmap": "vecmap-"}, opts={
-        "seed": Opt(also=("vecmap.seed",)), "batch_size": Opt(also=("vecmap.batch_size",)),
+        "seed": Opt(also=("vecmap.seed",)),
         **{f"vecmap.{name}": Opt(names=(f"--{name.replace('_', '-')}",)) for name in (
             "init", "init_size", "vocab_cutoff", "max_iterations")}})
-    p.add_argument("--holdout", type=float, default=0.0,
-                   help="hide this fraction of the byte-matched shared pairs from the seed "
-                   "dictionary and the overrides; they are saved as heldout_pairs.npz for "
-                   "`tokalign eval-align --heldout-pairs` (default: %(default)s)")
     add_common_flags(p, config="AlignConfig")
     p.set_defaults(func=run_align)
 
@@ -96,18 +92,6 @@ def build_config(args: argparse.Namespace) -> Any:
     return config_from_args(args)
 
 
-def tokenization_fallbacks(missing: np.ndarray, target_vocab: Any,
-                           source_tok: Any) -> dict[int, list[int]]:
-    """target id -> source ids of the token's text under the source tokenizer, for the
-    ``missing`` target ids whose bytes are valid text."""
-    texts = {int(t): target_vocab.text(int(t)) for t in missing}
-    texts = {t: s for t, s in texts.items() if s}
-    if not texts:
-        return {}
-    enc = source_tok(list(texts.values()), add_special_tokens=False)["input_ids"]
-    return {t: list(ids) for t, ids in zip(texts, enc, strict=True) if ids}
-
-
 def _check_fresh_out(path: Path) -> None:
     from tokalign.cli import UserError
 
@@ -116,42 +100,22 @@ def _check_fresh_out(path: Path) -> None:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from tokalign.cli import UserError
-    from tokalign_core.align.build import build_alignment, check_embedding_tokenizers
-    from tokalign_core.embed.artifact import Embeddings
+    from tokalign_core.align.prepare import prepare_alignment
     from tokalign_core.store.artifacts import write_manifest
     from tokalign_core.store.atomic import atomic_dir
     from tokalign_core.vocab.tokenizers import load_tokenizer
-    from tokalign_core.vocab.vocab import build_vocab, shared_tokens, split_shared
 
-    if not 0.0 <= args.holdout < 1.0:
-        raise UserError(f"--holdout must be in [0, 1), got {args.holdout}")
-    cfg = build_config(args)
+    cfg = build_config(args)  # --holdout is AlignConfig.holdout: checked there, in [0, 1)
     out = Path(args.out)
-    source, target = Embeddings.load(args.source_emb), Embeddings.load(args.target_emb)
     s_tok, t_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(args.target_tokenizer)
-    digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
-    s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
-    shared = shared_tokens(s_vocab, t_vocab)
-    seed_pairs, heldout = split_shared(shared, args.holdout, cfg.seed)
-    t_size, s_size = len(t_tok), len(s_tok)
-    have = np.zeros(t_size, bool)
-    have[target.token_ids[target.token_ids < t_size]] = True
-    have[seed_pairs.target_ids] = True
-    fallbacks = tokenization_fallbacks(np.flatnonzero(~have), t_vocab, s_tok)
-    result = build_alignment(source, target, seed_pairs, t_size, s_size, cfg, fallbacks,
-                             progress=not args.no_progress)
-    result.alignment.meta.update({
-        "source_tokenizer": args.source_tokenizer, "target_tokenizer": args.target_tokenizer,
-        "source_emb": str(Path(args.source_emb).resolve()),
-        "target_emb": str(Path(args.target_emb).resolve()),
-        "n_shared": len(shared), "n_heldout": len(heldout), "holdout": args.holdout,
-        **digests})
+    prepared = prepare_alignment(args.source_emb, args.target_emb, s_tok, t_tok, cfg,
+                                 source_spec=args.source_tokenizer,
+                                 target_spec=args.target_tokenizer,
+                                 progress=not args.no_progress)
+    result = prepared.output
     _check_fresh_out(out)
     with atomic_dir(out) as tmp:
-        result.save(tmp)
-        if len(heldout):
-            heldout.save(tmp / "heldout_pairs.npz")
+        prepared.save(tmp)
         write_manifest(tmp)  # readers (init, eval-align, neighbors) verify it
     counts = result.alignment.counts()
     print(json.dumps({"out": str(out.resolve()), "counts": counts,

@@ -282,8 +282,7 @@ def build_alignment(source: Embeddings, target: Embeddings, shared: SharedPairs 
     pairs = seed_rows(shared, t_rows, s_rows)
     tv, sv, rep_meta = represent(source, target, pairs, cfg, callback, progress)
     method = cfg.retrieval_method()
-    fwd, bwd = retrieve_both(tv, sv, method, cfg.csls_k, cfg.candidates, cfg.batch_size,
-                             progress=progress)
+    fwd, bwd = retrieve_both(tv, sv, method, cfg.csls_k, cfg.candidates, progress=progress)
     source_ids = np.full(target_size, -1, np.int64)
     scores = np.zeros(target_size, np.float32)
     prov = np.full(target_size, Provenance.FALLBACK, np.uint8)

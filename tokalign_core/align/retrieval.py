@@ -7,7 +7,7 @@ where r_T(x) is the mean cosine of x to its k nearest neighbours among the keys 
 the mean cosine of z to its k nearest neighbours among the queries (k = 10). The penalty
 removes hubs: keys that are close to everything.
 
-Memory is O(GEMM_ROWS x n_keys): the dense n_queries x n_keys matrix is never built. Two
+Memory is O(tile_rows x n_keys): the dense n_queries x n_keys matrix is never built. Two
 modes, both exact (ties go to the lowest index):
 
 - **candidates** (large key sets, e.g. a 256k x 50k full-vocabulary retrieval): ONE pass
@@ -31,11 +31,14 @@ modes, both exact (ties go to the lowest index):
   backward direction through tiled transposes), so the GEMM and the transposes run once
   per call instead of once per pass. Top-M lists and the lazy mask as in exact mode.
 
-Determinism: the GEMM always runs on fixed tiles of :data:`GEMM_ROWS` rows (the last one
-zero-padded) through torch's kernels (MKL on CPU: a tile row's result does not depend on
-the other rows of the tile), so every value is bitwise the same whatever the batch size or
-the rows recomputed. NumPy inputs run on torch CPU tensors (zero-copy); CuPy inputs run on
-torch CUDA tensors via the CUDA array interface and come back as CuPy arrays.
+Determinism: the GEMM always runs on tiles of ``tile_rows`` rows (default
+:data:`GEMM_ROWS`; the last one zero-padded, so every call has the same shape) through
+torch's kernels (MKL on CPU: a tile row's result does not depend on the other rows of the
+tile), so every value is bitwise the same whatever rows are recomputed, and whatever the
+tile size (a memory knob: tested bitwise for tiles of 64 rows and more; BLAS may take
+other kernels, rounded differently, for products of only a few rows). NumPy inputs run
+on torch CPU tensors (zero-copy); CuPy inputs run on torch CUDA tensors via the CUDA array
+interface and come back as CuPy arrays.
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ import numpy as np
 
 from tokalign_core.runtime.backend import array_namespace
 
-# Rows per GEMM call. Fixed so that values never depend on the batch size; large enough to
-# amortise the per-tile Python and kernel-launch overhead (2048 x 50k float32 = 410 MB).
+# Rows per GEMM call (default ``tile_rows``): large enough to amortise the per-tile Python
+# and kernel-launch overhead (2048 x 50k float32 = 410 MB).
 GEMM_ROWS = 2048
 
 # Probability that none of a row's M best entries survives the dropout mask (the row is
@@ -110,8 +113,8 @@ def _keep_mask(keep_fn: KeepFn, rows: Any, cols: Any, xp: Any) -> Any:
 # ------------------------------------------------------------------------ blocks
 
 
-def _blocks(queries: Any, keys: Any) -> Iterator[tuple[int, int, Any]]:
-    """Similarity blocks ``queries @ keys.T`` on fixed :data:`GEMM_ROWS`-row tiles.
+def _blocks(queries: Any, keys: Any, tile: int) -> Iterator[tuple[int, int, Any]]:
+    """Similarity blocks ``queries @ keys.T`` on ``tile``-row tiles (zero-padded).
 
     ``queries`` [n_q, d], ``keys`` [n_k, d] float32 torch tensors. Yields (start, stop,
     block float32 [stop - start, n_k]); ``block`` is a view of a reused buffer, valid only
@@ -120,14 +123,14 @@ def _blocks(queries: Any, keys: Any) -> Iterator[tuple[int, int, Any]]:
     import torch
 
     n_q, d = queries.shape
-    tile = torch.zeros((GEMM_ROWS, d), dtype=torch.float32, device=queries.device)
-    out = torch.empty((GEMM_ROWS, keys.shape[0]), dtype=torch.float32, device=queries.device)
+    buf = torch.zeros((tile, d), dtype=torch.float32, device=queries.device)
+    out = torch.empty((tile, keys.shape[0]), dtype=torch.float32, device=queries.device)
     kt = keys.T  # a view: the GEMM reads the transpose
-    for start in range(0, n_q, GEMM_ROWS):
-        stop = min(start + GEMM_ROWS, n_q)
-        tile[: stop - start] = queries[start:stop]
-        tile[stop - start:] = 0
-        torch.mm(tile, kt, out=out)
+    for start in range(0, n_q, tile):
+        stop = min(start + tile, n_q)
+        buf[: stop - start] = queries[start:stop]
+        buf[stop - start:] = 0
+        torch.mm(buf, kt, out=out)
         yield start, stop, out[: stop - start]
 
 
@@ -239,7 +242,7 @@ class Scan:
 
 
 def _scan_t(queries: Any, keys: Any, row_k: int, col_k: int, progress: bool,
-            desc: str) -> Scan:
+            desc: str, tile: int) -> Scan:
     """:func:`scan` on torch tensors; returns torch tensors (rows sorted by value)."""
     import torch
     from tqdm.auto import tqdm
@@ -250,7 +253,7 @@ def _scan_t(queries: Any, keys: Any, row_k: int, col_k: int, progress: bool,
     row_idx = torch.empty((n_q, row_k), dtype=torch.int64, device=queries.device)
     cols = _ColumnTopK(n_k, col_k, queries.device)
     bar = tqdm(total=n_q, desc=desc, disable=not progress, unit="row")
-    for start, stop, block in _blocks(queries, keys):
+    for start, stop, block in _blocks(queries, keys, tile):
         row_vals[start:stop], row_idx[start:stop] = _row_topk(block, row_k)
         cols.update(block, start)
         bar.update(stop - start)
@@ -259,18 +262,22 @@ def _scan_t(queries: Any, keys: Any, row_k: int, col_k: int, progress: bool,
     return Scan(row_vals, row_idx, col_vals, col_idx)
 
 
-def scan(queries: Any, keys: Any, row_k: int, col_k: int, batch_size: int = 4096,
-         progress: bool = False, desc: str = "similarity scan") -> Scan:
+def scan(queries: Any, keys: Any, row_k: int, col_k: int, progress: bool = False,
+         desc: str = "similarity scan", tile_rows: int = GEMM_ROWS) -> Scan:
     """Top ``row_k`` keys of every query and top ``col_k`` queries of every key, by dot
     product, in one pass. Inputs float32 [n_q, d] and [n_k, d] (unit rows for cosine).
-    Memory O(GEMM_ROWS x n_k); ``batch_size`` is accepted for API stability and has no
-    effect (the tiles are fixed, so results never depend on it)."""
-    del batch_size
+    Memory O(tile_rows x n_k); the values do not depend on ``tile_rows``."""
+    _check_tile(tile_rows)
     xp = array_namespace(queries)
     q = _t(xp.ascontiguousarray(queries, dtype=xp.float32))
     k = _t(xp.ascontiguousarray(keys, dtype=xp.float32))
-    sc = _scan_t(q, k, row_k, col_k, progress, desc)
+    sc = _scan_t(q, k, row_k, col_k, progress, desc, tile_rows)
     return Scan(*(_back(a, xp) for a in (sc.row_vals, sc.row_idx, sc.col_vals, sc.col_idx)))
+
+
+def _check_tile(tile_rows: int) -> None:
+    if isinstance(tile_rows, bool) or not isinstance(tile_rows, int) or tile_rows < 1:
+        raise ValueError(f"tile_rows must be a positive integer, got {tile_rows!r}")
 
 
 def neighbour_means(vals: Any, k: int) -> Any:
@@ -332,7 +339,7 @@ def _choose(score: Any, idx: Any, bound: Any | None, keep: Any | None) -> tuple[
 
 
 def _recompute(rows: Any, q_aug: Any, k_aug: Any, scale: float, keep_fn: KeepFn | None,
-               xp: Any) -> tuple[Any, Any]:
+               xp: Any, tile: int) -> tuple[Any, Any]:
     """Exact argmax over all keys for the query rows ``rows`` int64 [m] (ties -> lowest
     index). ``q_aug`` [n_q, d'] / ``k_aug`` [n_k, d']: the score space (score = scale x
     dot product). Returns (index int64 [m], score float32 [m])."""
@@ -341,7 +348,7 @@ def _recompute(rows: Any, q_aug: Any, k_aug: Any, scale: float, keep_fn: KeepFn 
     choice = torch.empty(rows.shape[0], dtype=torch.int64, device=q_aug.device)
     best = torch.empty(rows.shape[0], dtype=torch.float32, device=q_aug.device)
     all_keys = torch.arange(k_aug.shape[0], device=q_aug.device)
-    for start, stop, block in _blocks(q_aug[rows], k_aug):
+    for start, stop, block in _blocks(q_aug[rows], k_aug, tile):
         s = block * scale
         if keep_fn is not None:
             part = rows[start:stop]
@@ -353,13 +360,14 @@ def _recompute(rows: Any, q_aug: Any, k_aug: Any, scale: float, keep_fn: KeepFn 
 
 
 def _settle(choice: Any, score: Any, settled: Any, q_aug: Any, k_aug: Any, scale: float,
-            keep_fn: KeepFn | None, xp: Any) -> int:
+            keep_fn: KeepFn | None, xp: Any, tile: int) -> int:
     """Recompute, in place, the rows whose short list did not settle the answer."""
     import torch
 
     redo = torch.nonzero(~settled).squeeze(1)
     if redo.numel():
-        choice[redo], score[redo] = _recompute(redo, q_aug, k_aug, scale, keep_fn, xp)
+        choice[redo], score[redo] = _recompute(redo, q_aug, k_aug, scale, keep_fn, xp,
+                                                    tile)
     return int(redo.numel())
 
 
@@ -382,14 +390,14 @@ def lazy_list_size(keep_fn: KeepFn | None, n_keys: int) -> int:
 
 def _candidate_mode(x: Any, z: Any, csls: bool, k: int, candidates: int, backward: bool,
                     keep_fwd: KeepFn | None, keep_bwd: KeepFn | None, xp: Any,
-                    progress: bool) -> tuple[tuple, tuple | None]:
+                    progress: bool, tile: int) -> tuple[tuple, tuple | None]:
     """One similarity pass + CSLS on cosine candidates (see the module docstring).
     Returns ((choice, score, best_cos, r_x, r_z, n_redo), same for backward or None)."""
     import torch
 
     n_cand = max(candidates, k)  # the neighbour means are read from the candidate lists
     need_col = n_cand if backward else (k if csls else 1)
-    sc = _scan_t(x, z, n_cand, need_col, progress, "similarity scan")
+    sc = _scan_t(x, z, n_cand, need_col, progress, "similarity scan", tile)
     if csls:
         r_x, r_z = neighbour_means(sc.row_vals, k), neighbour_means(sc.col_vals, k)
     else:
@@ -409,7 +417,7 @@ def _candidate_mode(x: Any, z: Any, csls: bool, k: int, candidates: int, backwar
         rows = torch.arange(vals.shape[0], device=vals.device)
         keep = _keep_mask(keep_fn, rows, idx, xp) if keep_fn is not None else None
         choice, best, settled = _choose(score, idx, bound, keep)
-        n = _settle(choice, best, settled, q_aug, k_aug, space[2], keep_fn, xp)
+        n = _settle(choice, best, settled, q_aug, k_aug, space[2], keep_fn, xp, tile)
         return choice, best, vals[:, 0].clone(), r_q, r_k, n
 
     fwd = one(sc.row_vals, sc.row_idx, r_x, r_z, keep_fwd, space[0], space[1])
@@ -432,7 +440,7 @@ def _space(x: Any, z: Any, r_x: Any, r_z: Any, csls: bool) -> tuple[Any, Any, fl
 
 def _exact_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
                 keep_fwd: KeepFn | None, keep_bwd: KeepFn | None, xp: Any,
-                progress: bool) -> tuple[tuple, tuple | None]:
+                progress: bool, tile: int) -> tuple[tuple, tuple | None]:
     """Pass 1 for r_T / r_S (CSLS only), pass 2 over the score blocks with row and column
     top-M lists and the dropout mask evaluated lazily on them (module docstring)."""
     import torch
@@ -440,7 +448,7 @@ def _exact_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
 
     n_x, n_z = x.shape[0], z.shape[0]
     if csls:
-        sc = _scan_t(x, z, k, k, progress, "neighbour means")
+        sc = _scan_t(x, z, k, k, progress, "neighbour means", tile)
         r_x, r_z = neighbour_means(sc.row_vals, k), neighbour_means(sc.col_vals, k)
         cos_x, cos_z = sc.row_vals[:, 0].clone(), sc.col_vals[:, 0].clone()
     else:
@@ -453,7 +461,7 @@ def _exact_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
     row_idx = torch.empty((n_x, m_f), dtype=torch.int64, device=x.device)
     cols = _ColumnTopK(n_z, m_b, x.device) if backward else None
     bar = tqdm(total=n_x, desc="csls scan", disable=not progress, unit="row")
-    for start, stop, block in _blocks(xa, za):
+    for start, stop, block in _blocks(xa, za, tile):
         row_vals[start:stop], row_idx[start:stop] = _row_topk(block, m_f)
         if cols is not None:
             cols.update(block, start)
@@ -467,7 +475,7 @@ def _exact_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
         rows = torch.arange(vals.shape[0], device=vals.device)
         keep = _keep_mask(keep_fn, rows, idx, xp) if keep_fn is not None else None
         choice, best, settled = _choose(scale * vals, idx, bound, keep)
-        n = _settle(choice, best, settled, q_aug, k_aug, scale, keep_fn, xp)
+        n = _settle(choice, best, settled, q_aug, k_aug, scale, keep_fn, xp, tile)
         if best_cos is None:  # cosine: the list's top entry is the best cosine
             best_cos = vals.amax(dim=1)
         return choice, best, best_cos, r_q, r_k, n
@@ -479,8 +487,8 @@ def _exact_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
 
 
 def _dense_walk(sim: Any, transposed: bool, k: int, a: float, r_keys: Any | None,
-                m: int) -> tuple[Any | None, Any | None, Any | None]:
-    """Walk the stored ``sim`` [n_x, n_z] by :data:`GEMM_ROWS` tiles of its rows (or,
+                m: int, tile: int) -> tuple[Any | None, Any | None, Any | None]:
+    """Walk the stored ``sim`` [n_x, n_z] by ``tile``-row tiles of its rows (or,
     ``transposed``, of its columns, copied row-major: a blocked transpose).
 
     Per row: the sorted top ``k`` plain similarities (float32 [n, k], for the neighbour
@@ -496,9 +504,9 @@ def _dense_walk(sim: Any, transposed: bool, k: int, a: float, r_keys: Any | None
         else None
     vals = torch.empty((n_rows, m), dtype=torch.float32, device=dev) if m else None
     idx = torch.empty((n_rows, m), dtype=torch.int64, device=dev) if m else None
-    work = torch.empty((GEMM_ROWS, n_keys), dtype=torch.float32, device=dev)
-    for start in range(0, n_rows, GEMM_ROWS):
-        stop = min(start + GEMM_ROWS, n_rows)
+    work = torch.empty((tile, n_keys), dtype=torch.float32, device=dev)
+    for start in range(0, n_rows, tile):
+        stop = min(start + tile, n_rows)
         buf = work[: stop - start]
         if transposed:
             buf.copy_(sim[:, start:stop].T)
@@ -530,7 +538,7 @@ def _dense_recompute(sim: Any, rows: Any, transposed: bool, a: float, r_q: Any,
 
 def _dense_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
                 keep_fwd: KeepFn | None, keep_bwd: KeepFn | None, xp: Any,
-                progress: bool) -> tuple[tuple, tuple | None]:
+                progress: bool, tile: int) -> tuple[tuple, tuple | None]:
     """One GEMM pass storing cos [n_x, n_z] (with each row's top k on the way: r_x), one
     transposing walk (r_z and the backward top-M lists, which need only r_x), one row walk
     (the forward top-M lists, which need r_z); masked argmaxes as in exact mode."""
@@ -542,7 +550,7 @@ def _dense_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
     sim = torch.empty((n_x, n_z), dtype=torch.float32, device=x.device)
     row_tops = torch.empty((n_x, kk), dtype=torch.float32, device=x.device)
     bar = tqdm(total=n_x, desc="similarity", disable=not progress, unit="row")
-    for start, stop, block in _blocks(x, z):
+    for start, stop, block in _blocks(x, z, tile):
         sim[start:stop] = block
         row_tops[start:stop] = torch.topk(block, kk, dim=1).values
         bar.update(stop - start)
@@ -551,9 +559,10 @@ def _dense_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
     # Cosine retrieval: no penalties (scores are the similarities themselves).
     r_x = neighbour_means(row_tops, k) if csls else torch.zeros(n_x, device=x.device)
     m_b = lazy_list_size(keep_bwd, n_x) if backward else 0
-    col_tops, b_vals, b_idx = _dense_walk(sim, True, k, a, r_x, m_b)
+    col_tops, b_vals, b_idx = _dense_walk(sim, True, k, a, r_x, m_b, tile)
     r_z = neighbour_means(col_tops, k) if csls else torch.zeros(n_z, device=x.device)
-    _, f_vals, f_idx = _dense_walk(sim, False, 0, a, r_z, lazy_list_size(keep_fwd, n_z))
+    _, f_vals, f_idx = _dense_walk(sim, False, 0, a, r_z, lazy_list_size(keep_fwd, n_z),
+                                   tile)
 
     def one(vals: Any, idx: Any, transposed: bool, keep_fn: KeepFn | None, r_q: Any,
             r_k: Any, best_cos: Any) -> tuple:
@@ -575,12 +584,12 @@ def _dense_mode(x: Any, z: Any, csls: bool, k: int, backward: bool,
 
 
 def retrieve_both(x: Any, z: Any, method: Literal["csls", "cosine"] = "csls", k: int = 10,
-                  candidates: int = 64, batch_size: int = 4096, backward: bool = True,
+                  candidates: int = 64, *, backward: bool = True,
                   keep_fwd: KeepFn | None = None, keep_bwd: KeepFn | None = None,
                   progress: bool = False, mode: Mode = "auto",
                   exact_max_keys: int = EXACT_MAX_KEYS,
-                  dense_max_bytes: int = DENSE_MAX_BYTES) -> tuple[Retrieval,
-                                                                  Retrieval | None]:
+                  dense_max_bytes: int = DENSE_MAX_BYTES,
+                  tile_rows: int = GEMM_ROWS) -> tuple[Retrieval, Retrieval | None]:
     """For every row of ``x`` its best row of ``z`` (forward) and, with ``backward``, for
     every row of ``z`` its best row of ``x``.
 
@@ -592,11 +601,11 @@ def retrieve_both(x: Any, z: Any, method: Literal["csls", "cosine"] = "csls", k:
     n_x x n_z matrix, immune to dropout) or ``auto``: with a dropout mask, dense when that
     matrix fits in ``dense_max_bytes``, else exact when both sides have at most
     ``exact_max_keys`` rows; without one, candidates.
-    ``candidates``: cosine short-list length in candidates mode. ``batch_size``: accepted
-    for API stability, no effect (fixed :data:`GEMM_ROWS` tiles). Results are identical
-    in every mode up to float rounding of the scores.
+    ``candidates``: cosine short-list length in candidates mode. ``tile_rows``: query rows
+    per GEMM (memory O(tile_rows x n_keys)); the values do not depend on it. Results are
+    identical in every mode up to float rounding of the scores.
     """
-    del batch_size
+    _check_tile(tile_rows)
     if x.shape[1] != z.shape[1]:
         raise ValueError(f"queries have {x.shape[1]} dims but keys have {z.shape[1]}")
     if k < 1 and method == "csls":
@@ -614,12 +623,14 @@ def retrieve_both(x: Any, z: Any, method: Literal["csls", "cosine"] = "csls", k:
         mode = ("dense" if fits else "exact" if small else "candidates") if dropout \
             else "candidates"
     if mode == "dense":
-        fwd, bwd = _dense_mode(xt, zt, csls, k, backward, keep_fwd, keep_bwd, xp, progress)
+        fwd, bwd = _dense_mode(xt, zt, csls, k, backward, keep_fwd, keep_bwd, xp, progress,
+                               tile_rows)
     elif mode == "exact":
-        fwd, bwd = _exact_mode(xt, zt, csls, k, backward, keep_fwd, keep_bwd, xp, progress)
+        fwd, bwd = _exact_mode(xt, zt, csls, k, backward, keep_fwd, keep_bwd, xp, progress,
+                               tile_rows)
     else:
         fwd, bwd = _candidate_mode(xt, zt, csls, k, candidates, backward, keep_fwd,
-                                   keep_bwd, xp, progress)
+                                   keep_bwd, xp, progress, tile_rows)
     return _result(fwd, xp, mode), (_result(bwd, xp, mode) if bwd is not None else None)
 
 
@@ -630,11 +641,11 @@ def _result(parts: tuple, xp: Any, mode: str) -> Retrieval:
 
 
 def retrieve(queries: Any, keys: Any, method: Literal["csls", "cosine"] = "csls",
-             k: int = 10, candidates: int = 64, batch_size: int = 4096,
-             progress: bool = False, mode: Mode = "auto") -> Retrieval:
+             k: int = 10, candidates: int = 64, *, progress: bool = False,
+             mode: Mode = "auto", tile_rows: int = GEMM_ROWS) -> Retrieval:
     """Best key (CSLS or cosine argmax, exact) for every query."""
-    return retrieve_both(queries, keys, method, k, candidates, batch_size, backward=False,
-                         progress=progress, mode=mode)[0]
+    return retrieve_both(queries, keys, method, k, candidates, backward=False,
+                         progress=progress, mode=mode, tile_rows=tile_rows)[0]
 
 
 def csls_matrix(x: Any, z: Any, k: int = 10) -> Any:
@@ -656,7 +667,7 @@ def top_neighbours(query: Any, keys: Any, topk: int = 5, r_query: float = 0.0,
     xp = array_namespace(keys)
     q = _t(normalize_rows(query[None, :]))
     z = _t(normalize_rows(keys))
-    _, _, block = next(_blocks(q, z))
+    _, _, block = next(_blocks(q, z, GEMM_ROWS))
     s = _back(block.clone(), xp)
     if r_keys is not None:
         s = 2 * s - r_query - r_keys[None, :]

@@ -119,8 +119,7 @@ def unsupervised_init(x: Any, z: Any, cfg: VecMapConfig) -> tuple[Any, Any]:
     xs = sorted_sqrt_similarity(x[:n], cfg.normalize)
     zs = sorted_sqrt_similarity(z[:n], cfg.normalize)
     method = "csls" if cfg.csls_k > 0 else "cosine"
-    fwd, bwd = retrieve_both(xs, zs, method, max(cfg.csls_k, 1), cfg.candidates,
-                             cfg.batch_size)
+    fwd, bwd = retrieve_both(xs, zs, method, max(cfg.csls_k, 1), cfg.candidates)
     return _pairs(fwd.indices, bwd.indices, cfg.direction)
 
 
@@ -283,7 +282,7 @@ def step(state: VecMapState, x: Any, z: Any, cfg: VecMapConfig) -> tuple[VecMapS
     keep_f, keep_b = _keep_fns(cfg, state)
     method = "csls" if cfg.csls_k > 0 else "cosine"
     fwd, bwd = retrieve_both(xc, zc, method, max(cfg.csls_k, 1), cfg.candidates,
-                             cfg.batch_size, keep_fwd=keep_f, keep_bwd=keep_b,
+                             keep_fwd=keep_f, keep_bwd=keep_b,
                              exact_max_keys=cfg.exact_max_keys,
                              dense_max_bytes=cfg.dense_max_bytes)
     objective = _objective(fwd.best_cos, bwd.best_cos, cfg.direction)

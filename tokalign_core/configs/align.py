@@ -19,13 +19,22 @@ iterations).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from tokalign_core.configs.base import FrozenConfig
 
 NormStep = Literal["unit", "center", "unitdim", "centeremb", "none"]
+
+
+def _refuse_removed(data: Any, name: str) -> Any:
+    """Old saved configs may still name ``batch_size``: say why it is gone and the fix."""
+    if isinstance(data, dict) and "batch_size" in data:
+        raise ValueError(
+            f"{name}.batch_size was removed: it never changed results or memory (retrieval "
+            "runs on fixed 2048-row GEMM tiles); delete it from the config")
+    return data
 
 
 class VecMapConfig(FrozenConfig):
@@ -54,8 +63,6 @@ class VecMapConfig(FrozenConfig):
     stored, and both directions and both CSLS passes read it (one GEMM instead of two, one
     transpose instead of two); 0 turns this off (e.g. on a small GPU). Results are the same
     either way, only the speed differs.
-    ``batch_size``: kept for compatibility; the retrieval runs on fixed 2048-row tiles
-    (memory O(2048 x cutoff)) so it has no effect on results or memory.
     """
 
     normalize: tuple[NormStep, ...] = Field(
@@ -106,11 +113,14 @@ class VecMapConfig(FrozenConfig):
     dense_max_bytes: int = Field(2 * 1024**3, ge=0, description="with dropout on, keep the "
                                  "cutoff x cutoff similarity matrix when it fits in this many "
                                  "bytes (0 = off; speed only)")
-    batch_size: int = Field(4096, ge=1, description="kept for compatibility; retrieval runs "
-                            "on fixed 2048-row tiles (no effect)")
     seed: int = Field(0, description="seed of VecMap's dropout")
     backend: Literal["auto", "numpy", "cupy"] = Field(
         "numpy", description="array backend; auto = cupy when a GPU is usable")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed(data, "vecmap")
 
     @model_validator(mode="after")
     def _consistent(self) -> VecMapConfig:
@@ -154,7 +164,10 @@ class AlignConfig(FrozenConfig):
     (chosen with ``seed``). ``fallback``: for target tokens without a vector, the rarest
     piece with a vector of the token's source tokenization when known
     (``tokenization``) else a seeded random trained source row, or always ``random``.
-    ``candidates``/``batch_size``: retrieval speed/memory knobs (results do not change).
+    ``candidates``: retrieval speed knob (results do not change). ``holdout``: fraction
+    of the byte-matched shared token pairs hidden from the seed dictionary and the
+    overrides (chosen with ``seed``), saved as ``heldout_pairs.npz`` for the held-out
+    precision@1 (``tokalign eval-align --heldout-pairs``); 0 hides none.
     """
 
     method: Literal["vecmap", "relative", "cosine"] = Field(
@@ -170,11 +183,17 @@ class AlignConfig(FrozenConfig):
         "their text, else seeded random; or always random")
     candidates: int = Field(64, ge=1, description="cosine candidates per row before the CSLS "
                             "check (speed only; results do not change)")
-    batch_size: int = Field(4096, ge=1, description="similarity rows per batch: memory only, "
-                            "results do not change")
+    holdout: float = Field(0.0, ge=0.0, lt=1.0, description="hide this fraction of the "
+                           "byte-matched shared pairs from the seed dictionary and the "
+                           "overrides; saved as heldout_pairs.npz for the held-out P@1")
     seed: int = Field(0, description="seed of VecMap's dropout, the anchors, the fallbacks "
                       "and the holdout split")
     vecmap: VecMapConfig = Field(VecMapConfig(), description="VecMap self-learning settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed(data, "align")
 
     @model_validator(mode="after")
     def _consistent(self) -> AlignConfig:

@@ -69,12 +69,6 @@ def short_name(spec: str) -> str:
     return text.rsplit("/", 1)[-1] or str(spec)
 
 
-def _known(cls: type[FrozenConfig], **fields: Any) -> Any:
-    """``cls(**fields)`` keeping only the fields ``cls`` has (quiet/progress switches differ
-    between stage configs)."""
-    return cls(**{k: v for k, v in fields.items() if k in cls.model_fields})
-
-
 def _train(**overrides: Any) -> TrainConfig:
     return TrainConfig(model=SET_BY_PIPELINE, tokens=SET_BY_PIPELINE, out_dir=SET_BY_PIPELINE,
                        **overrides)
@@ -268,11 +262,10 @@ class PipelineConfig(FrozenConfig):
             glove=GloveConfig(dim=16, iterations=5, device="cpu"),
             align=AlignConfig(vecmap=VecMapConfig.preset("fast"), csls_k=5, candidates=16,
                               n_anchors=32),
-            align_eval=_known(EvalAlignConfig, bertscore=False, progress=False),
-            init=_known(InitConfig, progress=False),
+            align_eval=EvalAlignConfig(bertscore=False, progress=False),
             baselines=("random", "mean", "fvt"),
             adapt=_train(**tiny_train),
             distill=_train(mode="distill", distill=DistillConfig(teacher=SET_BY_PIPELINE),
                            **tiny_train),
-            evaluate=_known(EvalConfig, progress=False, max_docs_per_group=20),
+            evaluate=EvalConfig(max_docs_per_group=20),
         )
