@@ -404,7 +404,22 @@ def _to_csr(runs: _Runs, dense, row_start, row_len, n_kept) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(n_kept, n_kept))
 
 
+class _NoBar:
+    """What a disabled bar does: nothing."""
+
+    def update(self, n: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def _bar(total: int, enabled: bool, name: str):
+    # No tqdm object at all when disabled: even a disabled one starts tqdm's monitor
+    # thread, and a process with a thread running is never forked (runtime.executor), so
+    # warm_kernels() made every LocalCluster spawn its workers (issue 18, item 4).
+    if not enabled:
+        return _NoBar()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=f"cooccur {name}", unit="tok",
