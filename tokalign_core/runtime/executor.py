@@ -67,6 +67,15 @@ def _pin_threads() -> None:
         torch.set_num_threads(1)
 
 
+# A LocalCluster on the cores that do the work: Dask's sampling profiler (a thread walking
+# every worker's stack each 10 ms) and its 0.5 s system monitors cost CPU the shards need
+# (issue 18, item 4); nothing here reads their output (no dashboard).
+LOCAL_QUIET = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+}
+
+
 def resolve_start_method(requested: str | None) -> str:
     """``requested``, or for None: ``fork`` when it is safe (POSIX, this is the only thread
     running), else ``spawn``."""
@@ -125,7 +134,7 @@ class DaskExecutor:
                 log.info("LocalCluster workers spawn (threads running here: %s)",
                          [t.name for t in threading.enumerate()])
             with dask.config.set({"distributed.worker.multiprocessing-method":
-                                  self.start_method}):
+                                  self.start_method, **LOCAL_QUIET}):
                 self._cluster = LocalCluster(
                     n_workers=self._local_workers, threads_per_worker=1, processes=True,
                     host="127.0.0.1", dashboard_address=None,
