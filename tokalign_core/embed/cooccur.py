@@ -695,20 +695,13 @@ def sum_band_group(job: tuple[str, list[tuple[int, int]]], run_paths: Sequence[s
 
 def _sum_band(runs, r0: int, r1: int, n: int) -> sp.csr_matrix:
     """Rows [r0, r1) summed over the runs: CSR int64 [r1-r0, n], sorted indices."""
-    parts = []
+    total = sp.csr_matrix((r1 - r0, n), dtype=np.int64)
     for ip, indices, data in runs:
         lo, hi = int(ip[r0]), int(ip[r1])
         if hi > lo:
-            parts.append(sp.csr_matrix((data.read(lo, hi), indices.read(lo, hi),
-                                        ip[r0:r1 + 1] - lo), shape=(r1 - r0, n)))
-    if not parts:
-        return sp.csr_matrix((r1 - r0, n), dtype=np.int64)
-    # Pairwise (tree) sums: each entry is copied ~log2(runs) times, not once per run as
-    # when one growing total takes the runs in turn. Integer sums: same values either way.
-    while len(parts) > 1:
-        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    total = parts[0]
+            part = sp.csr_matrix((data.read(lo, hi), indices.read(lo, hi), ip[r0:r1 + 1] - lo),
+                                 shape=(r1 - r0, n))
+            total = total + part
     total.sort_indices()
     return total
 
