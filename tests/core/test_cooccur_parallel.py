@@ -99,8 +99,11 @@ def test_band_groups_are_contiguous_balanced_and_cover_every_row():
     assert _band_groups([], np.zeros(0, np.int64), 4) == [[(0, 0)]]
 
 
-def test_merge_on_workers_is_byte_identical_to_the_merge_in_one_process(tmp_path):
+@pytest.mark.parametrize("budget", ["tiny", "roomy"])
+def test_merge_on_workers_is_byte_identical_to_the_merge_in_one_process(tmp_path, budget):
     runs, n, cfg = _runs(tmp_path)
+    if budget == "roomy":  # one band would hold every row: it is still split for the workers
+        cfg = cfg.model_copy(update={"memory_budget_mb": 512})
     one = merge_runs(runs, n, cfg, tmp_path / "one.npz")
     workers = _Workers(n_workers=2)
     two = merge_runs(runs, n, cfg, tmp_path / "two.npz", workers)

@@ -629,8 +629,12 @@ def merge_runs(run_paths: Sequence[str | Path], n: int, config: CooccurConfig,
                    for p in run_paths), np.zeros(n, np.int64))
     cap = max(int(config.memory_budget_mb * 2**20) // MERGE_BYTES, 1)
     distributed = getattr(executor, "distributed", False)
-    groups = _band_groups(_bands(per_row, cap), per_row,
-                          2 * executor.n_workers if distributed else 1)
+    k = 2 * executor.n_workers if distributed else 1
+    if distributed:
+        # Bands small enough that every group gets some, and that the workers summing
+        # side by side stay within the one budget together.
+        cap = max(min(cap // executor.n_workers, -(-int(per_row.sum()) // k)), 1)
+    groups = _band_groups(_bands(per_row, cap), per_row, k)
     parts = [str(out.with_name(f"{out.name}.part{i:05d}")) for i in range(len(groups))]
     fn = functools.partial(sum_band_group, run_paths=run_paths, n=n, config=config)
     jobs = list(zip(parts, groups, strict=True))
