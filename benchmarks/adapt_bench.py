@@ -110,8 +110,8 @@ def heldout_bytes_per_token(model_dir: str, tokens: str, seq_len: int,
     """(predicted tokens, their UTF-8 bytes) of the held-out blocks the training loop
     scores: every token's bytes from the canonical vocabulary (special tokens: 0 bytes),
     so bits/byte = bits/token * tokens / bytes is exact, not a decode-and-count estimate."""
-    from tokalign_core.model.init import load_tokenizer
     from tokalign_core.train.data import heldout_blocks
+    from tokalign_core.vocab.tokenizers import load_tokenizer
     from tokalign_core.vocab.vocab import build_vocab
 
     tok = load_tokenizer(model_dir)

@@ -150,8 +150,9 @@ def eval_groups(args: argparse.Namespace) -> tuple[dict[str, list[str]], str]:
 
 def hidden_alignments(model, src_tok, tgt_tok, args) -> dict[str, Alignment]:
     """hidden-csls and hidden-relative alignments from the source model's hidden states."""
-    from tokalign_core.align.build import Embeddings, build_alignment
+    from tokalign_core.align.build import build_alignment
     from tokalign_core.configs.align import AlignConfig
+    from tokalign_core.embed.artifact import Embeddings
     from tokalign_core.embed.hidden_states import extract_hidden_states
     from tokalign_core.model.baselines import fvt_pieces
     from tokalign_core.vocab.vocab import build_vocab, shared_tokens
@@ -329,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tokalign_core.model.init import load_model, load_tokenizer
+    from tokalign_core.model.init import load_model
     from tokalign_core.train import pretrain
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

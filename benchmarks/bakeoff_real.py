@@ -190,7 +190,8 @@ class Builder:
     """Loads the source model once and builds each row's initialised copy."""
 
     def __init__(self, args: argparse.Namespace):
-        from tokalign_core.model.init import load_model, load_tokenizer
+        from tokalign_core.model.init import load_model
+        from tokalign_core.vocab.tokenizers import load_tokenizer
 
         self.args = args
         t0 = time.time()
@@ -387,7 +388,7 @@ def row_digests(out: Path) -> dict[str, dict]:
 def merge(args: argparse.Namespace, out: Path) -> int:
     """Summarise every row whose cached scores cover the split's documents, from the
     per-document cache alone (no model is loaded): runs side by side merge here."""
-    from tokalign_core.model.init import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     groups = group_docs(args)
     src_tok = load_tokenizer(args.source)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def load(work: Path):
-    from tokalign_core.align.build import Embeddings
+    from tokalign_core.embed.artifact import Embeddings
     from tokalign_core.vocab.tokenizers import load_tokenizer
     from tokalign_core.vocab.vocab import build_vocab, shared_tokens
 

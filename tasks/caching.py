@@ -45,7 +45,7 @@ from tasks.locking import COMPUTE_LOCKS
 from tasks.records import record_problem, refuse
 from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.store import hashing
-from tokalign_core.store.artifacts import ArtifactRef, CorruptArtifactError, verify
+from tokalign_core.store.artifacts import ArtifactRef, CorruptArtifactError, quarantine, verify
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +171,6 @@ def artifact_refs(value: Any) -> list[ArtifactRef]:
     if isinstance(value, (list, tuple)):
         return [r for v in value for r in artifact_refs(v)]
     return []
-
-
-def quarantine(ref: ArtifactRef) -> Path | None:
-    """Move a damaged artifact folder aside (``<digest>.corrupt-<n>``) so that rebuilding
-    the same content can commit into its content-addressed place again; None if absent."""
-    folder = Path(ref.path)
-    if not folder.exists():
-        return None
-    for n in range(1000):
-        target = folder.with_name(f"{folder.name}.corrupt-{n}")
-        if not target.exists():
-            os.replace(folder, target)
-            return target
-    raise RuntimeError(f"too many quarantined copies of {folder}; delete them")
 
 
 def result_is_intact(value: Any) -> bool:

@@ -157,7 +157,8 @@ def align_task(ws: Workspace, source_emb: ArtifactRef, target_emb: ArtifactRef,
                cfg: AlignConfig) -> ArtifactRef:
     """The target -> source alignment artifact (VecMap objective per iteration to MLflow)."""
     from tokalign.commands.align import tokenization_fallbacks
-    from tokalign_core.align.build import Embeddings, build_alignment, check_embedding_tokenizers
+    from tokalign_core.align.build import build_alignment, check_embedding_tokenizers
+    from tokalign_core.embed.artifact import Embeddings
     from tokalign_core.vocab.vocab import build_vocab, shared_tokens
 
     inputs = {"source_emb": source_emb, "target_emb": target_emb}

@@ -106,19 +106,6 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(lines)
 
 
-def config_from(cls: Any, path: str | None, flags: dict[str, Any], stage: str) -> Any:
-    """A stage config: ``path`` (JSON/YAML, optional) overlaid with the flags that were
-    given (None = not given). Invalid values become a :class:`UserError` naming the stage."""
-    from pydantic import ValidationError
-
-    base = cls.load(path).model_dump() if path else {}
-    base.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return cls(**base)
-    except ValidationError as exc:
-        raise UserError(f"invalid {stage} settings: {exc}") from exc
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with "did you mean" for a misspelt command, choice or flag."""
 

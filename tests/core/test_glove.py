@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from tokalign_core.configs.glove import GloveConfig
-from tokalign_core.embed.glove import build_glove, load_embeddings, train_glove
+from tokalign_core.embed.artifact import Embeddings
+from tokalign_core.embed.glove import build_glove, train_glove
 from tokalign_core.runtime.tracking import JsonlLogger
 from tokalign_core.store.artifacts import ArtifactStore
 
@@ -144,7 +145,8 @@ def test_embeddings_artifact_logger_and_errors(tmp_path):
     ref = build_glove(cref, FAST.model_copy(update={"iterations": 2}), store, logger=logger,
                       progress=False)
     logger.close()
-    vectors, token_ids, meta = load_embeddings(ref)
+    emb = Embeddings.load(ref)
+    vectors, token_ids, meta = emb.vectors, emb.token_ids, emb.meta
     assert vectors.shape == (20, 16) and vectors.dtype == np.float32
     assert token_ids.dtype == np.int64 and sorted(token_ids) == list(range(20))
     assert len(meta["costs"]) == 2 and meta["costs"][1] < meta["costs"][0]
@@ -172,7 +174,8 @@ def test_cli_cooccur_then_glove(tmp_path, capsys):
     cooc_path = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["glove", cooc_path, "--dim", "4", "--iterations", "2", "--device", "cpu",
                  "--no-progress", "--artifact-root", root]) == 0
-    vectors, token_ids, meta = load_embeddings(capsys.readouterr().out.strip().splitlines()[-1])
+    emb = Embeddings.load(capsys.readouterr().out.strip().splitlines()[-1])
+    vectors, meta = emb.vectors, emb.meta
     assert vectors.shape == (10, 4) and meta["config"]["dim"] == 4
     assert main(["cooccur", str(tmp_path / "absent"), "--artifact-root", root]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -86,7 +86,8 @@ def test_budget_changes_buckets_not_quality():
 
 
 def test_artifact_is_streamed_and_equals_the_in_memory_matrix(tmp_path):
-    from tokalign_core.embed.glove import build_glove, load_embeddings, train_glove
+    from tokalign_core.embed.artifact import Embeddings
+    from tokalign_core.embed.glove import build_glove, train_glove
     from tokalign_core.store.artifacts import ArtifactStore
 
     x = _random_cooc(n=50)
@@ -95,7 +96,8 @@ def test_artifact_is_streamed_and_equals_the_in_memory_matrix(tmp_path):
     sp.save_npz(folder / "cooc.npz", x, compressed=False)
     np.save(folder / "token_ids.npy", np.arange(50, dtype=np.int64))
     store = ArtifactStore(tmp_path / "store")
-    vectors, _, meta = load_embeddings(build_glove(folder, _cfg(), store, progress=False))
+    emb = Embeddings.load(build_glove(folder, _cfg(), store, progress=False))
+    vectors, meta = emb.vectors, emb.meta
     assert vectors.tobytes() == train_glove(x, _cfg(), progress=False).vectors.tobytes()
     assert meta["threads"] == 2 and meta["spilled"] and meta["nnz"] == x.nnz
     assert list((store.root / ".spill").iterdir()) == []

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from tokalign_core.embed.artifact import Embeddings
 from tokalign_core.embed.hidden_states import (
     MISSING_REASONS,
     TokenVectors,
     extract_hidden_states,
     last_hidden_states,
-    load_embeddings,
     special_prefix,
     target_sequences,
     write_embeddings,
@@ -164,7 +164,7 @@ def test_embeddings_artifact_round_trip(extracted, tmp_path):
     meta = ref.meta()
     assert meta["n"] == len(target.token_ids) and meta["dim"] == 32
     assert meta["missing"]["special"] == 3 and meta["missing_reasons"] == list(MISSING_REASONS)
-    back = load_embeddings(ref.path)
+    back = Embeddings.load(ref.path)
     assert back.vectors.dtype == np.float32 and back.token_ids.dtype == np.int64
     assert np.array_equal(back.vectors, target.vectors)
     assert np.array_equal(back.missing_ids, target.missing_ids)
@@ -187,8 +187,8 @@ def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
                  "--target-counts", str(tokens), "--no-progress"])
     assert code == 0
     refs = json.loads(capsys.readouterr().out)
-    src = load_embeddings(refs["source"]["path"])
-    tgt = load_embeddings(refs["target"]["path"])
+    src = Embeddings.load(refs["source"]["path"])
+    tgt = Embeddings.load(refs["target"]["path"])
     assert src.vectors.shape == (len(bpe_tok), 16)
     assert tgt.token_ids[0] == sp_tok.convert_tokens_to_ids("▁the")  # most frequent first
     assert tgt.meta["row_order"] == "frequency" and src.meta["row_order"] == "id"

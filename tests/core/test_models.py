@@ -205,7 +205,8 @@ def test_cli_keeps_deepspeeds_accelerator_probe_off_stdout():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
-    build = ("import tempfile; from tokalign_core.model import load as models, toy; d = tempfile.mkdtemp(); "
+    build = ("import tempfile; from tokalign_core.model import load as models, toy; "
+             "d = tempfile.mkdtemp(); "
              "toy.tiny_llama(16, hidden=8, layers=1, heads=2).save_pretrained(d); "
              "models.load_causal_lm(d)")
     before = subprocess.run([sys.executable, "-c", build], env=env, capture_output=True,

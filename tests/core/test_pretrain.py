@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -123,7 +124,8 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
     data[-10] ^= 0xFF  # same size, different bytes: only the checksum catches it
     weights.write_bytes(bytes(data))
     assert pt.find_cached(store, first.key) is None
-    assert not first.ref.dir.exists() and list((tmp_path / ".corrupt").iterdir())
+    moved = Path(first.ref.path + ".corrupt-0")  # the store's quarantine: kept beside
+    assert not first.ref.dir.exists() and moved.is_dir()
     second = pt.pretrain(cfg, store, texts=micro_texts, progress=False)
     assert not second.cached and second.ref.dir.exists()
     # Same seed, one thread: the retrained weights are the original, undamaged ones.
@@ -131,8 +133,7 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
 
     verify(second.ref)
     assert json.loads((second.ref.dir / "MANIFEST.json").read_text())["model.safetensors"] == \
-        json.loads((tmp_path / ".corrupt" / next((tmp_path / ".corrupt").iterdir()).name
-                    / "MANIFEST.json").read_text())["model.safetensors"]
+        json.loads((moved / "MANIFEST.json").read_text())["model.safetensors"]
     assert pt.pretrain(cfg, store, texts=micro_texts, progress=False).cached
 
 

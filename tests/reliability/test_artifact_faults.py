@@ -223,9 +223,9 @@ def test_kill_9_during_an_artifact_write_leaves_nothing_trusted(tmp_path):
     assert new_path.parent == store.root / "slow" and new_path != leftovers[0]
     manifest = json.loads((new_path / MANIFEST).read_text())
     assert len([k for k in manifest if k.startswith("chunk-")]) == 200
-    from tokalign_core.store.artifacts import _digest
+    from tokalign_core.store.artifacts import manifest_digest
 
-    verify(ArtifactRef(kind="slow", sha256=_digest(manifest), path=str(new_path)))
+    verify(ArtifactRef(kind="slow", sha256=manifest_digest(manifest), path=str(new_path)))
 
 
 @pytest.mark.slow

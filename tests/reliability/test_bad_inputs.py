@@ -252,7 +252,7 @@ def test_tampered_alignment_file_is_rejected_on_load(tmp_path):
 
 
 def test_model_without_an_embeddings_api():
-    from tokalign_core.model.init import embedding_modules
+    from tokalign_core.model.embeddings import embedding_modules
 
     with pytest.raises(ValueError, match="no input/output embeddings API"):
         embedding_modules(object())

@@ -289,8 +289,7 @@ def test_a_tokens_folder_missing_a_shard_is_not_complete(chain, tmp_path):
 
 
 def test_a_flipped_byte_in_embedding_vectors_stops_align(tmp_path):
-    from tokalign_core.align.build import Embeddings
-    from tokalign_core.embed.glove import load_embeddings
+    from tokalign_core.embed.artifact import Embeddings
 
     store = ArtifactStore(tmp_path / "store")
     with store.writer("embeddings") as w:
@@ -300,7 +299,7 @@ def test_a_flipped_byte_in_embedding_vectors_stops_align(tmp_path):
     with pytest.raises(CorruptArtifactError, match="vectors.npy fails its checksum"):
         Embeddings.load(w.ref.path)
     with pytest.raises(CorruptArtifactError, match="vectors.npy fails its checksum"):
-        load_embeddings(w.ref)
+        Embeddings.load(w.ref)
 
 
 def test_the_flow_cache_does_not_trust_a_same_size_corruption(tmp_path):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tokalign.flags import Opt, add_common_flags, add_config_flags, config_from_args
 
 _TOK_HELP = "hub id, local folder, tokenizer.json, *.tiktoken or builtin:qwen2"
 
@@ -23,9 +22,8 @@ def register(subparsers: Any) -> None:
 
 
 def _register_align(subparsers: Any) -> None:
-    from tokalign_core.configs.align import AlignConfig, VecMapConfig
+    from tokalign_core.configs.align import AlignConfig
 
-    d, v = AlignConfig(), VecMapConfig()
     p = subparsers.add_parser(
         "align",
         help="align the target vocabulary to the source (VecMap + CSLS, or a baseline)",
@@ -50,43 +48,15 @@ def _register_align(subparsers: Any) -> None:
                    help=f"the new tokenizer ({_TOK_HELP}); required")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder; must not exist or be empty (written atomically)")
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="AlignConfig JSON/YAML; the flags below override it "
-                   "(default: built-in defaults)")
-    p.add_argument("--method", choices=["vecmap", "relative", "cosine"], default=None,
-                   help=f"vecmap = TokAlign++, relative = TokAlign (anchors), cosine = no "
-                   f"mapping, one shared space (default: {d.method})")
-    p.add_argument("--init", choices=["unsupervised", "shared"], default=None,
-                   help=f"VecMap initial dictionary: sorted square-root similarities, or "
-                   f"the shared tokens (default: {v.init})")
-    p.add_argument("--retrieval", choices=["auto", "csls", "cosine"], default=None,
-                   help=f"final choice by CSLS or cosine; auto = CSLS for vecmap, cosine "
-                   f"for the baselines (default: {d.retrieval})")
-    p.add_argument("--csls-k", type=int, default=None,
-                   help=f"CSLS neighbourhood size (default: {d.csls_k})")
-    p.add_argument("--n-anchors", type=int, default=None,
-                   help=f"shared anchor tokens of method relative (default: {d.n_anchors})")
-    p.add_argument("--init-size", type=int, default=None,
-                   help=f"rows of the unsupervised VecMap init (default: {v.init_size})")
-    p.add_argument("--vocab-cutoff", type=int, default=None,
-                   help=f"most frequent rows used by VecMap self-learning "
-                   f"(default: {v.vocab_cutoff})")
-    p.add_argument("--max-iterations", type=int, default=None,
-                   help=f"cap on VecMap iterations (default: {v.max_iterations})")
-    p.add_argument("--fallback", choices=["tokenization", "random"], default=None,
-                   help=f"targets without a vector: most frequent source token of their "
-                   f"text, else seeded random; or always random (default: {d.fallback})")
+    add_config_flags(p, AlignConfig, label="align", nested={"vecmap": "vecmap-"}, opts={
+        "seed": Opt(also=("vecmap.seed",)), "batch_size": Opt(also=("vecmap.batch_size",)),
+        **{f"vecmap.{name}": Opt(names=(f"--{name.replace('_', '-')}",)) for name in (
+            "init", "init_size", "vocab_cutoff", "max_iterations")}})
     p.add_argument("--holdout", type=float, default=0.0,
                    help="hide this fraction of the byte-matched shared pairs from the seed "
                    "dictionary and the overrides; they are saved as heldout_pairs.npz for "
                    "`tokalign eval-align --heldout-pairs` (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"seed of VecMap's dropout, the anchors, the fallbacks and the "
-                   f"holdout split (default: {d.seed})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"similarity rows per batch: memory only, results do not change "
-                   f"(default: {d.batch_size})")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_common_flags(p, config="AlignConfig")
     p.set_defaults(func=run_align)
 
 
@@ -114,6 +84,7 @@ def _register_neighbors(subparsers: Any) -> None:
     p.add_argument("--target-tokenizer", metavar="SPEC", default=None,
                    help="override the target tokenizer recorded by align (default: recorded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common_flags(p, progress=False)
     p.set_defaults(func=run_neighbors)
 
 
@@ -122,29 +93,7 @@ def _register_neighbors(subparsers: Any) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The config file (if any) with the flags the user set laid over it."""
-    from tokalign_core.configs.align import AlignConfig
-
-    base = AlignConfig.load(args.config) if args.config else AlignConfig()
-    data = base.model_dump()
-    for flag in ("method", "retrieval", "csls_k", "n_anchors", "fallback", "seed",
-                 "batch_size"):
-        if getattr(args, flag) is not None:
-            data[flag] = getattr(args, flag)
-    vm = data["vecmap"]
-    for flag in ("init", "init_size", "vocab_cutoff", "max_iterations", "seed", "batch_size"):
-        if getattr(args, flag) is not None:
-            vm[flag] = getattr(args, flag)
-    return AlignConfig.model_validate(data)
-
-
-def _load_tokenizer(spec: str) -> Any:
-    from tokalign.cli import UserError
-    from tokalign_core.vocab.tokenizers import load_tokenizer
-
-    try:
-        return load_tokenizer(spec)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load tokenizer {spec!r}: {exc}") from exc
+    return config_from_args(args)
 
 
 def tokenization_fallbacks(missing: np.ndarray, target_vocab: Any,
@@ -159,19 +108,20 @@ def tokenization_fallbacks(missing: np.ndarray, target_vocab: Any,
     return {t: list(ids) for t, ids in zip(texts, enc, strict=True) if ids}
 
 
-def _fresh_out(path: Path) -> Path:
+def _check_fresh_out(path: Path) -> None:
     from tokalign.cli import UserError
 
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"--out {path} already exists and is not empty; choose a new folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
 
 
 def run_align(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
-    from tokalign_core.align.build import Embeddings, build_alignment, check_embedding_tokenizers
+    from tokalign_core.align.build import build_alignment, check_embedding_tokenizers
+    from tokalign_core.embed.artifact import Embeddings
     from tokalign_core.store.artifacts import write_manifest
+    from tokalign_core.store.atomic import atomic_dir
+    from tokalign_core.vocab.tokenizers import load_tokenizer
     from tokalign_core.vocab.vocab import build_vocab, shared_tokens, split_shared
 
     if not 0.0 <= args.holdout < 1.0:
@@ -179,7 +129,7 @@ def run_align(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     out = Path(args.out)
     source, target = Embeddings.load(args.source_emb), Embeddings.load(args.target_emb)
-    s_tok, t_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(args.target_tokenizer)
+    s_tok, t_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(args.target_tokenizer)
     digests = check_embedding_tokenizers(source, target, s_tok, t_tok)
     s_vocab, t_vocab = build_vocab(s_tok), build_vocab(t_tok)
     shared = shared_tokens(s_vocab, t_vocab)
@@ -197,18 +147,12 @@ def run_align(args: argparse.Namespace) -> int:
         "target_emb": str(Path(args.target_emb).resolve()),
         "n_shared": len(shared), "n_heldout": len(heldout), "holdout": args.holdout,
         **digests})
-    tmp = _fresh_out(out)
-    try:
+    _check_fresh_out(out)
+    with atomic_dir(out) as tmp:
         result.save(tmp)
         if len(heldout):
             heldout.save(tmp / "heldout_pairs.npz")
         write_manifest(tmp)  # readers (init, eval-align, neighbors) verify it
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     counts = result.alignment.counts()
     print(json.dumps({"out": str(out.resolve()), "counts": counts,
                       "fallback_counts": result.alignment.meta["fallback_counts"]}))
@@ -271,6 +215,7 @@ def neighbours_of(run: Path, tid: int, k: int) -> dict[str, Any]:
 
 def run_neighbors(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     run = Path(args.alignment_run)
     if not (run / "target_vectors.npy").exists():
@@ -281,8 +226,8 @@ def run_neighbors(args: argparse.Namespace) -> int:
     meta = json.loads((run / "meta.json").read_text())
     t_spec = args.target_tokenizer or meta.get("target_tokenizer")
     s_spec = args.source_tokenizer or meta.get("source_tokenizer")
-    t_tok = _load_tokenizer(t_spec) if t_spec else None
-    s_tok = _load_tokenizer(s_spec) if s_spec else None
+    t_tok = load_tokenizer(t_spec) if t_spec else None
+    s_tok = load_tokenizer(s_spec) if s_spec else None
     tid = _resolve_target(args.token, args.id, t_tok, int(meta["target_size"]))
     info = neighbours_of(run, tid, args.top)
 

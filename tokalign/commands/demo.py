@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tokalign.flags import Switch, add_common_flags
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -35,6 +37,7 @@ def register(subparsers: Any) -> None:
                         "smoke test in a few minutes, not a quality result "
                         "(default: off)")
     add_run_flags(p, "runs/demo")
+    add_common_flags(p, progress=False)
     p.set_defaults(func=run_demo)
 
 
@@ -48,7 +51,8 @@ def add_run_flags(p: Any, run_dir: str) -> None:
                         "(default: %(default)s)")
     p.add_argument("--dask-address", default=None, metavar="TCP",
                    help="use an existing Dask scheduler instead (default: none)")
-    p.add_argument("--progress", action="store_true",
+    p.add_argument("--progress", "--no-progress", dest="progress", action=Switch,
+                   negatives=("--no-progress",), default=False,
                    help="show the stages' progress bars (default: off)")
 
 

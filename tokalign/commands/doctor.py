@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tokalign.flags import add_common_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
                    help="seed of the reachability sample (default 0)")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the report as JSON to FILE ('-' for stdout only)")
+    add_common_flags(p, progress=False)
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tokalign.flags import Opt, add_common_flags, add_config_flags, config_from_args, show_progress
+
 
 def register(subparsers) -> None:
     _register_eval(subparsers)
@@ -33,25 +35,13 @@ def _register_eval(subparsers) -> None:
                    "model's, to compare with it); default: the model's own tokenizer")
     p.add_argument("--tokenizer", default=None,
                    help="the model's tokenizer spec (default: loaded from MODEL)")
-    p.add_argument("--window", type=int, default=None,
-                   help="tokens per forward pass (default: model context, at most 2048)")
-    p.add_argument("--stride", type=int, default=None,
-                   help="tokens newly scored per further window (default: window // 2)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default 8)")
-    p.add_argument("--max-docs", type=int, default=None,
-                   help="at most this many documents per group (default: all)")
-    p.add_argument("--score-groups", default=None, metavar="G1,G2",
-                   help="comma-separated groups whose NLL metrics are computed (the model "
-                   "runs on them); the others get compression only (default: every group)")
-    p.add_argument("--txt-split", choices=("paragraph", "line", "file"), default=None,
-                   help=".txt documents: blank-line paragraphs, lines or whole file "
-                   "(default paragraph)")
-    p.add_argument("--no-bos", action="store_true",
-                   help="do not prefix documents with BOS/EOS (their first token is unscored)")
-    p.add_argument("--config", default=None, help="EvalConfig JSON/YAML; options override it")
+    from tokalign_core.configs.evaluate import EvalConfig
+
+    add_config_flags(p, EvalConfig, label="eval-model", opts={
+        "max_docs_per_group": Opt(names=("--max-docs", "--max-docs-per-group")),
+        "score_groups": Opt(metavar="G1,G2"), "add_bos": Opt(negatives=("--no-bos",))})
     p.add_argument("--output", default=None, help="write the results JSON here")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_common_flags(p, config="EvalConfig")
     p.set_defaults(func=run_eval)
 
 
@@ -76,49 +66,29 @@ def _register_lm_eval(subparsers) -> None:
     p.add_argument("--include-path", default=None, help="folder of extra local task YAMLs")
     p.add_argument("--output", default=None, help="write the results JSON here")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
+    add_common_flags(p, progress=False)
     p.set_defaults(func=run_lm_eval)
-
-
-def build_eval_config(args: argparse.Namespace):
-    from tokalign.cli import config_from
-    from tokalign_core.configs.evaluate import EvalConfig
-
-    flags = {"window": args.window, "stride": args.stride, "batch_size": args.batch_size,
-             "max_docs_per_group": args.max_docs, "txt_split": args.txt_split,
-             "score_groups": parse_groups(args.score_groups),
-             "add_bos": False if args.no_bos else None,
-             "trust_remote_code": True if args.trust_remote_code else None}
-    return config_from(EvalConfig, args.config, flags, "eval-model")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from tokalign_core.evaluate.perplexity import evaluate_model, format_table, load_texts
-    from tokalign_core.model.init import load_model, load_tokenizer
+    from tokalign_core.model.init import load_model
     from tokalign_core.store.artifacts import atomic_write_text
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
-    cfg = build_eval_config(args)
+    cfg = config_from_args(args)
     groups = load_texts(args.texts, cfg.txt_split, cfg.max_docs_per_group)
     model = load_model(args.model, cfg.trust_remote_code)
     tok = load_tokenizer(args.tokenizer or args.model, cfg.trust_remote_code)
     ref = load_tokenizer(args.reference_tokenizer, cfg.trust_remote_code) \
         if args.reference_tokenizer else None
-    results = evaluate_model(model, tok, groups, ref, cfg, progress=not args.no_progress)
+    results = evaluate_model(model, tok, groups, ref, cfg, progress=show_progress(args))
     results["model"] = str(args.model)
     results["reference_tokenizer"] = args.reference_tokenizer or "(model's own)"
     print(format_table(results))
     if args.output:
         atomic_write_text(Path(args.output), json.dumps(results, indent=2))
     return 0
-
-
-def parse_groups(text: str | None) -> tuple[str, ...] | None:
-    """'en, python' -> ('en', 'python'); None stays None (score every group)."""
-    if text is None:
-        return None
-    groups = tuple(g.strip() for g in text.split(",") if g.strip())
-    if not groups:
-        raise ValueError("--score-groups is empty; pass e.g. --score-groups en,python")
-    return groups
 
 
 def parse_tasks(text: str) -> list[str]:

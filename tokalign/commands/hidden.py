@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tokalign.flags import add_common_flags, show_progress
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers: Any) -> None:
             "Feed every source token, and every target token's text encoded by the source "
             "tokenizer, to the source causal LM and keep the last layer's hidden state at "
             "the last position. Writes two embeddings artifacts (source, target) under "
-            "--out and prints their references as JSON."
+            "--artifact-root and prints their references as JSON."
         ),
     )
     p.add_argument("model", metavar="MODEL",
@@ -28,8 +30,6 @@ def register(subparsers: Any) -> None:
                    help="the model's own tokenizer (hub id, folder, tokenizer.json, "
                    "*.tiktoken, builtin:qwen2)")
     p.add_argument("target_tokenizer", metavar="TARGET_TOK", help="the new tokenizer spec")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="artifact root (required); the artifacts go to DIR/embeddings/<digest>")
     p.add_argument("--batch-size", type=int, default=32,
                    help="sequences per forward pass (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=64,
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
                    help="same for the target rows (default: by id)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model/tokenizer code from the hub")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_common_flags(p, artifact_root=True, artifact_aliases=("--out",))
     p.set_defaults(func=run)
 
 
@@ -75,21 +75,21 @@ def _load_model(spec: str, trust_remote_code: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from tokalign.cli import open_store
-    from tokalign.commands.eval_align import _load_tokenizer
     from tokalign_core.embed.hidden_states import extract_hidden_states, write_embeddings
     from tokalign_core.store.inputs import digest_of
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     if args.batch_size < 1 or args.max_length < 1:
         raise ValueError("--batch-size and --max-length must be >= 1")
     src_counts, tgt_counts = _counts(args.source_counts), _counts(args.target_counts)
-    src_tok, tgt_tok = _load_tokenizer(args.source_tokenizer), _load_tokenizer(
+    src_tok, tgt_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(
         args.target_tokenizer)
     model = _load_model(args.model, args.trust_remote_code)
     add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]
     source, target = extract_hidden_states(
         model, src_tok, tgt_tok, batch_size=args.batch_size, device=args.device,
-        add_bos=add_bos, max_length=args.max_length, progress=not args.no_progress)
-    store = open_store(args.out)
+        add_bos=add_bos, max_length=args.max_length, progress=show_progress(args))
+    store = open_store(args.artifact_root)
     info = {"model": args.model, "source_tokenizer": args.source_tokenizer,
             "target_tokenizer": args.target_tokenizer}
     refs = {

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from tokalign_core.configs.init import INIT_METHODS, InitConfig
+from tokalign.flags import add_common_flags, add_config_flags, config_from_args
+from tokalign_core.configs.init import InitConfig
 
 
 def register(subparsers) -> None:
@@ -30,51 +31,27 @@ def register(subparsers) -> None:
     p.add_argument("--alignment", default=None,
                    help="alignment folder (alignment.npz) from `tokalign align`; required for "
                    "--method aligned, optional for baselines (its shared tokens are reused)")
-    p.add_argument("--method", choices=INIT_METHODS, default=None,
-                   help="initialisation method (default: the config's, 'aligned')")
-    p.add_argument("--fallback", choices=("fvt", "copy", "mean"), default=None,
-                   help="aligned only: FALLBACK rows get the FVT mean (fvt), the alignment's "
-                   "seeded row (copy) or the source mean (mean); default fvt")
-    p.add_argument("--gate-quantile", type=float, default=None,
-                   help="aligned only: retrieved rows below this quantile of the retrieved "
-                   "rows' scores get the FVT mean (default 0.9; 0 = copy every aligned row)")
-    p.add_argument("--min-score", type=float, default=None,
-                   help="aligned only: retrieved rows scored below this get the FVT mean "
-                   "(default: none, every aligned row is copied)")
-    p.add_argument("--pad-to-multiple-of", type=int, default=None,
-                   help="round embedding rows up to this multiple (default 64)")
-    p.add_argument("--seed", type=int, default=None, help="seed of random choices (default 0)")
-    p.add_argument("--no-reuse-shared", action="store_true",
-                   help="statistical baselines: do not copy rows of shared tokens")
-    p.add_argument("--config", default=None,
-                   help="InitConfig JSON/YAML; command-line options override its fields")
+    add_config_flags(p, InitConfig, label="init")
     p.add_argument("--out", required=True, help="output folder for the initialised model")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow models/tokenizers that need custom code from their repository")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="load the source model in this dtype (default: the checkpoint's)")
+    add_common_flags(p, config="InitConfig", progress=False)
     p.set_defaults(func=run)
 
 
 def build_config(args: argparse.Namespace) -> InitConfig:
     """The InitConfig from --config plus explicit overrides."""
-    from tokalign.cli import config_from
-
-    flags = {"method": args.method, "fallback": args.fallback, "min_score": args.min_score,
-             "gate_quantile": args.gate_quantile,
-             "pad_to_multiple_of": args.pad_to_multiple_of, "seed": args.seed,
-             "reuse_shared": False if args.no_reuse_shared else None,
-             "trust_remote_code": True if args.trust_remote_code else None}
-    return config_from(InitConfig, args.config, flags, "init")
+    return config_from_args(args)
 
 
 def run(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.align.alignment import Alignment
     from tokalign_core.model.card import CardInfo, hash_input
-    from tokalign_core.model.init import initialize, load_model, load_tokenizer, save_initialized
+    from tokalign_core.model.init import initialize, load_model, save_initialized
     from tokalign_core.store.inputs import check_out_dir
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     cfg = build_config(args)
     out_dir = Path(args.out)

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tokalign.flags import Opt, add_common_flags, add_config_flags, config_from_args, read_config
+
 PRESET_HELP = "tiny (seconds, tests), tokalign, tokalign++ (default), paper-scale"
 
 
@@ -33,18 +35,15 @@ def register(subparsers: Any) -> None:
             "MLFLOW_TRACKING_URI name)."
         ),
     )
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="PipelineConfig JSON/YAML (default: the --preset)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"named settings when no --config: {PRESET_HELP}")
-    p.add_argument("--source-model", default=None, metavar="SPEC",
-                   help="model to adapt: a save_pretrained folder, a hub id, a .gguf or "
-                        "builtin:smollm2-135m")
-    p.add_argument("--source-tokenizer", default=None, metavar="SPEC",
-                   help="its tokenizer (default: the model's own)")
-    p.add_argument("--target-tokenizer", default=None, metavar="SPEC",
-                   help="the new vocabulary: a folder, tokenizer.json, *.tiktoken, a hub id "
-                        "or builtin:qwen2")
+    from tokalign_core.configs.pipeline import PipelineConfig
+
+    add_config_flags(p, PipelineConfig, label="pipeline", default_text="the preset's",
+                     opts={name: Opt(metavar="SPEC") for name in (
+                         "source_model", "source_tokenizer", "target_tokenizer")},
+                     title="pipeline settings (PipelineConfig fields; the stage sections "
+                     "via --config)")
     p.add_argument("--corpus", action="append", default=None, metavar="PATH",
                    help="text both tokenizers see: a file, folder, glob or hf:<dataset>; "
                         "repeat for several sources, mixed equally (replaces the config's "
@@ -60,7 +59,8 @@ def register(subparsers: Any) -> None:
     from tokalign.commands.demo import add_run_flags
 
     add_run_flags(p, "runs/run")
-    p.set_defaults(func=run)
+    add_common_flags(p, config="PipelineConfig (instead of a --preset)", progress=False)
+    p.set_defaults(func=run, build_config=build_config)
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -78,20 +78,18 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.config and not Path(args.config).is_file():
         raise UserError(f"--config {args.config}: no such file")
     try:
-        base = PipelineConfig.load(args.config) if args.config \
-            else PipelineConfig.preset(args.preset or "tokalign++")
-        return PipelineConfig.model_validate(_overlay(base.model_dump(mode="json"), args))
+        base = read_config(PipelineConfig, args.config) if args.config \
+            else PipelineConfig.preset(args.preset or "tokalign++").model_dump(mode="json")
+        base = PipelineConfig.model_validate(base).model_dump(mode="json")
     except ValidationError as exc:
-        raise UserError(f"invalid pipeline settings: {exc}") from exc
+        raise UserError(f"invalid pipeline settings in --config {args.config}: {exc}") from exc
+    return config_from_args(args, base=base, fix=lambda data: _overlay(data, args))
 
 
 def _overlay(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     from tokalign.cli import UserError
     from tokalign_core.configs.distill import DistillConfig
 
-    for key in ("source_model", "source_tokenizer", "target_tokenizer"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
     if args.corpus:
         data["corpus"]["sources"] = [{"path": p} for p in args.corpus]
     if args.byte_budget is not None:

@@ -8,6 +8,8 @@ import argparse
 import json
 from typing import Any
 
+from tokalign.flags import add_common_flags
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -33,6 +35,7 @@ def register(subparsers: Any) -> None:
     reg.add_argument("--check", action="store_true",
                      help="load the tokenizer first and refuse to announce one that does "
                           "not load (default: off, the run will report it)")
+    add_common_flags(reg, progress=False)
     reg.set_defaults(func=run_register)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 

@@ -36,7 +36,8 @@ import numpy as np
 from tokalign_core.align.alignment import Alignment, Provenance
 from tokalign_core.align.retrieval import normalize_rows, retrieve_both
 from tokalign_core.configs.align import AlignConfig
-from tokalign_core.store.artifacts import atomic_write_bytes, atomic_write_text, verify_input
+from tokalign_core.embed.artifact import Embeddings
+from tokalign_core.store.artifacts import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -49,60 +50,6 @@ class SharedPairs(Protocol):
 
     target_ids: np.ndarray
     source_ids: np.ndarray
-
-
-@dataclass
-class Embeddings:
-    """An embeddings artifact in memory: ``vectors`` float32 [n, d], ``token_ids`` int64
-    [n] (tokenizer id of each row, most frequent first when known)."""
-
-    vectors: np.ndarray
-    token_ids: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
-        self.token_ids = np.asarray(self.token_ids, dtype=np.int64)
-        if self.vectors.ndim != 2 or len(self.vectors) != len(self.token_ids):
-            raise ValueError(
-                f"embeddings: vectors {self.vectors.shape} and token_ids "
-                f"{self.token_ids.shape} must be [n, d] and [n]"
-            )
-        if len(np.unique(self.token_ids)) != len(self.token_ids):
-            raise ValueError("embeddings: token_ids contain duplicates (one row per token)")
-        if not np.isfinite(self.vectors).all():
-            raise ValueError("embeddings: vectors contain NaN or inf")
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Embeddings:
-        """Read ``vectors.npy``, ``token_ids.npy`` and ``meta.json`` (never unpickled)."""
-        folder = Path(folder)
-        verify_input(folder, "embeddings")  # sha256 of every file (manifest) first
-        for name in ("vectors.npy", "token_ids.npy"):
-            if not (folder / name).exists():
-                raise FileNotFoundError(
-                    f"{folder} has no {name}: pass an embeddings artifact folder "
-                    "(from `tokalign glove` or `tokalign hidden-states`)"
-                )
-        from tokalign_core.store.inputs import reading
-
-        fix = f"delete {folder} and rebuild it (`tokalign glove` or `tokalign hidden-states`)"
-        meta_path = folder / "meta.json"
-        with reading(meta_path, fix):
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        with reading(folder, fix):
-            return cls(np.load(folder / "vectors.npy", allow_pickle=False),
-                       np.load(folder / "token_ids.npy", allow_pickle=False), meta)
-
-    def tokenizer_digest(self) -> str | None:
-        """The ``tokenizer_digest`` the artifact recorded (GloVe and hidden states do)."""
-        return self.meta.get("tokenizer_digest")
-
-    def rows_of(self, size: int) -> np.ndarray:
-        """int64 [size]: row of each token id, -1 when the id has no vector."""
-        lookup = np.full(size, -1, dtype=np.int64)
-        lookup[self.token_ids] = np.arange(len(self.token_ids))
-        return lookup
 
 
 @dataclass

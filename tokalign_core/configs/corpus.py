@@ -39,13 +39,14 @@ class SourceSpec(FrozenConfig):
     selects from a saved ``DatasetDict``).
     """
 
-    path: str
-    format: SourceFormat = "auto"
-    text_field: str = "text"
-    ratio: float = Field(1.0, gt=0)
-    text_unit: TextUnit = "line"
-    dataset_config: str | None = None
-    split: str = "train"
+    path: str = Field(..., description="a file, folder, glob or hf:<dataset>")
+    format: SourceFormat = Field("auto", description="reader; auto: from the file suffix")
+    text_field: str = Field("text", description="column / JSON key holding the text")
+    ratio: float = Field(1.0, gt=0, description="mixing ratio (needs a budget)")
+    text_unit: TextUnit = Field("line", description="what one document is in plain-text "
+                                "files")
+    dataset_config: str | None = Field(None, description="datasets.load_dataset config name")
+    split: str = Field("train", description="dataset split")
 
     @field_validator("path")
     @classmethod
@@ -63,15 +64,21 @@ class CorpusConfig(FrozenConfig):
     ``max_doc_chars``: longer documents are split at a line, then a space boundary.
     """
 
-    sources: tuple[SourceSpec, ...]
-    token_budget: int | None = Field(None, gt=0)
-    byte_budget: int | None = Field(None, gt=0)
-    bytes_per_token: float = Field(4.0, gt=0)
-    n_shards: int = Field(8, ge=1, le=100_000)
-    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    seed: int = 0
-    max_doc_chars: int = Field(1_000_000, ge=64)
-    min_doc_chars: int = Field(1, ge=1)
+    sources: tuple[SourceSpec, ...] = Field(..., description="the text sources")
+    token_budget: int | None = Field(None, gt=0, description="size of the mix in tokens, "
+                                     "converted to bytes with bytes_per_token (none: "
+                                     "everything)")
+    byte_budget: int | None = Field(None, gt=0, description="size of the mix in UTF-8 bytes "
+                                    "(none: everything)")
+    bytes_per_token: float = Field(4.0, gt=0, description="bytes per token used to turn "
+                                   "token_budget into bytes")
+    n_shards: int = Field(8, ge=1, le=100_000, description="number of training shards")
+    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0,
+                                    description="fraction of documents held out")
+    seed: int = Field(0, description="seed of the held-out draw and the document order")
+    max_doc_chars: int = Field(1_000_000, ge=64, description="documents longer than this are "
+                               "split")
+    min_doc_chars: int = Field(1, ge=1, description="documents shorter than this are dropped")
 
     @model_validator(mode="after")
     def _check(self) -> CorpusConfig:

@@ -40,22 +40,35 @@ class GloveConfig(FrozenConfig):
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". ``dtype``: parameter dtype.
     """
 
-    dim: int = Field(300, ge=1, le=8192)
-    x_max: float = Field(10.0, gt=0)
-    alpha: float = Field(0.75, gt=0)
-    eta: float = Field(0.05, gt=0)
-    iterations: int = Field(15, ge=1)
-    seed: int = 0
-    engine: Literal["auto", "numba", "torch"] = "auto"
-    threads: int | None = Field(None, ge=1, le=1024)
-    deterministic: bool = True
-    blocks: int = Field(8, ge=1, le=256)
-    memory_budget_mb: float = Field(256.0, gt=0, allow_inf_nan=False)
-    batch_size: int = Field(8192, ge=1)
-    grad_clip: float = Field(100.0, gt=0)
-    vectors: Literal["w+c", "w"] = "w+c"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
+    dim: int = Field(300, ge=1, le=8192, description="vector size")
+    x_max: float = Field(10.0, gt=0, description="weighting cutoff x_max")
+    alpha: float = Field(0.75, gt=0, description="weighting exponent")
+    eta: float = Field(0.05, gt=0, description="AdaGrad learning rate")
+    iterations: int = Field(15, ge=1, description="passes over the nonzeros")
+    seed: int = Field(0, description="init and shuffling seed")
+    engine: Literal["auto", "numba", "torch"] = Field(
+        "auto", description="numba: per-nonzero AdaGrad on CPU (the C tool's algorithm); "
+        "torch: mini-batch AdaGrad on CPU/CUDA; auto: numba on CPU, torch on CUDA")
+    threads: int | None = Field(None, ge=1, le=1024,
+                                description="numba threads (none: all cores)")
+    deterministic: bool = Field(
+        True, description="numba: conflict-free schedule on a fixed block grid, "
+        "bit-reproducible for a seed whatever the thread count; off = Hogwild like the C tool "
+        "(faster, not reproducible with >1 thread)")
+    blocks: int = Field(8, ge=1, le=256, description="deterministic schedule: blocks x blocks "
+                        "grid (part of the schedule: changing it changes the result)")
+    memory_budget_mb: float = Field(
+        256.0, gt=0, allow_inf_nan=False,
+        description="nonzeros resident at once, MB; past it they stream from "
+        "<artifact root>/.spill in random buckets")
+    batch_size: int = Field(8192, ge=1, description="torch engine: nonzeros per AdaGrad step")
+    grad_clip: float = Field(100.0, gt=0, description="clip each gradient component to "
+                             "[-grad_clip, grad_clip] (the C tool's 100)")
+    vectors: Literal["w+c", "w"] = Field("w+c", description="output vectors: word + context "
+                                         "(model 2) or word only")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch device; auto = CUDA when available")
+    dtype: Literal["float32", "float64"] = Field("float32", description="parameter dtype")
 
     @model_validator(mode="after")
     def _engine_fits_device(self) -> GloveConfig:

@@ -72,27 +72,34 @@ class PipelineConfig(FrozenConfig):
 
     source_model: str = Field("EleutherAI/pythia-1b", description="model to adapt: "
         "hub id, folder, .gguf or builtin:smollm2-135m")
-    source_tokenizer: str | None = Field(None, description="default: the source model's")
+    source_tokenizer: str | None = Field(None, description="the source model's tokenizer "
+                                         "(none: the model's own)")
     target_tokenizer: str = Field("builtin:qwen2", description="the new vocabulary")
     corpus: CorpusConfig = Field(
         CorpusConfig(sources=(SourceSpec(path="data/corpus"),)),
         description="text both tokenizers see (same documents)")
-    add_bos: bool | None = Field(None, description="prepend BOS (None: tokenizer's default)")
+    add_bos: bool | None = Field(None, description="prepend BOS (auto/none: the tokenizer's "
+                                 "default)")
     add_eos: bool = Field(False, description="append EOS to every document")
     tokenize_batch_size: int = Field(1024, ge=1, description="documents per encode call")
-    representation: Literal["glove", "hidden"] = "glove"
-    cooccur: CooccurConfig = CooccurConfig()
-    glove: GloveConfig = GloveConfig()
+    representation: Literal["glove", "hidden"] = Field(
+        "glove", description="token vectors: co-occurrence + GloVe, or the source model's "
+        "last-token hidden states")
+    cooccur: CooccurConfig = Field(CooccurConfig(), description="co-occurrence counting")
+    glove: GloveConfig = Field(GloveConfig(), description="GloVe token vectors")
     hidden_batch_size: int = Field(32, ge=1, description="sequences per hidden-state pass")
-    align: AlignConfig = AlignConfig()
-    align_eval: EvalAlignConfig = EvalAlignConfig()
-    init: InitConfig = InitConfig()
+    align: AlignConfig = Field(AlignConfig(), description="the target -> source alignment")
+    align_eval: EvalAlignConfig = Field(EvalAlignConfig(),
+                                        description="scoring the alignment before training")
+    init: InitConfig = Field(InitConfig(), description="initialising the model's embeddings")
     baselines: tuple[str, ...] = Field(BASELINES, description="baseline initialisations")
     adapt: TrainConfig | None = Field(_train(), description="two-stage adaptation")
     distill: TrainConfig | None = Field(None, description="token-level distillation")
-    evaluate: EvalConfig = EvalConfig()
+    evaluate: EvalConfig = Field(EvalConfig(), description="bits per byte, perplexity and "
+                                 "compression of every model")
     eval_texts: str | None = Field(None, description="texts by language for bits per byte")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="allow models/tokenizers whose "
+                                    "config needs custom code")
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

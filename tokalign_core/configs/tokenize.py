@@ -21,11 +21,15 @@ class TokenizeConfig(FrozenConfig):
     ``batch_size``: documents per ``encode_batch`` call (memory vs. call overhead).
     """
 
-    tokenizer: str
-    add_bos: bool | None = None
-    add_eos: bool = False
-    batch_size: int = Field(1024, ge=1, le=1_000_000)
-    trust_remote_code: bool = False
+    tokenizer: str = Field(..., description="hub id, tokenizer folder, tokenizer.json, "
+                           "*.tiktoken rank file or builtin:qwen2")
+    add_bos: bool | None = Field(None, description="prepend BOS: auto (none) = as "
+                                 "tokenizer(text) does")
+    add_eos: bool = Field(False, description="append EOS to every document")
+    batch_size: int = Field(1024, ge=1, le=1_000_000,
+                            description="documents per encode_batch call")
+    trust_remote_code: bool = Field(False, description="allow a hub tokenizer's custom "
+                                    "Python code")
 
     @field_validator("tokenizer")
     @classmethod

@@ -44,7 +44,8 @@ class TrainConfig(FrozenConfig):
     model: str = Field(..., description="model to train: "
         "hub id, folder, .gguf or builtin:smollm2-135m")
     tokenizer: str | None = Field(
-        None, description="tokenizer folder/hub id; None = the model's own folder"
+        None, description="tokenizer spec (hub id, folder, tokenizer.json, *.tiktoken, .gguf, "
+        "builtin:qwen2, ...); None = the model's own"
     )
     tokens: str = Field(..., description="target-side tokens artifact folder (tokenize stage)")
     out_dir: str = Field(..., description="checkpoints/, metrics.jsonl and the final model/")
@@ -90,7 +91,7 @@ class TrainConfig(FrozenConfig):
     log_every: int = Field(1, ge=1, description="optimizer steps between metric lines")
     peak_flops: float = Field(
         312e12, gt=0, description="per-device peak FLOP/s for the GPU MFU metric "
-        "(default: A100 bf16 dense)"
+        "(the default is A100 bf16 dense)"
     )
     save_final: bool = Field(True, description="write the final save_pretrained folder")
     progress: bool = Field(True, description="show a tqdm progress bar (rank 0)")

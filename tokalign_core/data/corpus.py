@@ -692,17 +692,14 @@ _COUNT_FIELDS = ("files", "docs_read", "docs_kept", "bytes_kept", "quota_shortfa
 def ref_from_dir(path: str | Path, kind: str) -> ArtifactRef:
     """An :class:`ArtifactRef` for an artifact folder given by path (CLI input), checked
     against its manifest (sha256 of every file). Raises FileNotFoundError / CorruptArtifactError."""
-    from tokalign_core.store.artifacts import MANIFEST, _digest
+    from tokalign_core.store.artifacts import MANIFEST, manifest_ref
 
-    folder = Path(path).expanduser().resolve()
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
+    ref = manifest_ref(path, kind)
+    if ref is None:
         raise FileNotFoundError(
             f"{kind} artifact {path} not found (no {MANIFEST}); give the folder printed by "
             f"the stage that built it"
         )
-    digest = _digest(json.loads(manifest.read_text()))
-    ref = ArtifactRef(kind=kind, sha256=digest, path=str(folder))
     verify(ref, full=True, memo=True)  # content, not sizes: inputs are checked in full
     _check_kind(ref, path)
     return ref

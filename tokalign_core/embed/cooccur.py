@@ -27,7 +27,6 @@ How it works:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -38,7 +37,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from tokalign_core.configs.cooccur import CooccurConfig, max_exact_tokens, window_lcm
-from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore, verify_input
+from tokalign_core.store.artifacts import (
+    ArtifactRef,
+    ArtifactStore,
+    folder_digest,
+    input_dir,
+    read_meta,
+)
 from tokalign_core.store.spill import spill_folder
 from tokalign_core.train.data import check_shard_names
 
@@ -715,22 +720,6 @@ def _sum_band(runs, r0: int, r1: int, n: int) -> sp.csr_matrix:
 # ---------------------------------------------------------------------------------------
 
 
-def _artifact_dir(ref: ArtifactRef | str | Path, kind: str, required: Sequence[str]) -> Path:
-    """The folder of an artifact given as a ref or a path, with its files checked."""
-    # resolved: the meta records this path, so ./x and /abs/x must give one artifact
-    folder = Path(ref.path if isinstance(ref, ArtifactRef) else ref).expanduser().resolve()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{kind} artifact {folder} does not exist (expected a folder)")
-    for name in required:
-        if not (folder / name).exists():
-            raise FileNotFoundError(
-                f"{kind} artifact {folder} has no {name}; is it a {kind} artifact? "
-                "Rerun the stage that writes it"
-            )
-    verify_input(ref, kind)  # every file's sha256, before the stage computes
-    return folder
-
-
 def tokens_shards(tokens_dir: Path) -> list[Path]:
     """Training shard folders (``shard-*``; the held-out split is not counted)."""
     shards = sorted(p for p in tokens_dir.glob("shard-*") if p.is_dir())
@@ -771,7 +760,7 @@ def build_cooccur(
     """
     from tokalign_core.runtime.executor import SerialExecutor
 
-    folder = _artifact_dir(tokens, "tokens", ["counts.npy"])
+    folder = input_dir(tokens, "tokens", ["counts.npy"])
     shards = tokens_shards(folder)
     counts = np.load(folder / "counts.npy", allow_pickle=False)
     token_ids = _vocabulary_or_raise(counts, config, f"{folder}/counts.npy")
@@ -809,14 +798,14 @@ def warm_kernels() -> None:
 
 def _meta(folder: Path, config: CooccurConfig, token_ids, counts, nnz: int, n_tokens: int,
           n_shards: int) -> dict[str, Any]:
-    tokens_meta = _read_json(folder / "meta.json")
+    tokens_meta = read_meta(folder)
     kept = int(counts[token_ids].sum())
     return {
         "stage": "cooccur",
         "config": config.model_dump(mode="json"),
         "config_digest": config.digest(),
         "tokens_artifact": str(folder),
-        "tokens_sha256": _read_manifest_digest(folder),
+        "tokens_sha256": folder_digest(folder, "tokens"),
         "tokenizer": tokens_meta.get("tokenizer"),
         "tokenizer_digest": tokens_meta.get("tokenizer_digest"),
         "vocab_size": int(counts.size),
@@ -832,23 +821,9 @@ def _meta(folder: Path, config: CooccurConfig, token_ids, counts, nnz: int, n_to
     }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _read_manifest_digest(folder: Path) -> str | None:
-    from tokalign_core.store.hashing import sha256_bytes
-
-    manifest = folder / "MANIFEST.json"
-    if not manifest.exists():
-        return None
-    data = json.loads(manifest.read_text())
-    return sha256_bytes(json.dumps(data, sort_keys=True).encode())
-
-
 def load_cooccur(ref: ArtifactRef | str | Path) -> tuple[sp.csr_matrix, np.ndarray, dict]:
     """(X CSR [n, n], token_ids int64 [n], meta) of a cooccur artifact (no pickle)."""
-    folder = _artifact_dir(ref, "cooccur", ["cooc.npz", "token_ids.npy"])
+    folder = input_dir(ref, "cooccur", ["cooc.npz", "token_ids.npy"])
     from tokalign_core.store.inputs import reading
 
     fix = f"delete {folder} and rerun `tokalign cooccur`"
@@ -859,4 +834,4 @@ def load_cooccur(ref: ArtifactRef | str | Path) -> tuple[sp.csr_matrix, np.ndarr
     if cooc.shape != (token_ids.size, token_ids.size):
         raise ValueError(f"cooccur artifact {folder}: matrix {cooc.shape} does not match "
                          f"{token_ids.size} token ids; delete it and rerun `tokalign cooccur`")
-    return cooc, token_ids, _read_json(folder / "meta.json")
+    return cooc, token_ids, read_meta(folder)

@@ -50,7 +50,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from tokalign_core.configs.glove import GloveConfig
-from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore
+from tokalign_core.store.artifacts import (
+    ArtifactRef,
+    ArtifactStore,
+    folder_digest,
+    input_dir,
+    read_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -660,14 +666,13 @@ def build_glove(
     float32 [n, dim], ``token_ids.npy`` int64 [n], ``meta.json`` with the cost history and
     the threads used). The nonzeros are streamed from ``cooc.npz`` (never loaded whole);
     spilled buckets live under ``<store root>/.spill`` while training."""
-    from tokalign_core.embed.cooccur import _artifact_dir, _read_json, _read_manifest_digest
     from tokalign_core.store.inputs import reading
 
-    folder = _artifact_dir(cooccur, "cooccur", ["cooc.npz", "token_ids.npy"])
+    folder = input_dir(cooccur, "cooccur", ["cooc.npz", "token_ids.npy"])
     fix = f"delete {folder} and rerun `tokalign cooccur`"
     with reading(folder / "token_ids.npy", fix):
         token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
-    cmeta = _read_json(folder / "meta.json")
+    cmeta = read_meta(folder)
     with reading(folder / "cooc.npz", fix):
         source = CsrSource.from_npz(folder / "cooc.npz")
     if source.n != token_ids.size:
@@ -684,7 +689,7 @@ def build_glove(
         "device": resolve_engine(config)[1],
         "skipped_updates": result.skipped,
         "cooccur_artifact": str(folder),
-        "cooccur_sha256": _read_manifest_digest(folder),
+        "cooccur_sha256": folder_digest(folder, "cooccur"),
         "tokenizer": cmeta.get("tokenizer"),
         "tokenizer_digest": cmeta.get("tokenizer_digest"),
         "n": int(token_ids.size),
@@ -700,13 +705,3 @@ def build_glove(
         np.save(w.path("vectors.npy"), result.vectors.astype(np.float32), allow_pickle=False)
         np.save(w.path("token_ids.npy"), token_ids.astype(np.int64), allow_pickle=False)
     return w.ref
-
-
-def load_embeddings(ref: ArtifactRef | str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(vectors float32 [n, d], token_ids int64 [n], meta) of an embeddings artifact."""
-    from tokalign_core.embed.cooccur import _artifact_dir, _read_json
-
-    folder = _artifact_dir(ref, "embeddings", ["vectors.npy", "token_ids.npy"])
-    vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-    token_ids = np.load(folder / "token_ids.npy", allow_pickle=False)
-    return vectors, token_ids, _read_json(folder / "meta.json")

@@ -299,26 +299,3 @@ def write_embeddings(store: ArtifactStore, vectors: TokenVectors,
                 allow_pickle=False)
     assert w.ref is not None
     return w.ref
-
-
-def load_embeddings(path: str) -> TokenVectors:
-    """Read an embeddings artifact folder (GloVe or hidden states) without unpickling."""
-    import json
-    from pathlib import Path
-
-    from tokalign_core.store.artifacts import verify_input
-
-    folder = Path(path)
-    verify_input(folder, "embeddings")  # sha256 of every file (manifest) first
-    if not (folder / "vectors.npy").exists():
-        raise FileNotFoundError(f"{folder} is not an embeddings artifact (no vectors.npy)")
-    meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-
-    def arr(name: str, dtype: Any) -> np.ndarray:
-        p = folder / name
-        return np.load(p, allow_pickle=False) if p.exists() else np.zeros(0, dtype)
-
-    return TokenVectors(arr("vectors.npy", np.float32), arr("token_ids.npy", np.int64),
-                        arr("missing_ids.npy", np.int64), arr("missing_reason.npy", np.uint8),
-                        meta)

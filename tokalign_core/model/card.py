@@ -9,12 +9,16 @@ config digest, and how to load the model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from tokalign_core.model.embeddings import is_tied
+from tokalign_core.store.atomic import atomic_dir
 
 
 @dataclass
@@ -205,12 +209,8 @@ def _model_facts(model: Any, tokenizer: Any) -> list[tuple[str, Any]]:
         facts.append(("tokenizer length", len(tokenizer)))
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         facts.append((f"config.{key}", getattr(cfg, key, None)))
-    try:
-        from tokalign_core.model.init import is_tied
-
+    with contextlib.suppress(ValueError):  # no embeddings API: the fact is left out
         facts.append(("tied embeddings", is_tied(model)))
-    except ValueError:
-        pass
     return facts
 
 
@@ -239,11 +239,6 @@ def _load_snippet() -> str:
     )
 
 
-def card_dict(info: CardInfo) -> dict[str, Any]:
-    """The card's data as a JSON-able dict (also logged next to the README)."""
-    return asdict(info)
-
-
 def method_label(init_method: str, align_method: str | None = None) -> str:
     """A card's method: ``tokalign++`` (VecMap + CSLS alignment), ``tokalign`` (relative
     representations) or ``cosine`` for ``aligned``; a baseline's own name otherwise."""
@@ -258,25 +253,10 @@ def publish_folder(src: str | os.PathLike, dest: str | os.PathLike, readme: str)
     are not copied) and whose README.md is ``readme``. Built in a temporary sibling and
     renamed into place, so ``dest`` is always whole; an older ``dest`` is replaced. Copy
     the folder (``cp -rL``) before editing files in it: they are the artifact's own."""
-    import shutil
-    import tempfile
-
     src, dest = Path(src).resolve(), Path(dest).expanduser().absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         for entry in sorted(src.iterdir()):
             if entry.name != "README.md":
                 (tmp / entry.name).symlink_to(entry)
         (tmp / "README.md").write_text(readme)
-        old = None
-        if dest.exists() or dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

@@ -109,7 +109,7 @@ def diagnose(
         return report
     if isinstance(model, (str, os.PathLike)) or _is_config(model):
         model = _meta_model(config, trust_remote_code)
-    from tokalign_core.model.init import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tok = load_tokenizer(tokenizer, trust_remote_code)
     rows = check_embeddings(report, model)
@@ -134,7 +134,7 @@ def diagnose_pair(
     _merge(report, "source", src)
     if any(f.check == "remote_code" and f.severity == "blocker" for f in src.findings):
         return report
-    from tokalign_core.model.init import load_tokenizer
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tgt_tok = load_tokenizer(target, trust_remote_code)
     tgt = DoctorReport(report.model, report.tokenizer)
@@ -250,7 +250,7 @@ def check_remote_code(report: DoctorReport, config: Any, trust_remote_code: bool
 
 def check_embeddings(report: DoctorReport, model: Any) -> int:
     """Embedding API present; tied or untied. Returns the input matrix's row count."""
-    from tokalign_core.model.init import embedding_modules, is_tied
+    from tokalign_core.model.embeddings import embedding_modules, is_tied
 
     try:
         emb_in, emb_out = embedding_modules(model)

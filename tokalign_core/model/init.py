@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,11 @@ from typing import Any
 from tokalign_core.align.alignment import Alignment
 from tokalign_core.configs.init import InitConfig
 from tokalign_core.model import baselines
+from tokalign_core.model import card as model_card
 from tokalign_core.model import load as models
+from tokalign_core.model.embeddings import embedding_modules, is_tied
+from tokalign_core.store.atomic import atomic_dir
+from tokalign_core.vocab.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +56,6 @@ class InitResult:
 # --------------------------------------------------------------------------------------
 # Loading helpers (specs -> objects)
 # --------------------------------------------------------------------------------------
-
-
-def load_tokenizer(spec: Any, trust_remote_code: bool = False) -> Any:
-    """A tokenizer object from a spec (see :func:`tokalign_core.vocab.tokenizers.load_tokenizer`:
-    hub id, folder, tokenizer.json, builtin alias, ``.gguf``); objects pass through."""
-    if not isinstance(spec, (str, os.PathLike)):
-        return spec
-    from tokalign_core.vocab.tokenizers import load_tokenizer as _load
-
-    return _load(str(spec), trust_remote_code=trust_remote_code)
 
 
 def check_remote_code(spec: str, trust_remote_code: bool) -> None:
@@ -154,27 +146,6 @@ def check_model_source(spec: str) -> None:
 # --------------------------------------------------------------------------------------
 # Embedding surgery
 # --------------------------------------------------------------------------------------
-
-
-def embedding_modules(model: Any) -> tuple[Any, Any]:
-    """(input embedding module, output projection module) through the HF API."""
-    get_in = getattr(model, "get_input_embeddings", None)
-    get_out = getattr(model, "get_output_embeddings", None)
-    emb_in = get_in() if callable(get_in) else None
-    emb_out = get_out() if callable(get_out) else None
-    if emb_in is None or emb_out is None or getattr(emb_out, "weight", None) is None:
-        raise ValueError(
-            f"{type(model).__name__} has no input/output embeddings API "
-            "(get_input_embeddings / get_output_embeddings); load it with "
-            "AutoModelForCausalLM, not AutoModel"
-        )
-    return emb_in, emb_out
-
-
-def is_tied(model: Any) -> bool:
-    """True when the LM head shares the input embedding's storage."""
-    emb_in, emb_out = embedding_modules(model)
-    return emb_in.weight.data_ptr() == emb_out.weight.data_ptr()
 
 
 def padded_rows(n: int, multiple: int) -> int:
@@ -413,31 +384,12 @@ def save_initialized(
     Written to a temporary sibling folder and renamed into place, so a crash never leaves
     a half-written model. ``card_info``: a :class:`tokalign_core.model.card.CardInfo`, a
     dict of its fields, or None (a minimal card)."""
-    from tokalign_core.model import card as model_card
-
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True / --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         info = model_card.as_card_info(card_info)
         (tmp / "README.md").write_text(model_card.render(info, model, tokenizer))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tokalign_core.vocab.builtins import BUILTIN_TOKENIZERS
+
 log = logging.getLogger(__name__)
 
 BUILTIN_MODELS: dict[str, dict[str, str]] = {
@@ -272,10 +274,8 @@ def _builtin_name(spec: Any) -> str | None:
 
 
 def _is_tokenizer_builtin(spec: Any) -> bool:
-    # builtin:qwen2 is a tokenizer, not a model; tokenizers_io owns those aliases.
-    from tokalign_core.vocab.tokenizers import BUILTINS
-
-    return (_builtin_name(spec) or "") in BUILTINS
+    # builtin:qwen2 is a tokenizer, not a model (vocab.builtins lists those aliases).
+    return (_builtin_name(spec) or "") in BUILTIN_TOKENIZERS
 
 
 def _package_file(spec: str, info: dict[str, str]) -> Path:

@@ -24,13 +24,18 @@ import shutil
 import socket
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.store.atomic import (  # noqa: F401  (the store's writers, also re-exported)
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_text,
+    current_umask,
+)
 from tokalign_core.store.hashing import sha256_bytes, sha256_file, sha256_file_memo
 
 MANIFEST = "MANIFEST.json"
@@ -66,53 +71,13 @@ class ArtifactRef(FrozenConfig):
 
     def meta(self) -> dict[str, Any]:
         """The ``meta.json`` written with the artifact ({} when none)."""
-        meta = self.dir / "meta.json"
-        return json.loads(meta.read_text()) if meta.exists() else {}
+        return read_meta(self.dir)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide files from teammates
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
-
-
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``final``; on clean exit it replaces ``final`` (an older
-    copy is removed), on error it is deleted, so ``final`` is never half-written."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``meta.json`` of an artifact folder ({} when it has none)."""
+    meta = Path(folder) / "meta.json"
+    return json.loads(meta.read_text()) if meta.exists() else {}
 
 
 def _hold_folder(folder: Path) -> int:
@@ -213,7 +178,8 @@ def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _digest(manifest: dict[str, dict[str, Any]]) -> str:
+def manifest_digest(manifest: dict[str, dict[str, Any]]) -> str:
+    """The digest naming an artifact: sha256 of its manifest as canonical JSON."""
     return sha256_bytes(json.dumps(manifest, sort_keys=True).encode())
 
 
@@ -250,7 +216,7 @@ class ArtifactStore:
         folder, fd = _make_temp(self.root / ".tmp", kind)
         w = _Writer(folder, fd)
         try:
-            os.chmod(w.dir, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
+            os.chmod(w.dir, 0o777 & ~current_umask())  # mkdtemp's 0700 would survive the rename
             if meta is not None:
                 (w.dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             yield w
@@ -273,7 +239,7 @@ class ArtifactStore:
         tmp = w.dir
         w.check_intact(kind)
         manifest = _manifest(tmp)
-        digest = _digest(manifest)
+        digest = manifest_digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         final = self.root / kind / digest[:24]
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -298,16 +264,14 @@ class ArtifactStore:
 
     @staticmethod
     def _replace_damaged(tmp: Path, final: Path) -> None:
-        """Move a damaged artifact aside, put the fresh copy in place, then delete it."""
-        graveyard = final.parent / f".damaged-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, graveyard)
+        """Quarantine a damaged artifact (:func:`quarantine`), put the fresh copy in place."""
+        quarantine(final)
         try:
             os.rename(tmp, final)
         except OSError:
             if not final.exists():  # lost a race with another repairer: theirs is fresh
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(graveyard, ignore_errors=True)
 
     def resolve(self, ref: ArtifactRef) -> Path:
         """The artifact's folder, refusing paths outside this store's root."""
@@ -405,7 +369,7 @@ def verify(ref: ArtifactRef, full: bool = True, memo: bool = False) -> Path:
             f"{ref.kind} artifact {folder} has no {MANIFEST}: it is incomplete; delete it and rerun"
         )
     manifest = json.loads(mpath.read_text())
-    if _digest(manifest) != ref.sha256:
+    if manifest_digest(manifest) != ref.sha256:
         raise CorruptArtifactError(f"{ref.kind} artifact {folder}: manifest does not match digest")
     for name, entry in manifest.items():
         f = folder / name
@@ -432,7 +396,14 @@ def manifest_ref(folder: str | Path, kind: str) -> ArtifactRef | None:
     except ValueError as exc:
         raise CorruptArtifactError(f"{kind} artifact {folder}: {MANIFEST} is not valid JSON "
                                    f"({exc}); delete the folder and rerun the stage") from exc
-    return ArtifactRef(kind=kind, sha256=_digest(manifest), path=str(folder))
+    return ArtifactRef(kind=kind, sha256=manifest_digest(manifest), path=str(folder))
+
+
+def folder_digest(folder: str | Path, kind: str) -> str | None:
+    """The digest of an artifact folder's manifest (None: a hand-made folder has none),
+    recorded in a stage's meta to name the input it read."""
+    ref = manifest_ref(folder, kind)
+    return ref.sha256 if ref is not None else None
 
 
 def verify_input(source: ArtifactRef | str | Path, kind: str) -> Path:
@@ -458,6 +429,47 @@ def verify_input(source: ArtifactRef | str | Path, kind: str) -> Path:
     return folder
 
 
+def input_dir(source: ArtifactRef | str | Path, kind: str, required: Sequence[str] = ()) -> Path:
+    """The folder of a stage's input artifact, given as a ref or a path: it must exist and
+    hold the ``required`` files, and is checked in full (:func:`verify_input`) before the
+    stage computes. The path is resolved (the metas record it, so ``./x`` and ``/abs/x``
+    name one artifact). Raises FileNotFoundError / :class:`CorruptArtifactError`."""
+    folder = Path(source.path if isinstance(source, ArtifactRef) else source)
+    folder = folder.expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{kind} artifact {folder} does not exist (expected a folder)")
+    for name in required:
+        if not (folder / name).exists():
+            raise FileNotFoundError(
+                f"{kind} artifact {folder} has no {name}; is it a {kind} artifact? "
+                "Rerun the stage that writes it"
+            )
+    verify_input(source, kind)  # every file's sha256, before the stage computes
+    return folder
+
+
+def quarantine(source: ArtifactRef | str | Path) -> Path | None:
+    """The one policy for a damaged artifact: move its folder aside, beside it as
+    ``<name>.corrupt-<n>``, never deleting it (the bytes show what went wrong), so the same
+    content can be committed to its content-addressed place again. Returns where it went;
+    None when the folder is gone (absent, or another process moved it first)."""
+    folder = Path(source.path if isinstance(source, ArtifactRef) else source)
+    for n in range(1000):
+        target = folder.with_name(f"{folder.name}.corrupt-{n}")
+        if target.exists() or target.is_symlink():
+            continue
+        try:
+            os.rename(folder, target)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            if target.exists():  # another process took this name first: try the next
+                continue
+            raise
+        return target
+    raise RuntimeError(f"too many quarantined copies of {folder}; delete them")
+
+
 def write_manifest(folder: str | Path) -> str:
     """Write ``MANIFEST.json`` (sha256 and size of every file) into a finished output
     folder outside the store (``align --out``), so readers can verify it; return its
@@ -465,8 +477,4 @@ def write_manifest(folder: str | Path) -> str:
     folder = Path(folder)
     manifest = _manifest(folder)
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-    return _digest(manifest)
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
+    return manifest_digest(manifest)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokalign_core.store.artifacts import verify_input
+from tokalign_core.store.artifacts import read_meta, verify_input
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class TokenStream:
                 "or pass the artifact folder it printed"
             )
         verify_input(self.folder, "tokens")  # sha256 of every file (manifest) first
-        self.meta = _read_meta(self.folder)
+        self.meta = read_meta(self.folder)
         self.eos_id = int(eos_id)
         self.insert_eos = not bool(self.meta.get("add_eos", False))
         dirs = _split_dirs(self.folder, split)
@@ -124,11 +124,6 @@ class TokenStream:
         return np.where(is_eos, self.eos_id, shard.ids[src].astype(np.int64))
 
 
-def _read_meta(folder: Path) -> dict:
-    meta = folder / "meta.json"
-    return json.loads(meta.read_text()) if meta.exists() else {}
-
-
 def _split_dirs(folder: Path, split: str) -> list[Path]:
     if split == "train":
         dirs = sorted(p for p in folder.glob("shard-*") if p.is_dir())
@@ -150,7 +145,7 @@ def check_shard_names(folder: Path, names: list[str]) -> None:
     """A tokens folder is complete only with exactly the shards its ``meta.json`` counts
     (``shard-00000`` .. ``shard-<n_shards-1>``): a deleted shard is an error, never a
     smaller corpus. Folders whose meta does not count shards are not checked."""
-    n = _read_meta(Path(folder)).get("n_shards")
+    n = read_meta(Path(folder)).get("n_shards")
     if not isinstance(n, int) or isinstance(n, bool):
         return
     expected = [f"shard-{k:05d}" for k in range(n)]

@@ -70,6 +70,7 @@ from tokalign_core.train.data import (
     rank_positions,
 )
 from tokalign_core.train.distill import IGNORE_INDEX, token_loss_sums
+from tokalign_core.vocab.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -558,12 +559,6 @@ def _load_model(name: str, dtype: Any, trust: bool) -> Any:
     return load_causal_lm(name, dtype=dtype, trust_remote_code=trust, eval_mode=False)
 
 
-def _load_tokenizer(name: str, trust: bool) -> Any:
-    from tokalign_core.vocab.tokenizers import load_tokenizer
-
-    return load_tokenizer(name, trust_remote_code=trust)
-
-
 def check_tokens_tokenizer(meta: dict, tok: Any, tokens: str | Path, tok_name: str) -> None:
     """The tokens artifact must come from the model's tokenizer: its recorded
     ``tokenizer_digest`` is compared (ids of another tokenizer of the same size would
@@ -598,7 +593,7 @@ def build_context(cfg: TrainConfig, dist: Dist) -> Context:
 
     from tokalign_core.runtime.tracking import NullLogger, default_logger
 
-    tok = _load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
     eos = cfg.eos_id if cfg.eos_id is not None else tok.eos_token_id
     if eos is None:
         raise ValueError(f"tokenizer {cfg.tokenizer or cfg.model} has no eos token; set eos_id")
@@ -626,7 +621,8 @@ def _attach_teacher(ctx: Context) -> None:
 
     cfg, d = ctx.cfg, ctx.cfg.distill
     try:
-        distill.same_vocabulary(ctx.tokenizer, _load_tokenizer(d.teacher, d.trust_remote_code))
+        teacher_tok = load_tokenizer(d.teacher, trust_remote_code=d.trust_remote_code)
+        distill.same_vocabulary(ctx.tokenizer, teacher_tok)
     except OSError:
         log.warning("teacher %s ships no tokenizer; assuming the student's", d.teacher)
     dtype = torch.bfloat16 if ctx.dist.bf16 else torch.float32

