@@ -117,6 +117,9 @@ class DaskExecutor:
         #: are; None before, and for a remote scheduler.
         self.start_method: str | None = None
         self.progress = progress
+        # The first use may come from two threads at once (a stage's map and a monitor):
+        # one cluster for both.
+        self._lock = threading.Lock()
         if address:
             self._connect()
 
@@ -145,9 +148,10 @@ class DaskExecutor:
     @property
     def client(self) -> Any:
         """The Dask client (starts the LocalCluster when it is not running yet)."""
-        if self._client is None:
-            self._connect()
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._connect()
+            return self._client
 
     @property
     def n_workers(self) -> int:
