@@ -60,3 +60,28 @@ def test_local_cluster_starts_on_first_map_with_forked_workers():
     finally:
         ex.close()
         MARK.clear()
+
+
+def test_concurrent_first_use_starts_one_cluster(monkeypatch):
+    """A stage's map in one thread and a monitor calling ``.client`` in another (the
+    worker-kill test does this) must share one LocalCluster, not start two."""
+    import threading
+    import time
+
+    ex = ex_mod.DaskExecutor(n_workers=2, progress=False)
+    calls = []
+
+    def slow_connect():
+        calls.append(threading.get_ident())
+        time.sleep(0.2)  # cluster start takes seconds: both threads get here first
+        ex._client = object()
+
+    monkeypatch.setattr(ex, "_connect", slow_connect)
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(ex.client)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and seen[0] is seen[1]
+    ex._client = None  # nothing real to close

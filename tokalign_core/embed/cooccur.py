@@ -409,7 +409,22 @@ def _to_csr(runs: _Runs, dense, row_start, row_len, n_kept) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(n_kept, n_kept))
 
 
+class _NoBar:
+    """What a disabled bar does: nothing."""
+
+    def update(self, n: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def _bar(total: int, enabled: bool, name: str):
+    # No tqdm object at all when disabled: even a disabled one starts tqdm's monitor
+    # thread, and a process with a thread running is never forked (runtime.executor), so
+    # warm_kernels() made every LocalCluster spawn its workers (issue 18, item 4).
+    if not enabled:
+        return _NoBar()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=f"cooccur {name}", unit="tok",
@@ -599,42 +614,92 @@ def _bands(per_row: np.ndarray, cap: int) -> list[tuple[int, int]]:
 
 
 def merge_runs(run_paths: Sequence[str | Path], n: int, config: CooccurConfig,
-               out: str | Path) -> int:
+               out: str | Path, executor: Any = None) -> int:
     """Sum symmetric runs into ``out``, a ``cooc.npz`` (CSR of X = sum / lcm(1..window) in
     ``config.value_dtype``, as :func:`finalize` writes it), row band by row band.
 
     Each band holds at most ``memory_budget_mb`` / :data:`MERGE_BYTES` entries; the band's
     slice of every run is read from disk, summed (exact integer addition), divided and
-    appended to raw files, then framed into the npz. Returns the number of nonzeros.
+    appended to raw part files next to ``out``, which are then framed into the npz.
+    ``executor``: a distributed one sums contiguous groups of bands on its workers, two
+    groups per worker, each into its own part files (so the merge is not a serial tail;
+    ``out``'s folder must be visible to the workers); otherwise all in this process.
+    The bytes are the same either way. Returns the number of nonzeros.
     """
-    from tokalign_core.store.npzstream import NpzWriter, npy_member
+    from tokalign_core.store.npzstream import NpzWriter
 
     out = Path(out)
-    runs = [(np.load(Path(p) / "indptr.npy", allow_pickle=False),
-             npy_member(Path(p) / "indices.npy"), npy_member(Path(p) / "data.npy"))
-            for p in run_paths]
-    per_row = sum(np.diff(ip) for ip, _, _ in runs) if runs else np.zeros(n, np.int64)
+    run_paths = [str(p) for p in run_paths]
+    per_row = sum((np.diff(np.load(Path(p) / "indptr.npy", allow_pickle=False))
+                   for p in run_paths), np.zeros(n, np.int64))
     cap = max(int(config.memory_budget_mb * 2**20) // MERGE_BYTES, 1)
-    lcm = float(window_lcm(config.window))
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    raw_indices, raw_data = out.with_name(out.name + ".indices"), out.with_name(out.name + ".data")
+    distributed = getattr(executor, "distributed", False)
+    k = 2 * executor.n_workers if distributed else 1
+    if distributed:
+        # Bands small enough that every group gets some, and that the workers summing
+        # side by side stay within the one budget together.
+        cap = max(min(cap // executor.n_workers, -(-int(per_row.sum()) // k)), 1)
+    groups = _band_groups(_bands(per_row, cap), per_row, k)
+    parts = [str(out.with_name(f"{out.name}.part{i:05d}")) for i in range(len(groups))]
+    fn = functools.partial(sum_band_group, run_paths=run_paths, n=n, config=config)
+    jobs = list(zip(parts, groups, strict=True))
     try:
-        with raw_indices.open("wb") as fi, raw_data.open("wb") as fd:
-            for r0, r1 in _bands(per_row, cap):
-                band = _sum_band(runs, r0, r1, n)
-                band.indices.astype(np.int32, copy=False).tofile(fi)
-                (band.data.astype(np.float64) / lcm).astype(config.value_dtype).tofile(fd)
-                indptr[r0 + 1:r1 + 1] = indptr[r0] + band.indptr[1:]
+        rows = executor.map(fn, jobs) if distributed else [fn(j) for j in jobs]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([np.zeros(0, np.int64), *rows]), out=indptr[1:])
         with NpzWriter(out) as z:  # the member order and dtypes of scipy's save_npz
-            z.write_file("indices", np.int32, raw_indices)
+            z.write_file("indices", np.int32, [Path(p + ".indices") for p in parts])
             z.write("indptr", indptr)
             z.write("format", np.array(b"csr"))
             z.write("shape", np.array((n, n)))
-            z.write_file("data", np.dtype(config.value_dtype), raw_data)
+            z.write_file("data", np.dtype(config.value_dtype), [Path(p + ".data") for p in parts])
     finally:
-        raw_indices.unlink(missing_ok=True)
-        raw_data.unlink(missing_ok=True)
+        for p in parts:
+            Path(p + ".indices").unlink(missing_ok=True)
+            Path(p + ".data").unlink(missing_ok=True)
     return int(indptr[-1])
+
+
+def _band_groups(bands: list[tuple[int, int]], per_row: np.ndarray, k: int
+                 ) -> list[list[tuple[int, int]]]:
+    """``bands`` cut into at most ``k`` contiguous groups of about equal entries (no empty
+    group; one group when ``k`` is 1 or there is nothing to sum)."""
+    ends = np.cumsum(per_row)
+    total = int(ends[-1]) if ends.size else 0
+    groups: list[list[tuple[int, int]]] = []
+    last = -1
+    for r0, r1 in bands:
+        # the group of the band's middle entry: monotone in r0, so groups stay contiguous
+        mid2 = (int(ends[r0 - 1]) if r0 else 0) + int(ends[r1 - 1])
+        g = min(k - 1, mid2 * k // (2 * total)) if total else 0
+        if g != last:
+            groups.append([])
+            last = g
+        groups[-1].append((r0, r1))
+    return groups or [[(0, 0)]]
+
+
+def sum_band_group(job: tuple[str, list[tuple[int, int]]], run_paths: Sequence[str], n: int,
+                   config: CooccurConfig) -> np.ndarray:
+    """Sum the runs over a group of consecutive row bands into raw files ``<part>.indices``
+    (int32) and ``<part>.data`` (``config.value_dtype``, sum / lcm). Picklable, for an
+    executor. job: (part path prefix, [(r0, r1), ...]). Returns the entries per row, int64
+    [rows of the group]."""
+    from tokalign_core.store.npzstream import npy_member
+
+    part, bands = job
+    runs = [(np.load(Path(p) / "indptr.npy", allow_pickle=False),
+             npy_member(Path(p) / "indices.npy"), npy_member(Path(p) / "data.npy"))
+            for p in run_paths]
+    lcm = float(window_lcm(config.window))
+    rows = []
+    with open(part + ".indices", "wb") as fi, open(part + ".data", "wb") as fd:
+        for r0, r1 in bands:
+            band = _sum_band(runs, r0, r1, n)
+            band.indices.astype(np.int32, copy=False).tofile(fi)
+            (band.data.astype(np.float64) / lcm).astype(config.value_dtype).tofile(fd)
+            rows.append(np.diff(band.indptr).astype(np.int64))
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
 def _sum_band(runs, r0: int, r1: int, n: int) -> sp.csr_matrix:
@@ -711,7 +776,7 @@ def build_cooccur(
         fn = functools.partial(count_shard_dir_runs, row_of_id=row_lookup(token_ids, counts.size),
                                config=config, spill_dir=tmp)
         runs = [r for part in executor.map(fn, [str(s) for s in shards]) for r in part]
-        nnz = merge_runs(runs, int(token_ids.size), config, Path(tmp) / "cooc.npz")
+        nnz = merge_runs(runs, int(token_ids.size), config, Path(tmp) / "cooc.npz", executor)
         meta = _meta(folder, config, token_ids, counts, nnz, n_tokens, len(shards))
         meta["spilled_runs"] = len(runs) - len(shards)
         with store.writer("cooccur", meta) as w:

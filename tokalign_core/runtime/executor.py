@@ -17,10 +17,14 @@ fork stays locked in the child forever, and the cluster start hangs. Those spawn
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
@@ -63,11 +67,18 @@ def _pin_threads() -> None:
         torch.set_num_threads(1)
 
 
+# A LocalCluster on the cores that do the work: Dask's sampling profiler (a thread walking
+# every worker's stack each 10 ms) and its 0.5 s system monitors cost CPU the shards need
+# (issue 18, item 4); nothing here reads their output (no dashboard).
+LOCAL_QUIET = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+}
+
+
 def resolve_start_method(requested: str | None) -> str:
     """``requested``, or for None: ``fork`` when it is safe (POSIX, this is the only thread
     running), else ``spawn``."""
-    import threading
-
     if requested is not None:
         return requested
     return "fork" if os.name == "posix" and threading.active_count() == 1 else "spawn"
@@ -102,7 +113,13 @@ class DaskExecutor:
         self._address = address
         self._local_workers = n_workers
         self._start_method = start_method
+        #: How the LocalCluster's workers were started (``fork``/``spawn``/...), once they
+        #: are; None before, and for a remote scheduler.
+        self.start_method: str | None = None
         self.progress = progress
+        # The first use may come from two threads at once (a stage's map and a monitor):
+        # one cluster for both.
+        self._lock = threading.Lock()
         if address:
             self._connect()
 
@@ -114,8 +131,13 @@ class DaskExecutor:
         else:
             import dask
 
+            self.start_method = resolve_start_method(self._start_method)
+            if self.start_method != "fork" and self._start_method is None:
+                # worth knowing: spawned workers re-import everything (seconds per worker)
+                log.info("LocalCluster workers spawn (threads running here: %s)",
+                         [t.name for t in threading.enumerate()])
             with dask.config.set({"distributed.worker.multiprocessing-method":
-                                  resolve_start_method(self._start_method)}):
+                                  self.start_method, **LOCAL_QUIET}):
                 self._cluster = LocalCluster(
                     n_workers=self._local_workers, threads_per_worker=1, processes=True,
                     host="127.0.0.1", dashboard_address=None,
@@ -126,9 +148,10 @@ class DaskExecutor:
     @property
     def client(self) -> Any:
         """The Dask client (starts the LocalCluster when it is not running yet)."""
-        if self._client is None:
-            self._connect()
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._connect()
+            return self._client
 
     @property
     def n_workers(self) -> int:

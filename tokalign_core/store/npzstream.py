@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import struct
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,17 +115,21 @@ class NpzWriter:
             raise ValueError(f"{self.path}: member {name} got {written} elements for shape "
                              f"{shape}")
 
-    def write_file(self, name: str, dtype: np.dtype | type, raw: Path,
+    def write_file(self, name: str, dtype: np.dtype | type, raw: Path | Sequence[Path],
                    block: int = 1 << 24) -> None:
-        """Member ``name.npy`` from a raw file of ``dtype`` elements (copied in blocks)."""
+        """Member ``name.npy`` from a raw file of ``dtype`` elements, or from several
+        concatenated in order (copied in blocks)."""
         dtype = np.dtype(dtype)
-        n = raw.stat().st_size // dtype.itemsize
+        raws = [raw] if isinstance(raw, Path) else list(raw)
+        n = sum(r.stat().st_size for r in raws) // dtype.itemsize
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                   "shape": (n,)}
         info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_DATE)
-        with self._zip.open(info, "w", force_zip64=True) as fh, raw.open("rb") as src:
+        with self._zip.open(info, "w", force_zip64=True) as fh:
             _write_header(fh, header)
-            shutil.copyfileobj(src, fh, block)
+            for r in raws:
+                with r.open("rb") as src:
+                    shutil.copyfileobj(src, fh, block)
 
 
 def _write_header(fh, header: dict) -> None:
