@@ -435,7 +435,7 @@ def bits_per_byte(model, tok, texts: list[str], seq_len: int, batch_size: int = 
     _eos_id(tok)
     cfg = EvalConfig(window=seq_len + 1, stride=seq_len, batch_size=batch_size, add_bos=True)
     stats = evaluate_group(model, tok, tok, texts, cfg, progress=False)
-    return float(stats.metrics()["bits_per_byte"])
+    return float(stats.metrics().bits_per_byte)
 
 
 # ----------------------------------------------------------------------------- entry
