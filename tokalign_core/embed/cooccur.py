@@ -45,7 +45,7 @@ from tokalign_core.store.artifacts import (
     read_meta,
 )
 from tokalign_core.store.spill import spill_folder
-from tokalign_core.train.data import check_shard_names
+from tokalign_core.vocab.tokenize import check_shard_names
 
 log = logging.getLogger(__name__)
 

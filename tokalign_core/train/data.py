@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tokalign_core.store.artifacts import read_meta, verify_input
+from tokalign_core.vocab.tokenize import check_shard_names
 
 log = logging.getLogger(__name__)
 
@@ -139,24 +140,6 @@ def _split_dirs(folder: Path, split: str) -> list[Path]:
     if split == "train":
         check_shard_names(folder, [d.name for d in dirs])
     return dirs
-
-
-def check_shard_names(folder: Path, names: list[str]) -> None:
-    """A tokens folder is complete only with exactly the shards its ``meta.json`` counts
-    (``shard-00000`` .. ``shard-<n_shards-1>``): a deleted shard is an error, never a
-    smaller corpus. Folders whose meta does not count shards are not checked."""
-    n = read_meta(Path(folder)).get("n_shards")
-    if not isinstance(n, int) or isinstance(n, bool):
-        return
-    expected = [f"shard-{k:05d}" for k in range(n)]
-    if sorted(names) != expected:
-        missing = sorted(set(expected) - set(names))
-        extra = sorted(set(names) - set(expected))
-        raise FileNotFoundError(
-            f"tokens artifact {folder} is incomplete: meta.json counts {n} shards, found "
-            f"{len(names)} (missing {missing or 'none'}, unexpected {extra or 'none'}); "
-            "rebuild it with `tokalign tokenize`"
-        )
 
 
 class PackedBlocks:

@@ -42,7 +42,7 @@ import numpy as np
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.data.corpus import heldout_file, iter_text_batches, shard_files
 from tokalign_core.runtime.executor import Executor, SerialExecutor
-from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore, verify_input
+from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore, read_meta, verify_input
 from tokalign_core.vocab.tokenizers import (
     backend_of,
     cached_backend,
@@ -322,3 +322,21 @@ def iter_docs(ids: np.ndarray, offsets: np.ndarray) -> Iterator[np.ndarray]:
 def load_counts(ref: ArtifactRef) -> np.ndarray:
     """int64 [vocab_size]: frequency of each id over the training shards."""
     return np.load(ref.file("counts.npy"), allow_pickle=False)
+
+
+def check_shard_names(folder: Path, names: list[str]) -> None:
+    """A tokens folder is complete only with exactly the shards its ``meta.json`` counts
+    (``shard-00000`` .. ``shard-<n_shards-1>``): a deleted shard is an error, never a
+    smaller corpus. Folders whose meta does not count shards are not checked."""
+    n = read_meta(Path(folder)).get("n_shards")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return
+    expected = [f"shard-{k:05d}" for k in range(n)]
+    if sorted(names) != expected:
+        missing = sorted(set(expected) - set(names))
+        extra = sorted(set(names) - set(expected))
+        raise FileNotFoundError(
+            f"tokens artifact {folder} is incomplete: meta.json counts {n} shards, found "
+            f"{len(names)} (missing {missing or 'none'}, unexpected {extra or 'none'}); "
+            "rebuild it with `tokalign tokenize`"
+        )
