@@ -1,7 +1,7 @@
 """Helpers the flows share: bind tasks to a workspace's result storage, run them while
 recording which were served from the cache, and publish Prefect artifacts.
 
-Transformers is imported by the first stage that executes (:func:`tasks.common.warm_imports`),
+Transformers is imported by the first stage that executes (:func:`tasks.runtime.warm_imports`),
 not here: a fully cached run never needs it."""
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from tasks.caching import Workspace
-from tasks.common import executor, run_logger
 from tasks.lineage import StageRun, stage_run
+from tasks.runtime import executor, run_logger
 from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.runtime.executor import Executor
 from tokalign_core.store.artifacts import ArtifactStore
@@ -59,7 +59,7 @@ class StageContext:
         return run_logger()
 
     def executor(self, workers: int | None = None) -> Any:
-        """Context manager of the run's executor (:func:`tasks.common.executor`)."""
+        """Context manager of the run's executor (:func:`tasks.runtime.executor`)."""
         return executor(self.ws, workers)
 
     @contextmanager

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
-from tasks.common import run_logger, warm_imports
+from tasks.runtime import run_logger, warm_imports
 from tokalign_core.configs.base import FrozenConfig, redact_uris, redact_userinfo
 from tokalign_core.configs.pipeline import is_unset
 from tokalign_core.runtime.tracking import JsonlLogger, MetricsLogger, MlflowLogger, MultiLogger
@@ -526,7 +526,7 @@ def stage_run(
     when there is one, else ``stage``; the ``tokalign.stage`` tag keeps ``stage``.
 
     Entered only by a stage that really executes, so it also warms transformers' lazy
-    imports for the stage (:func:`tasks.common.warm_imports`)."""
+    imports for the stage (:func:`tasks.runtime.warm_imports`)."""
     warm_imports()
     lineage = Lineage(ws)
     tags = {"tokalign.stage": stage, **ref_tags("input", inputs or {})}

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import Workspace
-from tasks.common import pinned_env, run_logger, stage_task, store
+from tasks.common import stage_task
 from tasks.context import StageContext
 from tasks.lineage import flat_numbers, stage_run
+from tasks.runtime import pinned_env, run_logger, store
 from tokalign_core.configs.align import AlignConfig
 from tokalign_core.configs.align_eval import EvalAlignConfig
 from tokalign_core.configs.cooccur import CooccurConfig

@@ -13,8 +13,9 @@ from prefect import flow
 
 from flows.common import Runner
 from tasks.caching import Workspace
-from tasks.common import stage_run_name, stage_task, store
+from tasks.common import stage_run_name, stage_task
 from tasks.lineage import key_numbers, stage_run
+from tasks.runtime import store
 from tasks.stages import follow_training, step_line
 from tokalign_core.evaluate.tables import rounded
 

@@ -17,7 +17,8 @@ import pytest
 
 from tasks import locking
 from tasks.caching import CONTENT_HASH, Workspace
-from tasks.common import stage_task, store
+from tasks.common import stage_task
+from tasks.runtime import store
 from tokalign_core.store import locks
 from tokalign_core.store.artifacts import ArtifactRef, verify
 

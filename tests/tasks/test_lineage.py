@@ -186,8 +186,8 @@ def test_cached_path_never_imports_transformers():
     from pathlib import Path
 
     code = ("import sys\nfrom flows.common import Runner\nfrom tasks.caching import Workspace\n"
-            "from tasks import common, lineage\nRunner(Workspace(run_dir=sys.argv[1]))\n"
-            "before = 'transformers' in sys.modules\ncommon.warm_imports()\n"
+            "from tasks import lineage, runtime\nRunner(Workspace(run_dir=sys.argv[1]))\n"
+            "before = 'transformers' in sys.modules\nruntime.warm_imports()\n"
             "print(before, 'transformers' in sys.modules)")
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code, "/tmp/unused-run"], cwd=root,

@@ -14,8 +14,9 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.caching import Workspace
-from tasks.common import stage_task, store
+from tasks.common import stage_task
 from tasks.records import result_storage
+from tasks.runtime import store
 from tokalign_core.store import hashing
 
 if os.environ.get("TOKALIGN_TEST_CODE_HASH"):
