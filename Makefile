@@ -10,7 +10,7 @@ setup:
 
 demo: setup
 	@bash scripts/install_text_packages.sh --when-allowed
-	$(PY) -m tokalign_core demo
+	$(PY) -m tokalign demo
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
