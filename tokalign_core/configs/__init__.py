@@ -13,11 +13,12 @@ from tokalign_core.configs.evaluate import EvalConfig
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.init import InitConfig
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.configs.text_corpus import TextCorpusConfig
 from tokalign_core.configs.tokenize import TokenizeConfig
 from tokalign_core.configs.train import StageConfig, TrainConfig
 
 __all__ = [
     "AlignConfig", "CooccurConfig", "CorpusConfig", "DistillConfig", "EvalAlignConfig",
     "EvalConfig", "GloveConfig", "InitConfig", "PipelineConfig", "SourceSpec", "StageConfig",
-    "TokenizeConfig", "TrainConfig", "VecMapConfig",
+    "TextCorpusConfig", "TokenizeConfig", "TrainConfig", "VecMapConfig",
 ]
