@@ -109,7 +109,8 @@ def corpus_eval_groups(bench: Path, max_docs: int) -> dict[str, list[str]]:
 
 def fallback_eval_groups(max_docs: int, seed: int, progress: bool) -> dict[str, list[str]]:
     """English + other languages from man pages; Python code from stdlib sub-packages."""
-    from tokalign_core.data.textsources import extract_docs, find_man_pages
+    from tokalign_core.data.extract import extract_docs
+    from tokalign_core.data.machine_text import find_man_pages
 
     rng = random.Random(seed)
     pages = find_man_pages()

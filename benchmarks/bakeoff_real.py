@@ -171,7 +171,8 @@ def pack(docs: list[str], chars: int, per_doc: int = CHUNKS_PER_DOC) -> list[str
 def man_docs(lang: str, chars: int, want: int, seed: int) -> list[str]:
     """Documents of >= ``chars`` characters from this machine's man pages in ``lang``,
     in a fixed order (files sorted, then a seeded shuffle)."""
-    from tokalign_core.data.textsources import extract_docs, find_man_pages
+    from tokalign_core.data.extract import extract_docs
+    from tokalign_core.data.machine_text import find_man_pages
 
     files = sorted((f for f in find_man_pages() if f.lang == lang), key=lambda f: f.path)
     random.Random(seed).shuffle(files)

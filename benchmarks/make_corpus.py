@@ -30,14 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokalign_core.data.textsources import (  # noqa: E402
-    CorpusSummary,
-    TextCorpusConfig,
-    build_text_corpus,
-    find_man_pages,
-    read_text_file,
-    strip_roff,
-)
+from tokalign_core.configs.text_corpus import TextCorpusConfig  # noqa: E402
+from tokalign_core.data.extract import read_text_file  # noqa: E402
+from tokalign_core.data.machine_text import find_man_pages  # noqa: E402
+from tokalign_core.data.render import strip_roff  # noqa: E402
+from tokalign_core.data.textsources import CorpusSummary, build_text_corpus  # noqa: E402
 from tokalign_core.store.artifacts import atomic_write_text  # noqa: E402
 
 
@@ -98,7 +95,7 @@ def compare_roff(n: int, seed: int) -> dict:
 
 def count_tokens(corpus_dir: Path, spec: str, sample_bytes: int = 200_000) -> dict:
     """Estimated tokens per file: bytes/token of a leading sample times the file's bytes."""
-    from tokalign_core.data.textsources import read_jsonl
+    from tokalign_core.data.mix import read_jsonl
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
     tok = load_tokenizer(spec)

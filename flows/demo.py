@@ -30,7 +30,7 @@ from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.pipeline import BASELINES, PipelineConfig
-from tokalign_core.data.textsources import TextCorpusConfig
+from tokalign_core.configs.text_corpus import TextCorpusConfig
 from tokalign_core.evaluate.results import EvalResult
 from tokalign_core.store.artifacts import ArtifactRef
 from tokalign_core.train.pretrain import PretrainConfig

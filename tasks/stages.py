@@ -405,7 +405,8 @@ def text_corpus_task(ctx: StageContext, cfg: Any,
                      max_files_per_group: int | None = None) -> ArtifactRef:
     """A real multilingual corpus from the machine's text (``textsources``), as an artifact
     with ``train/<lang>.<domain>.jsonl`` and ``eval/<lang>.jsonl``."""
-    from tokalign_core.data.textsources import build_text_corpus, discover
+    from tokalign_core.data.machine_text import discover
+    from tokalign_core.data.textsources import build_text_corpus
 
     with ctx.run("text-corpus", cfg) as run:
         files = sample_files(discover(cfg), max_files_per_group, cfg.seed)
@@ -426,7 +427,7 @@ def eval_sample_task(ctx: StageContext, corpus: ArtifactRef, max_docs: int,
                      max_chars: int) -> ArtifactRef:
     """The first ``max_docs`` held-out documents per language of a text corpus, each cut to
     ``max_chars`` at a space: ``<lang>.jsonl`` files for a short, bounded evaluation."""
-    from tokalign_core.data.textsources import read_jsonl
+    from tokalign_core.data.mix import read_jsonl
 
     with ctx.store.writer("texts", {"max_docs": max_docs, "max_chars": max_chars}) as w:
         for path in sorted((Path(corpus.path) / "eval").glob("*.jsonl")):

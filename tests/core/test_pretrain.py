@@ -159,7 +159,8 @@ def test_corrupted_cache_entry_is_retrained(tmp_path, micro_texts):
 
 
 def test_load_training_texts_mixes_prose_and_code(tmp_path):
-    from tokalign_core.data.textsources import Doc, write_jsonl
+    from tokalign_core.data.extract import Doc
+    from tokalign_core.data.mix import write_jsonl
 
     corpus, evald = tmp_path / "corpus", tmp_path / "eval"
     write_jsonl(corpus / "en.man.jsonl", [Doc("m" * 100, "en", "man", str(i)) for i in range(50)])

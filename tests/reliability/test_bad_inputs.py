@@ -103,7 +103,7 @@ print(json.dumps({{"meta": ref.meta()["sources"][0],
 
 
 def test_textsources_drops_non_utf8_files_and_strips_nul(tmp_path):
-    from tokalign_core.data import textsources as ts
+    from tokalign_core.data import extract as ts
 
     latin1 = tmp_path / "latin1.py"
     latin1.write_bytes("# caf\xe9 \xe9t\xe9\n".encode("latin-1") * 200)
@@ -268,7 +268,7 @@ def test_model_without_an_embeddings_api():
         hidden=30, heads=4), "divisible"),
     (lambda: __import__("tokalign_core.train.pretrain", fromlist=["x"]).PretrainConfig(
         steps=5, warmup_steps=5), "warmup_steps"),
-    (lambda: __import__("tokalign_core.data.textsources", fromlist=["x"]).TextCorpusConfig(
+    (lambda: __import__("tokalign_core.configs.text_corpus", fromlist=["x"]).TextCorpusConfig(
         min_doc_chars=900, max_doc_chars=600), "exceeds"),
     (lambda: _corpus_cfg(Path("x.txt"), token_budget=10, byte_budget=10), "not both"),
 ])

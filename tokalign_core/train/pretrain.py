@@ -3,7 +3,7 @@
 No pretrained causal LM ships on PyPI, so TokAlign's source model (Pythia, a GPT-NeoX
 with an English-centric byte-level BPE; Li et al., 2025, §4.1) is stood in for by a small
 GPT-NeoX trained here from scratch on real English text and code from the benchmark corpus
-(:mod:`tokalign_core.data.textsources`). Presets:
+(:mod:`tokalign_core.data.textsources`, read through :mod:`tokalign_core.data.mix`). Presets:
 
 - ``demo``: ~2.9M parameters, 8k byte-level BPE, 400 steps of 8 x 128 tokens: a few
   minutes on an idle 2-core machine (end-to-end demo);
@@ -180,7 +180,7 @@ def load_training_texts(config: PretrainConfig, corpus_dir: str | Path | None = 
     ``eval/<lang>.jsonl``. Without a corpus, falls back to this interpreter's standard
     library (English docstrings/comments and Python code) and says so in the log.
     """
-    from tokalign_core.data.textsources import corpus_texts, read_jsonl
+    from tokalign_core.data.mix import corpus_texts, read_jsonl
 
     corpus = Path(corpus_dir) if corpus_dir else DEFAULT_CORPUS
     evald = Path(eval_dir) if eval_dir else corpus.parent / "eval"
