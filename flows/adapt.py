@@ -10,7 +10,6 @@ from prefect import flow
 
 from flows.common import Runner, publish_markdown, publish_table
 from flows.evaluate import (
-    SOURCE_LABEL,
     bpb_rows,
     collect,
     collect_results,
@@ -21,6 +20,7 @@ from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import ADAPTED, SOURCE, ModelKey
 from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
@@ -42,30 +42,30 @@ def start_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: Ar
     """Init (aligned + baselines) -> two-stage training of the aligned model, without
     waiting for more than the cores need: training starts once the aligned init exists
     (the baselines finish next to it), every initialisation (and the source model with its
-    own tokenizer, :data:`flows.evaluate.SOURCE_LABEL`) is evaluated while it trains
-    (the training subprocess uses one core), and the adapted model's evaluation is started
-    last. Returns ``inits``, ``models`` and ``pending`` (label -> evaluation future;
+    own tokenizer, :data:`~tokalign_core.evaluate.results.SOURCE`) is evaluated while it
+    trains (the training subprocess uses one core), and the adapted model's evaluation is
+    started last. Returns ``inits`` (method -> model), ``models`` and ``pending``
+    (:class:`~tokalign_core.evaluate.results.ModelKey` -> model, and -> evaluation future;
     :func:`flows.evaluate.collect` them)."""
     started = submit_inits(r, cfg, source_model, alignment)
     training = None if cfg.adapt is None else r.submit(
         "adapt", stages.train_task, started["aligned"].result(), target_tokens, cfg.adapt)
     # The source model with its own tokenizer last: the reference row, cheap (small head).
-    pending = submit_evaluate(r, cfg, {**{f"{m} (init)": f for m, f in started.items()},
-                                       SOURCE_LABEL: source_model}, texts)
+    pending = submit_evaluate(r, cfg, {**{ModelKey.init(m): f for m, f in started.items()},
+                                       SOURCE: source_model}, texts)
     inits = collect(started)
-    models: dict[str, Any] = {f"{m} (init)": ref for m, ref in inits.items()}
+    models: dict[ModelKey, Any] = {ModelKey.init(m): ref for m, ref in inits.items()}
     if training is not None:
-        models["aligned (adapted)"] = training.result()
+        models[ADAPTED] = training.result()
         last = list(pending.values())[-1]
-        pending.update(submit_evaluate(r, cfg, {"aligned (adapted)": models["aligned (adapted)"]},
-                                       texts, after=last))
+        pending.update(submit_evaluate(r, cfg, {ADAPTED: models[ADAPTED]}, texts, after=last))
     return {"inits": inits, "models": models, "pending": pending}
 
 
 def run_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: ArtifactRef,
               target_tokens: ArtifactRef, texts: str) -> dict[str, Any]:
     """:func:`start_adapt`, waiting for the evaluation of every initialisation and of the
-    adapted model (``evaluation``: label -> result)."""
+    adapted model (``evaluation``: model key -> result)."""
     out = start_adapt(r, cfg, source_model, alignment, target_tokens, texts)
     return {"inits": out["inits"], "models": out["models"],
             "evaluation": source_first(collect_results(out.pop("pending")))}

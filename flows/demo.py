@@ -31,7 +31,13 @@ from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.pipeline import BASELINES, PipelineConfig
 from tokalign_core.configs.text_corpus import TextCorpusConfig
-from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.results import (
+    ADAPTED,
+    STUDENT_DISTILLED,
+    STUDENT_INIT,
+    EvalResult,
+    ModelKey,
+)
 from tokalign_core.store.artifacts import ArtifactRef
 from tokalign_core.train.pretrain import PretrainConfig
 from tokalign_core.train.pretrain import preset as pretrain_preset
@@ -132,11 +138,11 @@ def bind_corpus(cfg: PipelineConfig, text_corpus: Any, source_model: Any,
     return PipelineConfig.model_validate(data)
 
 
-def distillation_note(evaluation: dict[str, EvalResult]) -> str:
+def distillation_note(evaluation: dict[ModelKey, EvalResult]) -> str:
     """One paragraph: the teacher's and the student's held-out bits per byte before
     distillation, and the student's after (empty when the run did not distil)."""
     rows = {k: evaluation[k].macro.bits_per_byte if k in evaluation else None
-            for k in ("aligned (adapted)", "student (init)", "student (distilled)")}
+            for k in (ADAPTED, STUDENT_INIT, STUDENT_DISTILLED)}
     if None in rows.values():
         return ""
     teacher, before, after = rows.values()

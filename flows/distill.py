@@ -15,6 +15,7 @@ from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.pipeline import PipelineConfig, bind_run_fields, is_unset
 from tokalign_core.configs.train import TrainConfig
+from tokalign_core.evaluate.results import DISTILLED
 from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
@@ -42,7 +43,7 @@ def run_distill(r: Runner, cfg: PipelineConfig, student: ArtifactRef,
                       distill_config(cfg, teacher))
     out: dict[str, Any] = {"model": distilled}
     if texts:
-        out["evaluation"] = run_evaluate(r, cfg, {"distilled": distilled}, texts)
+        out["evaluation"] = run_evaluate(r, cfg, {DISTILLED: distilled}, texts)
     return out
 
 

@@ -32,6 +32,7 @@ from tasks.caching import Workspace
 from tasks.lineage import parent_run
 from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import ModelKey
 from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
@@ -138,7 +139,7 @@ def pipeline_form(
         out = run_pipeline(r, cfg, student_layers=student_layers)
         out["summary"] = publish_summary(ws, out["tables"], "pipeline")
         out["states"] = dict(r.states)
-        print("models:\n" + "\n".join(f"  {k}: {v}" for k, v in out["published"].items()))
+        print("models:\n" + "\n".join(f"  {k.label}: {v}" for k, v in out["published"].items()))
         return out
 
 
@@ -244,8 +245,9 @@ def distill_form(
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_form(
-    models: dict[str, str] = Field(..., description="label -> model folder (a run's "
-                                   "<run>/models/<name>, or any save_pretrained folder)"),
+    models: dict[str, str] = Field(..., description="name -> model folder (a run's "
+                                   "<run>/models/<name>, or any save_pretrained folder); "
+                                   "the names label the results"),
     texts: str = Field(..., description="texts by language (folder or file)"),
     reference_tokenizer: str = Field(SOURCE_MODEL, description="the tokenizer "
                                      "normalised perplexity is measured against"),
@@ -253,12 +255,12 @@ def evaluate_form(
 ) -> dict[str, Any]:
     """Bits per byte, normalised perplexity and compression of the given models."""
     cfg, _ = form_config("quick", reference_tokenizer, None, [], None, advanced)
-    resolved: dict[str, Any] = {}
-    for label, folder in models.items():
+    resolved: dict[ModelKey, Any] = {}
+    for name, folder in models.items():
         try:
-            resolved[label] = model_ref(folder)
+            resolved[ModelKey(name)] = model_ref(folder)
         except FileNotFoundError:  # any model folder or hub id, evaluated as it is
-            resolved[label] = folder
+            resolved[ModelKey(name)] = folder
     with parent_run(advanced.workspace(), "evaluate", cfg) as ws:
         r = Runner(ws)
         evaluation = run_evaluate(r, cfg, resolved, texts)

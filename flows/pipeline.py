@@ -16,7 +16,6 @@ from flows.align import alignment_rows, run_align
 from flows.common import Runner, publish_markdown, publish_table, with_target
 from flows.distill import run_distill, teacher_of
 from flows.evaluate import (
-    SOURCE_LABEL,
     bpb_rows,
     collect_results,
     compression_rows,
@@ -29,7 +28,15 @@ from tasks.caching import Workspace
 from tasks.lineage import Lineage, is_number, parent_run
 from tokalign_core.align.metrics import AlignmentMetrics
 from tokalign_core.configs.pipeline import PipelineConfig
-from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.results import (
+    ADAPTED,
+    DISTILLED,
+    SOURCE,
+    STUDENT_DISTILLED,
+    STUDENT_INIT,
+    EvalResult,
+    ModelKey,
+)
 from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.store.artifacts import ArtifactRef
 
@@ -45,7 +52,8 @@ def eval_texts(r: Runner, cfg: PipelineConfig, corpus: ArtifactRef) -> str:
 def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
                  teacher: ArtifactRef | str | None = None,
                  texts: str | None = None, student_layers: int | None = None) -> dict[str, Any]:
-    """Every stage on runner ``r``; returns refs, metrics and the summary rows.
+    """Every stage on runner ``r``; returns refs, metrics and the summary rows (``models``,
+    ``evaluation`` and ``published`` keyed by :class:`ModelKey`).
 
     Distillation runs when ``cfg.distill`` is set and there is a teacher: ``teacher`` (or
     the config's), distilled into the adapted model; or, with ``student_layers`` and no
@@ -59,18 +67,18 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
                           aligned["tokens"]["target"], texts)
     pending = adapted["pending"]
     teacher = teacher or teacher_of(cfg)
-    student = adapted["models"].get("aligned (adapted)", adapted["inits"]["aligned"])
+    student = adapted["models"].get(ADAPTED, adapted["inits"]["aligned"])
     if teacher is None and student_layers and cfg.distill is not None:
         teacher = student
         student = r.run("shrink-student", stages.shrink_task, teacher, student_layers)
-        adapted["models"]["student (init)"] = student
-        pending.update(submit_evaluate(r, cfg, {"student (init)": student}, texts,
+        adapted["models"][STUDENT_INIT] = student
+        pending.update(submit_evaluate(r, cfg, {STUDENT_INIT: student}, texts,
                                        after=list(pending.values())[-1]))
     if teacher is not None and cfg.distill is not None:
         distilled = run_distill(r, cfg, student, teacher, aligned["tokens"]["target"], None)
-        label = "student (distilled)" if "student (init)" in adapted["models"] else "distilled"
-        adapted["models"][label] = distilled["model"]
-        pending.update(submit_evaluate(r, cfg, {label: distilled["model"]}, texts,
+        key = STUDENT_DISTILLED if STUDENT_INIT in adapted["models"] else DISTILLED
+        adapted["models"][key] = distilled["model"]
+        pending.update(submit_evaluate(r, cfg, {key: distilled["model"]}, texts,
                                        after=list(pending.values())[-1]))
     evaluation = source_first(collect_results(pending))
     tables = summary_tables(aligned["metrics"], evaluation)
@@ -82,10 +90,10 @@ def run_pipeline(r: Runner, cfg: PipelineConfig, source_model: Any = None,
 
 
 def summary_tables(metrics: AlignmentMetrics,
-                   evaluation: dict[str, EvalResult]) -> dict[str, list]:
+                   evaluation: dict[ModelKey, EvalResult]) -> dict[str, list]:
     """Bits per byte by model (the source reference first when present), compression of
     the target tokenizer (from a target-vocabulary model) and the brief alignment metrics."""
-    target_side = {k: v for k, v in evaluation.items() if k != SOURCE_LABEL}
+    target_side = {k: v for k, v in evaluation.items() if k != SOURCE}
     return {"bits_per_byte": bpb_rows(evaluation),
             "compression": compression_rows(target_side),
             "alignment": alignment_rows(metrics, brief=True)}

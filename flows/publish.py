@@ -20,12 +20,20 @@ from tasks import stages
 from tasks.caching import Workspace
 from tasks.lineage import Lineage, is_number
 from tokalign_core.configs.pipeline import PipelineConfig, is_unset, short_name
-from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.results import (
+    ADAPTED,
+    DISTILLED,
+    STUDENT_DISTILLED,
+    STUDENT_INIT,
+    EvalResult,
+    ModelKey,
+    Stage,
+)
 from tokalign_core.model.card import CardInfo, method_label, publish_folder, render
 from tokalign_core.store.artifacts import ArtifactRef
 
 # The model a run is for, best first: the registered one.
-FINAL_ORDER = ("student (distilled)", "distilled", "aligned (adapted)", "aligned (init)")
+FINAL_ORDER = (STUDENT_DISTILLED, DISTILLED, ADAPTED, ModelKey.init("aligned"))
 
 
 def folder_name(label: str) -> str:
@@ -39,21 +47,20 @@ def registered_name(cfg: PipelineConfig) -> str:
     return re.sub(r"[^0-9A-Za-z._-]+", "-", raw)
 
 
-def final_label(models: dict[str, Any]) -> str | None:
-    return next((label for label in FINAL_ORDER if label in models), None)
+def final_key(models: dict[ModelKey, Any]) -> ModelKey | None:
+    return next((key for key in FINAL_ORDER if key in models), None)
 
 
-def _training(cfg: PipelineConfig, label: str) -> str:
+def _training(cfg: PipelineConfig, key: ModelKey) -> str:
     parts = []
-    if label in ("aligned (adapted)", "distilled", "student (init)", "student (distilled)") \
-            and cfg.adapt is not None:
+    if key in (ADAPTED, DISTILLED, STUDENT_INIT, STUDENT_DISTILLED) and cfg.adapt is not None:
         parts.append(f"two-stage adaptation ({cfg.adapt.total_steps} steps: embeddings and "
                      "LM head, then every parameter)")
-    if label == "student (init)":
+    if key == STUDENT_INIT:
         parts.append("a shallower copy of the adapted model (fewer decoder layers)")
-    if label in ("distilled", "student (distilled)") and cfg.distill is not None:
+    if key in (DISTILLED, STUDENT_DISTILLED) and cfg.distill is not None:
         teacher = cfg.distill.distill.teacher if cfg.distill.distill is not None else ""
-        source = "the adapted model" if label.startswith("student") or not teacher \
+        source = "the adapted model" if key == STUDENT_DISTILLED or not teacher \
             or is_unset(teacher) else short_name(teacher)
         parts.append(f"token-level distillation ({cfg.distill.total_steps} steps) from "
                      f"{source}")
@@ -76,12 +83,10 @@ def _license(source_model: str) -> str:
     return "other"
 
 
-def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
-             evaluation: dict[str, EvalResult], align_metrics: dict[str, Any]) -> CardInfo:
-    """The card of the model ``label`` (``"<method> (init)"``, ``"aligned (adapted)"``,
-    ``"distilled"``)."""
-    init_method = label.removesuffix(" (init)") if label.endswith(" (init)") \
-        and not label.startswith("student") else "aligned"
+def card_for(cfg: PipelineConfig, key: ModelKey, alignment: ArtifactRef | None,
+             evaluation: dict[ModelKey, EvalResult], align_metrics: dict[str, Any]) -> CardInfo:
+    """The card of the model ``key`` (an initialisation, the adapted, the distilled model)."""
+    init_method = key.model if key.stage is Stage.INIT and key != STUDENT_INIT else "aligned"
     meta: dict[str, Any] = {}
     if not isinstance(alignment, ArtifactRef):
         alignment = None
@@ -89,18 +94,19 @@ def card_for(cfg: PipelineConfig, label: str, alignment: ArtifactRef | None,
         meta = json.loads((Path(alignment.path) / "meta.json").read_text())
     aligned = init_method == "aligned"
     return CardInfo(
-        name=f"{short_name(cfg.source_model)} -> {short_name(cfg.target_tokenizer)}: {label}",
+        name=f"{short_name(cfg.source_model)} -> {short_name(cfg.target_tokenizer)}: "
+             f"{key.label}",
         method=method_label(init_method, cfg.align.method),
         source_model=cfg.source_model, target_tokenizer=cfg.target_tokenizer,
         alignment=f"sha256:{alignment.sha256}" if alignment is not None and aligned else "",
         counts=meta.get("counts", {}) if aligned else {},
         alignment_metrics=align_metrics if aligned else {},
-        eval_results=evaluation[label].to_dict() if label in evaluation else {},
+        eval_results=evaluation[key].to_dict() if key in evaluation else {},
         config_digest=cfg.digest(), base_model=_hub_id(cfg.source_model),
         license=_license(cfg.source_model),
         datasets=[s.path.removeprefix("hf:") for s in cfg.corpus.sources
                   if s.path.startswith("hf:")],
-        tags=[init_method] if not aligned else [], training=_training(cfg, label))
+        tags=[init_method] if not aligned else [], training=_training(cfg, key))
 
 
 def lineage_tags(cfg: PipelineConfig, alignment: ArtifactRef | None,
@@ -125,32 +131,34 @@ def lineage_tags(cfg: PipelineConfig, alignment: ArtifactRef | None,
     return tags
 
 
-def publish_models(ws: Workspace, cfg: PipelineConfig, models: dict[str, Any],
-                   evaluation: dict[str, EvalResult], alignment: ArtifactRef | None = None,
+def publish_models(ws: Workspace, cfg: PipelineConfig, models: dict[ModelKey, Any],
+                   evaluation: dict[ModelKey, EvalResult], alignment: ArtifactRef | None = None,
                    align_metrics: dict[str, Any] | None = None,
-                   teacher: Any = None) -> dict[str, Path]:
-    """``<run_dir>/models/<name>`` for every model artifact in ``models`` (label -> ref),
-    each logged as an MLflow model of ``ws.parent_run_id``; the final one registered; the
-    parent run tagged with :func:`lineage_tags`. Returns label -> folder."""
+                   teacher: Any = None) -> dict[ModelKey, Path]:
+    """``<run_dir>/models/<name>`` (``name``: the key's label, :func:`folder_name`) for every
+    model artifact in ``models`` (key -> ref), each logged as an MLflow model of
+    ``ws.parent_run_id``; the final one registered; the parent run tagged with
+    :func:`lineage_tags`. Returns key -> folder."""
     lineage = Lineage(ws)
     lineage.set_tags(ws.parent_run_id, lineage_tags(cfg, alignment, teacher))
-    paths: dict[str, Path] = {}
-    ids: dict[str, str | None] = {}
-    for label, ref in models.items():
+    paths: dict[ModelKey, Path] = {}
+    ids: dict[ModelKey, str | None] = {}
+    for key, ref in models.items():
         if not isinstance(ref, ArtifactRef):
             continue
-        card = card_for(cfg, label, alignment, evaluation, align_metrics or {})
-        dest = ws.root / "models" / folder_name(label)
-        paths[label] = publish_folder(stages.model_dir(ref), dest, render(card))
-        ids[label] = lineage.log_model(
-            ws.parent_run_id, folder_name(label), paths[label],
-            tags={"tokalign.label": label, "tokalign.method": card.method,
+        card = card_for(cfg, key, alignment, evaluation, align_metrics or {})
+        name = folder_name(key.label)
+        paths[key] = publish_folder(stages.model_dir(ref), ws.root / "models" / name,
+                                    render(card))
+        ids[key] = lineage.log_model(
+            ws.parent_run_id, name, paths[key],
+            tags={"tokalign.label": key.label, "tokalign.method": card.method,
                   "output.model.sha256": ref.sha256},
-            params=_model_params(evaluation.get(label)))
-    final = final_label(paths)
+            params=_model_params(evaluation.get(key)))
+    final = final_key(paths)
     if final is not None:
         lineage.register(registered_name(cfg), ids.get(final), ws.parent_run_id,
-                         f"{cfg.title()}: {final}")
+                         f"{cfg.title()}: {final.label}")
         lineage.set_tags(ws.parent_run_id, {"tokalign.final_model": str(paths[final])})
     return paths
 

@@ -348,14 +348,19 @@ def train_task(ctx: StageContext, model: ArtifactRef, tokens: ArtifactRef,
 
 @stage_task("evaluate-model")
 def eval_model_task(ctx: StageContext, model: ModelSpec, texts: str, cfg: EvalConfig,
-                    reference_tokenizer: ModelSpec | None = None,
-                    label: str = "model") -> dict[str, Any]:
+                    reference_tokenizer: ModelSpec | None = None) -> dict[str, Any]:
     """Bits per byte, source-normalised perplexity and compression per text group of a
-    model artifact, or of a model folder / hub id (the source model, as the reference)."""
+    model artifact, or of a model folder / hub id (the source model, as the reference).
+
+    Which model it is for tables ("aligned (init)") is not an input: the flow's stage label
+    (``evaluate:aligned (init)``, in ``ctx``, never in a cache key) names the MLflow run
+    and its table, so the same model and texts under two names are evaluated once."""
     from tokalign_core.evaluate.perplexity import evaluate_model, format_table, load_texts
     from tokalign_core.model.init import load_model
 
-    with ctx.run(f"evaluate:{label}", cfg, {"model": model}) as run:
+    stage = ctx.stage_label or "evaluate:model"
+    label = stage.removeprefix("evaluate:")
+    with ctx.run(stage, cfg, {"model": model}) as run:
         path = model_dir(model) if isinstance(model, ArtifactRef) else model
         ref_tok = _tok(reference_tokenizer) if reference_tokenizer is not None else None
         result = evaluate_model(load_model(str(path)), _tok(str(path)),

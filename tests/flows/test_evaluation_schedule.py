@@ -19,7 +19,15 @@ from tasks import stages
 from tasks.caching import Workspace
 from tokalign_core.align.metrics import AlignmentMetrics
 from tokalign_core.configs.pipeline import PipelineConfig
-from tokalign_core.evaluate.results import EvalResult, GroupMetrics, MeanMetrics
+from tokalign_core.evaluate.results import (
+    ADAPTED,
+    DISTILLED,
+    SOURCE,
+    EvalResult,
+    GroupMetrics,
+    MeanMetrics,
+    ModelKey,
+)
 
 
 class Log:
@@ -60,7 +68,8 @@ def fake_train(ws, model, tokens, cfg) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def fake_eval(ws, model, texts, cfg, ref_tok, label) -> dict[str, Any]:
+def fake_eval(ws, model, texts, cfg, ref_tok) -> dict[str, Any]:
+    label = ws.stage_label.removeprefix("evaluate:")  # the flow names the stage, not an input
     with LOG.lock:
         LOG.running += 1
         LOG.max_running = max(LOG.max_running, LOG.running)
@@ -116,12 +125,18 @@ def test_evaluations_run_one_at_a_time_next_to_training(prefect_api, fakes, monk
     log = fakes()
     inits = ["aligned (init)", "random (init)", "mean (init)", "fvt (init)"]
     labels = [*inits, "aligned (adapted)", "distilled"]
-    source = pipeline.SOURCE_LABEL
+    source = "source (own tokenizer)"
     # The source model with its own tokenizer is listed first (the reference) and is
-    # evaluated after the initialisations, while the aligned model trains.
-    assert list(out["evaluation"]) == [source, *labels]
-    assert out["evaluation"][source].config["model"] == "src"
-    assert out["evaluation"]["distilled"].config["model"] == "model:aligned+adapt+distill"
+    # evaluated after the initialisations, while the aligned model trains. Results are
+    # keyed by model key, each the result of the model its key names.
+    keys = [ModelKey.init(m) for m in ("aligned", "random", "mean", "fvt")] + [ADAPTED, DISTILLED]
+    assert list(out["evaluation"]) == [SOURCE, *keys]
+    assert [k.label for k in out["evaluation"]] == [source, *labels]
+    assert out["evaluation"][SOURCE].config["model"] == "src"
+    assert {k: r.config["model"] for k, r in out["evaluation"].items() if k != SOURCE} == {
+        **{k: f"model:{k.model}" for k in keys[:4]}, ADAPTED: "model:aligned+adapt",
+        DISTILLED: "model:aligned+adapt+distill"}
+    assert list(out["models"]) == keys
     assert "overlap:True" in log.events, log.events  # init evaluations ran during training
     assert "fvt-overlap:True" in log.events, log.events  # a baseline built during training
     assert log.max_running == 1, "evaluations must not overlap each other"
@@ -143,6 +158,7 @@ def test_evaluations_run_one_at_a_time_next_to_training(prefect_api, fakes, monk
 def test_bpb_rows_drop_group_columns_when_too_many_groups():
     groups = {f"g{i}": GroupMetrics(1, 10, 3, 4, bits_per_byte=float(i), nll=1.0)
               for i in range(MAX_GROUP_COLUMNS + 1)}
-    rows = bpb_rows({"m": EvalResult(groups, MeanMetrics(bits_per_byte=4.0), tuple(groups))})
+    rows = bpb_rows({ModelKey("m"): EvalResult(groups, MeanMetrics(bits_per_byte=4.0),
+                                               tuple(groups))})
     assert set(rows[0]) == {"model", "bits_per_byte", "norm_ppl"}
     assert bpb_rows({}) == []

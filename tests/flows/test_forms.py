@@ -62,8 +62,8 @@ def test_pipeline_form_runs_and_names_its_parent_run(prefect_api, tmp_path, text
     out = pipeline_form(preset="quick", source_model=None, target_tokenizer=None, corpus=[],
                         steps=2, advanced=Advanced(pipeline=cfg, teacher=teacher,
                                                    run_dir=str(run_dir), workers=1))
-    assert set(out["published"]) == {"aligned (init)", "mean (init)", "aligned (adapted)",
-                                     "distilled"}
+    assert {k.label for k in out["published"]} == {"aligned (init)", "mean (init)",
+                                                   "aligned (adapted)", "distilled"}
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
     [parent] = client.search_runs(
         [client.get_experiment_by_name("tokalign").experiment_id],

@@ -8,7 +8,7 @@ import yaml
 
 from tasks.caching import Workspace
 from tokalign_core.configs.pipeline import PipelineConfig
-from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.results import ADAPTED, EvalResult, ModelKey
 from tokalign_core.store.artifacts import ArtifactStore
 
 
@@ -19,14 +19,14 @@ def produced(tmp_path, bpe_tok, sp_tok):
 
     store = ArtifactStore(tmp_path / "run" / "artifacts")
     refs = {}
-    for label, seed in (("aligned (init)", 0), ("aligned (adapted)", 1)):
-        with store.writer("model", {"label": label}) as w:
+    for key, seed in ((ModelKey.init("aligned"), 0), (ADAPTED, 1)):
+        with store.writer("model", {"label": key.label}) as w:
             model = toy.tiny_llama(len(sp_tok), hidden=16, layers=1, heads=2)
             model.config.seed_marker = seed  # distinct bytes -> distinct artifacts
             model.save_pretrained(w.dir / "model")
             sp_tok.save_pretrained(w.dir / "model")
             (w.dir / "model" / "README.md").write_text("old card\n")
-        refs[label] = w.ref
+        refs[key] = w.ref
     with store.writer("alignment") as w:
         w.path("alignment.json").write_text("{}")
     return refs, w.ref
@@ -52,14 +52,14 @@ def test_models_land_under_readable_names_with_hub_cards_and_in_mlflow(tmp_path,
     refs, alignment = produced
     cfg = PipelineConfig.preset("tokalign++", source_model="HuggingFaceTB/SmolLM2-135M",
                                 target_tokenizer="builtin:qwen2")
-    evaluation = {"aligned (init)": _evaluation(4.0), "aligned (adapted)": _evaluation(3.5)}
+    evaluation = {ModelKey.init("aligned"): _evaluation(4.0), ADAPTED: _evaluation(3.5)}
     ws = Workspace(run_dir=str(tmp_path / "run"))
     with parent_run(ws, "pipeline", cfg) as pws:
         paths = publish_models(pws, cfg, refs, evaluation, alignment)
     root = ws.root / "models"
-    assert paths == {"aligned (init)": root / "aligned-init",
-                     "aligned (adapted)": root / "aligned-adapted"}
-    folder = paths["aligned (adapted)"]
+    assert paths == {ModelKey.init("aligned"): root / "aligned-init",
+                     ADAPTED: root / "aligned-adapted"}
+    folder = paths[ADAPTED]
     AutoModelForCausalLM.from_pretrained(folder)  # a normal Hugging Face folder
     AutoTokenizer.from_pretrained(folder)
     card = (folder / "README.md").read_text()
@@ -71,7 +71,7 @@ def test_models_land_under_readable_names_with_hub_cards_and_in_mlflow(tmp_path,
     assert "method unknown" not in card and alignment.sha256 in card
     assert "two-stage adaptation" in card
     # The artifact's own files are untouched (the folder is a view of the store).
-    assert (refs["aligned (adapted)"].dir / "model" / "README.md").read_text() == "old card\n"
+    assert (refs[ADAPTED].dir / "model" / "README.md").read_text() == "old card\n"
 
     client = MlflowClient(tracking_uri=f"sqlite:///{ws.root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tokalign")

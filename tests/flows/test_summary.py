@@ -11,7 +11,7 @@ from pathlib import Path
 from flows.align import alignment_rows
 from flows.pipeline import compression_figure, publish_summary, slug, summary_metrics
 from tokalign_core.align.metrics import AlignmentMetrics
-from tokalign_core.evaluate.results import EvalResult
+from tokalign_core.evaluate.results import ADAPTED, SOURCE, EvalResult, ModelKey
 from tokalign_core.evaluate.tables import markdown_table
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -110,14 +110,15 @@ def test_publish_summary_puts_metrics_and_plots_on_the_parent_run(tmp_path, monk
 
 
 def test_summary_tables_list_the_source_first_but_take_compression_from_the_target():
-    from flows.pipeline import SOURCE_LABEL, summary_tables
+    from flows.pipeline import summary_tables
 
-    evaluation = {label: EvalResult.from_dict(EVALUATION[label])
-                  for label in (SOURCE_LABEL, "aligned (init)")}
-    evaluation[SOURCE_LABEL] = replace(evaluation[SOURCE_LABEL], groups={
-        g: replace(m, length_change=0.0) for g, m in evaluation[SOURCE_LABEL].groups.items()})
+    evaluation = {key: EvalResult.from_dict(EVALUATION[key])
+                  for key in (SOURCE, ModelKey.init("aligned"))}
+    evaluation[SOURCE] = replace(evaluation[SOURCE], groups={
+        g: replace(m, length_change=0.0) for g, m in evaluation[SOURCE].groups.items()})
     tables = summary_tables(AlignmentMetrics.from_dict(ALIGNMENT), evaluation)
-    assert [r["model"] for r in tables["bits_per_byte"]] == [SOURCE_LABEL, "aligned (init)"]
+    assert [r["model"] for r in tables["bits_per_byte"]] == ["source (own tokenizer)",
+                                                             "aligned (init)"]
     assert tables["compression"] == [{"group": g, "tokens_per_byte": 0.25, "length_change": c}
                                      for g, c in (("de", -0.25), ("en", -0.1), ("ja", -0.5))]
 
@@ -143,8 +144,8 @@ def result(bpb_en, bpb_de):
             "scored_groups": ["en", "de"], "config": {"window": 64}}
 
 
-EVALUATION = {"source (own tokenizer)": result(1.1, 1.3), "aligned (init)": result(2.6, 3.1),
-              "mean (init)": result(3.6, 4.0), "aligned (adapted)": result(1.9, 2.2)}
+EVALUATION = {SOURCE: result(1.1, 1.3), ModelKey.init("aligned"): result(2.6, 3.1),
+              ModelKey.init("mean"): result(3.6, 4.0), ADAPTED: result(1.9, 2.2)}
 ALIGNMENT = {
     "target_size": 1000, "source_size": 800,
     "coverage": {"shared": 0.5, "special": 0.002, "aligned": 0.4, "fallback": 0.098},
@@ -162,7 +163,7 @@ ALIGNMENT = {
 def test_summary_from_typed_results_equals_the_dict_era_summary():
     from flows.pipeline import summary_markdown, summary_tables
 
-    evaluation = {label: EvalResult.from_dict(r) for label, r in EVALUATION.items()}
+    evaluation = {key: EvalResult.from_dict(r) for key, r in EVALUATION.items()}
     tables = summary_tables(AlignmentMetrics.from_dict(ALIGNMENT), evaluation)
     assert summary_markdown(tables) == (GOLDEN / "summary.md").read_text()
     assert summary_metrics(tables) == json.loads((GOLDEN / "summary_metrics.json").read_text())

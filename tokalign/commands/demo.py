@@ -123,9 +123,10 @@ def quiet_progress_bars(progress: bool) -> None:
 
 
 def model_lines(out: dict[str, Any]) -> str:
-    """``models:`` and one ``label  folder`` line per produced model."""
+    """``models:`` and one ``label  folder`` line per produced model (``published``: model
+    key -> folder)."""
     published = out.get("published") or {}
-    return "\n".join(["models:", *(f"  {label:<28} {path}" for label, path in published.items())])
+    return "\n".join(["models:", *(f"  {key.label:<28} {path}" for key, path in published.items())])
 
 
 def run_demo(args: argparse.Namespace) -> int:
