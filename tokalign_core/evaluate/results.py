@@ -133,6 +133,9 @@ class ModelKey:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"a model key needs a non-empty model name, got {self.model!r}")
+        if self.stage is not None and self.stage not in tuple(Stage):
+            raise ValueError(f"unknown model stage {self.stage!r}; use one of "
+                             f"{[s.value for s in Stage]} (or none for a name of your own)")
         if self.stage is not None:
             object.__setattr__(self, "stage", Stage(self.stage))
 
