@@ -1,6 +1,7 @@
 """The one markdown table builder (summaries, Prefect artifacts, model cards) and how its
-cells print numbers. Display labels ("aligned (adapted)") and column names are the
-caller's: rows are plain dicts built where a table is printed."""
+cells print numbers. Column names are the caller's, model names a key's
+:attr:`~tokalign_core.evaluate.results.ModelKey.label`: rows are plain dicts built where a
+table is printed."""
 
 from __future__ import annotations
 

@@ -1,0 +1,122 @@
+"""Flows key models and results by :class:`ModelKey`, never by the label a table shows:
+each role's result reaches the card, the note and the registry meant for it, a user's name
+that reads like a role stands for nothing else, and the label is no input of the evaluate
+task (one model on the same texts under two names is evaluated once)."""
+
+from __future__ import annotations
+
+import json
+
+from flows.demo import distillation_note
+from flows.evaluate import bpb_rows
+from flows.publish import card_for, final_key
+from tasks.caching import Workspace
+from tokalign_core.configs.pipeline import PipelineConfig
+from tokalign_core.evaluate.results import (
+    ADAPTED,
+    DISTILLED,
+    SOURCE,
+    STUDENT_DISTILLED,
+    STUDENT_INIT,
+    EvalResult,
+    ModelKey,
+)
+
+
+def _result(bpb: float) -> EvalResult:
+    counts = {"n_docs": 1, "n_bytes": 10, "n_tokens": 3, "n_ref_tokens": 4}
+    return EvalResult.from_dict({"macro": {"bits_per_byte": bpb, "norm_ppl": 2 ** bpb},
+                                 "groups": {"en": {**counts, "bits_per_byte": bpb}},
+                                 "scored_groups": ["en"]})
+
+
+def _cfg(teacher: str) -> PipelineConfig:
+    cfg = PipelineConfig.preset("tiny", source_model="org/src-model")
+    distill = cfg.distill.model_dump()
+    distill["distill"]["teacher"] = teacher
+    return PipelineConfig.model_validate({**cfg.model_dump(), "distill": distill})
+
+
+ROLES = {SOURCE: 0.5, ModelKey.init("aligned"): 1.5, ModelKey.init("fvt"): 1.6,
+         ADAPTED: 1.0, DISTILLED: 1.2, STUDENT_INIT: 3.0, STUDENT_DISTILLED: 2.0}
+
+
+def test_rows_show_each_key_label_next_to_its_own_result():
+    rows = bpb_rows({key: _result(bpb) for key, bpb in ROLES.items()})
+    assert [(r["model"], r["bits_per_byte"]) for r in rows] == [
+        (key.label, bpb) for key, bpb in ROLES.items()]
+
+
+def test_distillation_note_takes_teacher_and_student_by_role():
+    evaluation = {key: _result(bpb) for key, bpb in ROLES.items()}
+    assert distillation_note(evaluation) == (
+        "\n## Distillation\n\nteacher (aligned, adapted) 1.000 bits/byte; student before "
+        "3.000, after 2.000 (+1.000 gained of the 2.000 gap).\n")
+    # Names that read like the roles are not the roles: no note.
+    named = {ModelKey(key.label): result for key, result in evaluation.items()}
+    assert distillation_note(named) == ""
+
+
+def test_each_card_describes_the_model_its_key_names():
+    evaluation = {key: _result(bpb) for key, bpb in ROLES.items()}
+    evaluation.pop(ModelKey.init("aligned"))
+    evaluation[ModelKey("aligned (init)")] = _result(9.0)  # a user's name, not the role
+    cfg = _cfg("org/teacher-model")
+    cards = {key: card_for(cfg, key, None, evaluation, {}) for key in ROLES if key != SOURCE}
+    for key, card in cards.items():
+        assert card.name.endswith(f": {key.label}")
+        bpb = card.eval_results.get("macro", {}).get("bits_per_byte")
+        assert bpb == (None if key == ModelKey.init("aligned") else ROLES[key]), key
+    fvt = cards[ModelKey.init("fvt")]
+    assert (fvt.method, fvt.tags, fvt.training) == ("fvt", ["fvt"], "")
+    assert cards[ModelKey.init("aligned")].method == "tokalign++"
+    assert cards[ADAPTED].training.startswith("two-stage adaptation")
+    assert "distillation" not in cards[ADAPTED].training
+    assert "shallower copy" in cards[STUDENT_INIT].training
+    assert "distillation" not in cards[STUDENT_INIT].training
+    assert cards[STUDENT_DISTILLED].training.endswith("from the adapted model")
+    assert cards[DISTILLED].training.endswith("from teacher-model")
+
+
+def test_the_registered_model_is_chosen_by_role():
+    init = ModelKey.init("aligned")
+    assert final_key({init: 1, ADAPTED: 2, STUDENT_DISTILLED: 3, STUDENT_INIT: 4}) == \
+        STUDENT_DISTILLED
+    assert final_key({init: 1, ADAPTED: 2, DISTILLED: 3}) == DISTILLED
+    assert final_key({init: 1, ModelKey("distilled"): 2, ADAPTED: 3}) == ADAPTED
+    assert final_key({ModelKey.init("fvt"): 1, ModelKey("aligned (adapted)"): 2}) is None
+
+
+def test_one_model_under_two_names_is_evaluated_once(prefect_api, tmp_path, texts, bpe_tok,
+                                                     sp_tok, monkeypatch):
+    """The display label names the stage's MLflow run, not its cache entry: the second
+    name is served from the first one's record, and each run keeps its own name."""
+    from mlflow import MlflowClient
+
+    from flows.evaluate import evaluate_flow
+    from tests.flows.tiny import tiny_inputs, tiny_models
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tiny_inputs(tmp_path / "in", texts[:50], bpe_tok, sp_tok)
+    cfg, _ = tiny_models(tmp_path / "in", cfg, bpe_tok, sp_tok)
+    docs = tmp_path / "texts.jsonl"
+    docs.write_text("".join(json.dumps({"text": t, "label": "en"}) + "\n" for t in texts[:3]))
+    ws = Workspace(run_dir=str(tmp_path / "run"))
+    first = evaluate_flow(cfg, {"first name": cfg.source_model}, str(docs), ws)
+    second = evaluate_flow(cfg, {"second name": cfg.source_model}, str(docs), ws)
+    assert first["states"] == {"evaluate:first name": "Completed"}
+    assert second["states"] == {"evaluate:second name": "Cached"}
+    assert list(first["evaluation"]) == [ModelKey("first name")]
+    assert list(second["evaluation"]) == [ModelKey("second name")]
+    assert first["evaluation"][ModelKey("first name")].macro.bits_per_byte > 0
+    assert list(first["evaluation"].values()) == list(second["evaluation"].values())
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws.root / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("tokalign").experiment_id])}
+    computed, cached = runs["evaluate:first name"], runs["evaluate:second name"]
+    assert computed.data.tags["tokalign.stage"] == "evaluate:first name"
+    assert computed.data.metrics["macro/bits_per_byte"] > 0
+    assert "evaluation_first name.md" in {a.path for a in client.list_artifacts(
+        computed.info.run_id)}
+    assert cached.data.tags["tokalign.cached"] == "true"
