@@ -6,6 +6,7 @@ task (one model on the same texts under two names is evaluated once)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 from flows.demo import distillation_note
 from flows.evaluate import bpb_rows
@@ -21,6 +22,7 @@ from tokalign_core.evaluate.results import (
     EvalResult,
     ModelKey,
 )
+from tokalign_core.store.artifacts import ArtifactStore
 
 
 def _result(bpb: float) -> EvalResult:
@@ -102,8 +104,10 @@ def test_one_model_under_two_names_is_evaluated_once(prefect_api, tmp_path, text
     docs = tmp_path / "texts.jsonl"
     docs.write_text("".join(json.dumps({"text": t, "label": "en"}) + "\n" for t in texts[:3]))
     ws = Workspace(run_dir=str(tmp_path / "run"))
-    first = evaluate_flow(cfg, {"first name": cfg.source_model}, str(docs), ws)
-    second = evaluate_flow(cfg, {"second name": cfg.source_model}, str(docs), ws)
+    with ArtifactStore(ws.artifact_root).writer("model") as w:  # the model as a stage makes it
+        shutil.copytree(cfg.source_model, w.dir / "model")
+    first = evaluate_flow(cfg, {"first name": w.ref}, str(docs), ws)
+    second = evaluate_flow(cfg, {"second name": w.ref}, str(docs), ws)
     assert first["states"] == {"evaluate:first name": "Completed"}
     assert second["states"] == {"evaluate:second name": "Cached"}
     assert list(first["evaluation"]) == [ModelKey("first name")]
