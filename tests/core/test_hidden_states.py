@@ -188,11 +188,14 @@ def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
     np.save(tokens / "counts.npy", counts)
     code = main(["hidden-states", str(tmp_path / "model"), str(tmp_path / "src"),
                  str(tmp_path / "tgt"), "--out", str(tmp_path / "art"), "--batch-size", "40",
-                 "--target-counts", str(tokens), "--no-progress"])
+                 "--target-counts", str(tokens), "--no-progress", "--max-length", "7",
+                 "--add-bos", "yes", "--device", "cpu"])
     assert code == 0
     refs = json.loads(capsys.readouterr().out)
     src = Embeddings.load(refs["source"]["path"])
     tgt = Embeddings.load(refs["target"]["path"])
+    # the HiddenStatesConfig the flags built is the one the extraction ran with
+    assert tgt.meta["max_length"] == 7 and tgt.meta["prefix_ids"] == [bpe_tok.bos_token_id]
     assert src.vectors.shape == (len(bpe_tok), 16)
     assert tgt.token_ids[0] == sp_tok.convert_tokens_to_ids("▁the")  # most frequent first
     assert tgt.meta["row_order"] == "frequency" and src.meta["row_order"] == "id"
