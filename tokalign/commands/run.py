@@ -138,9 +138,10 @@ def check_inputs(cfg: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokalign.commands.demo import embedded_workspace, run_flow
 
+    folder = config_from_args(args, "run", config_path=None)
     cfg = build_config(args)
     check_inputs(cfg)
-    ws = embedded_workspace(config_from_args(args, "run", config_path=None))
+    ws = embedded_workspace(folder)
     from flows.pipeline import pipeline_flow
 
     return run_flow(cfg.title(), pipeline_flow, cfg, ws)
