@@ -425,3 +425,20 @@ def test_prefect_forms_and_cli_show_the_same_defaults(monkeypatch):
     advanced = definitions["Advanced"]["properties"]
     for name in ("workers", "dask_address"):  # the run folder: the CLI and the form agree
         assert advanced[name].get("default") == RunFolderConfig.model_fields[name].default
+
+
+def test_demo_runs_the_options_its_flags_built(monkeypatch, tmp_path):
+    """`tokalign demo` hands the DemoOptions its flags built to the flow: the target and
+    --quick shape the DemoConfig, the run folder settings the workspace."""
+    from tokalign.commands import demo as demo_cmd
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(demo_cmd, "embedded_workspace", lambda opts: seen.setdefault("ws", opts))
+    monkeypatch.setattr(demo_cmd, "run_flow",
+                        lambda what, flow, cfg, ws: seen.setdefault("cfg", cfg) and 0)
+    assert cli.main(["demo", "--quick", "--target", "/tok/llama3", "--workers", "1",
+                     "--run-dir", str(tmp_path / "d")]) == 0
+    assert seen["ws"] == DemoOptions(quick=True, target="/tok/llama3", workers=1,
+                                     run_dir=str(tmp_path / "d"))
+    assert seen["cfg"].pipeline.target_tokenizer == "/tok/llama3"
+    assert seen["cfg"].source is not None  # quick: a micro source model pretrained here
