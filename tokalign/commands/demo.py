@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_demo)
 
 
-# The run folder's flags (demo, run): the placeholders their help shows.
+# The placeholders the help of the run folder (demo, run) and the demo's target shows.
 RUN_FOLDER_OPTS = {"run_dir": Opt(metavar="DIR"), "dask_address": Opt(metavar="TCP"),
                    "target": Opt(metavar="SPEC")}
 
