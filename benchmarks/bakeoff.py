@@ -153,6 +153,7 @@ def hidden_alignments(model, src_tok, tgt_tok, args) -> dict[str, Alignment]:
     """hidden-csls and hidden-relative alignments from the source model's hidden states."""
     from tokalign_core.align.build import build_alignment
     from tokalign_core.configs.align import AlignConfig
+    from tokalign_core.configs.hidden_states import HiddenStatesConfig
     from tokalign_core.embed.artifact import Embeddings
     from tokalign_core.embed.hidden_states import extract_hidden_states
     from tokalign_core.model.baselines import fvt_pieces
@@ -160,7 +161,8 @@ def hidden_alignments(model, src_tok, tgt_tok, args) -> dict[str, Alignment]:
 
     rows = model.get_input_embeddings().weight.shape[0]
     t0 = time.time()
-    s_vec, t_vec = extract_hidden_states(model, src_tok, tgt_tok, batch_size=args.hidden_batch,
+    s_vec, t_vec = extract_hidden_states(model, src_tok, tgt_tok,
+                                         HiddenStatesConfig(batch_size=args.hidden_batch),
                                          progress=not args.no_progress)
     log.info("hidden states: %.0f s", time.time() - t0)
     shared = shared_tokens(build_vocab(src_tok, n_rows=rows), build_vocab(tgt_tok))

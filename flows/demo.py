@@ -30,6 +30,8 @@ from tokalign_core.configs.base import FrozenConfig
 from tokalign_core.configs.corpus import CorpusConfig, SourceSpec
 from tokalign_core.configs.glove import GloveConfig
 from tokalign_core.configs.pipeline import BASELINES, PipelineConfig
+from tokalign_core.configs.pretrain import PretrainConfig
+from tokalign_core.configs.pretrain import preset as pretrain_preset
 from tokalign_core.configs.text_corpus import TextCorpusConfig
 from tokalign_core.evaluate.results import (
     ADAPTED,
@@ -39,8 +41,6 @@ from tokalign_core.evaluate.results import (
     ModelKey,
 )
 from tokalign_core.store.artifacts import ArtifactRef
-from tokalign_core.train.pretrain import PretrainConfig
-from tokalign_core.train.pretrain import preset as pretrain_preset
 
 SOURCE_MODEL = "builtin:smollm2-135m"
 # Placeholder source for the corpus: replaced by the text-corpus artifact at run time.

@@ -118,6 +118,7 @@ def hidden_states_task(ctx: StageContext, model: ModelSpec, source_tokenizer: Mo
     """TokAlign++ representations: last-token hidden states of the source model for every
     source token and every target token's text; rows ordered by corpus frequency when the
     tokens artifacts are given."""
+    from tokalign_core.configs.hidden_states import HiddenStatesConfig
     from tokalign_core.embed.hidden_states import extract_hidden_states, write_embeddings
     from tokalign_core.model.init import load_model
     from tokalign_core.store.inputs import digest_of
@@ -127,7 +128,8 @@ def hidden_states_task(ctx: StageContext, model: ModelSpec, source_tokenizer: Mo
     with ctx.run("hidden-states", None, inputs) as run:
         s_tok, t_tok = _tok(source_tokenizer), _tok(target_tokenizer)
         src, tgt = extract_hidden_states(load_model(_spec(model)), s_tok, t_tok,
-                                         batch_size=batch_size, progress=ctx.progress)
+                                         HiddenStatesConfig(batch_size=batch_size),
+                                         progress=ctx.progress)
         counts = [load_counts(t) if t is not None else None for t in (source_tokens,
                                                                        target_tokens)]
         refs = {"source": write_embeddings(ctx.store, src.ordered(counts[0]),

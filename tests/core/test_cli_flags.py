@@ -16,15 +16,20 @@ from typing import Any
 import pytest
 
 from tokalign import cli
+from tokalign.options import DemoOptions, NeighborsOptions, RunFolderConfig
 from tokalign_core.configs import (
     AlignConfig,
     CooccurConfig,
     CorpusConfig,
+    DoctorConfig,
     EvalAlignConfig,
     EvalConfig,
     GloveConfig,
+    HiddenStatesConfig,
     InitConfig,
+    LmEvalConfig,
     PipelineConfig,
+    PretrainConfig,
     SourceSpec,
     TokenizeConfig,
     TrainConfig,
@@ -51,6 +56,15 @@ COMMANDS: dict[str, tuple[type, tuple[str, ...], set[str], list[str]]] = {
     "distill": (TrainConfig, ("distill",), {"mode", "stages", "stage_split",
                                             "distill.trust_remote_code"}, [
         "--student", "m", "--teacher", "x", "--tokens", "t", "--out", "o"]),
+    "hidden-states": (HiddenStatesConfig, (), set(), ["m", "s", "t"]),
+    "doctor": (DoctorConfig, (), set(), ["m"]),
+    "lm-eval": (LmEvalConfig, (), set(), ["m", "--tasks", "piqa"]),
+    "neighbors": (NeighborsOptions, (), set(), ["tok", "--alignment-run", "r"]),
+    "demo": (DemoOptions, (), set(), []),
+}
+# Commands whose settings start from a named preset: the help shows "the preset's" default.
+PRESET_COMMANDS: dict[str, tuple[type, tuple[str, ...], set[str], list[str]]] = {
+    "pretrain": (PretrainConfig, (), {"preset"}, []),
 }
 # `tokalign run`: the pipeline's top-level settings; the stage sections come from --config.
 RUN_NESTED = {"corpus", "cooccur", "glove", "align", "align_eval", "init", "adapt",
@@ -112,24 +126,50 @@ def _flag_line(lines: list[str], action) -> str:
     return found[0]
 
 
-def _actions_by_path(name: str) -> dict[str, Any]:
+def _actions_by_path(name: str, key: str = "config") -> dict[str, Any]:
     return {a.dest.split(":", 1)[1]: a for a in _subparser(name)._actions
-            if a.dest.startswith("config:")}
+            if a.dest.startswith(f"{key}:")}
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_help_shows_every_field_with_its_description_and_default(command, monkeypatch):
-    cls, nested, skip, _ = COMMANDS[command]
+def _check_help(command: str, key: str, cls: type, nested: tuple[str, ...], skip: set[str],
+                monkeypatch, preset: bool = False) -> None:
     lines = _help_lines(command, monkeypatch)
-    actions = _actions_by_path(command)
+    actions = _actions_by_path(command, key)
     fields = dict(_fields(cls, nested, skip))
     assert set(actions) == set(fields), "flags and config fields differ"
     for path, info in fields.items():
         line = _flag_line(lines, actions[path])
         description = " ".join((info.description or "").split())
         assert description, f"{cls.__name__}.{path} has no description"
-        shown = "required" if info.is_required() else f"default: {_shown(info.get_default())}"
+        shown = "required" if info.is_required() else "default: " + (
+            "the preset's" if preset else _shown(info.get_default()))
         assert f"{description} ({shown})" in line, (path, line)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_shows_every_field_with_its_description_and_default(command, monkeypatch):
+    cls, nested, skip, _ = COMMANDS[command]
+    _check_help(command, "config", cls, nested, skip, monkeypatch)
+
+
+def test_run_folder_flags_come_from_their_config(monkeypatch):
+    """`tokalign run` takes its run folder and executor settings from RunFolderConfig (the
+    demo from DemoOptions, which extends it with its own run folder)."""
+    _check_help("run", "run", RunFolderConfig, (), set(), monkeypatch)
+    assert DemoOptions.model_fields["run_dir"].default == "runs/demo"
+    assert RunFolderConfig.model_fields["run_dir"].default == "runs/run"
+    args = cli.build_parser().parse_args(["run", "--workers", "3", "--dask-address", "tcp://h:1",
+                                          "--progress"])
+    from tokalign.flags import config_from_args
+
+    assert config_from_args(args, "run", config_path=None) == RunFolderConfig(
+        workers=3, dask_address="tcp://h:1", progress=True)
+
+
+@pytest.mark.parametrize("command", sorted(PRESET_COMMANDS))
+def test_preset_commands_show_every_field_with_the_preset_as_default(command, monkeypatch):
+    cls, nested, skip, _ = PRESET_COMMANDS[command]
+    _check_help(command, "config", cls, nested, skip, monkeypatch, preset=True)
 
 
 def test_run_shows_the_pipeline_fields_with_the_preset_as_default(monkeypatch):
@@ -189,10 +229,10 @@ def _get(cfg: Any, path: str) -> Any:
     return cfg
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(COMMANDS | PRESET_COMMANDS))
 def test_each_flag_sets_its_own_field(command):
     """Typing one flag changes exactly its field (and nothing else) of the built config."""
-    cls, nested, skip, base_argv = COMMANDS[command]
+    cls, nested, skip, base_argv = (COMMANDS | PRESET_COMMANDS)[command]
     parser = cli.build_parser()
     actions = _actions_by_path(command)
     plain = parser.parse_args([command, *base_argv])
@@ -208,18 +248,23 @@ def test_each_flag_sets_its_own_field(command):
             expected = str(Path(value).resolve()) if path in ("tokens", "out_dir") else value
             assert _get(cfg, path) == expected, (path, _get(cfg, path))
             changed = {k for k, v in cfg.model_dump().items() if reference[k] != v}
-            # align's --seed and --batch-size seed and size VecMap too (as before), and
-            # distill's --trust-remote-code covers the teacher
-            followers = {"align": {"vecmap"}, "distill": {"distill"}}.get(command, set())
+            # align's --seed and --batch-size seed and size VecMap too (as before),
+            # distill's --trust-remote-code covers the teacher, and pretrain's --steps
+            # alone keeps the preset's warm-up share
+            followers = {"align": {"vecmap"}, "distill": {"distill"},
+                         "pretrain": {"warmup_steps"}}.get(command, set())
             assert changed <= {path.split(".")[0], *followers}, (path, changed)
             break
         else:
             untried.append(path)
     # Fields whose other values need a second setting (random_std needs method random,
     # gen_* need do_sample, no whitening needs no de-whitening) or match a pattern
-    # (topk_dtype) cannot be changed alone.
+    # (topk_dtype) cannot be changed alone; a model's hidden size must stay a multiple of
+    # its heads.
     allowed = {"random_std", "distill.gen_temperature", "distill.gen_top_p",
                "distill.topk_dtype", "vecmap.whiten"}
+    if command == "pretrain":
+        allowed |= {"hidden", "heads"}
     assert set(untried) <= allowed, untried
 
 
@@ -260,16 +305,59 @@ def test_config_file_values_are_overridden_by_explicit_flags(tmp_path):
     assert cfg.token_budget == 50 and cfg.byte_budget is None  # the file's budget yields
     assert [s.path for s in cfg.sources] == ["hf:a"]
 
+    path = _write(tmp_path, "h.yaml", {"batch_size": 4, "max_length": 9, "add_bos": False})
+    args = parser.parse_args(["hidden-states", "m", "s", "t", "--config", path,
+                              "--max-length", "12", "--device", "cpu"])
+    assert args.build_config(args) == HiddenStatesConfig(batch_size=4, max_length=12,
+                                                         add_bos=False, device="cpu")
+
+    path = _write(tmp_path, "l.json", {"tasks": ["piqa"], "limit": 0.5})
+    args = parser.parse_args(["lm-eval", "m", "--config", path, "--limit", "20"])
+    cfg = args.build_config(args)
+    assert cfg.tasks == ("piqa",) and cfg.limit == 20 and cfg.limit_arg() == 20
+    assert isinstance(cfg.limit_arg(), int)
+
+    small = PretrainConfig(hidden=32, heads=2, steps=9, warmup_steps=0, train_bytes=500)
+    path = _write(tmp_path, "p.json", small.model_dump(mode="json"))
+    args = parser.parse_args(["pretrain", "--config", path, "--seed", "5", "--threads", "1"])
+    assert args.build_config(args) == small.model_copy(update={"seed": 5, "threads": 1})
+
+
+def test_pretrain_flags_overlay_the_preset(capsys):
+    """Without --config the flags overlay --preset's settings (demo by default); --steps
+    alone keeps the preset's warm-up share, as before the flags were generated."""
+    from tokalign_core.configs.pretrain import PRESETS
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["pretrain"])
+    assert args.build_config(args) == PRESETS["demo"]
+    args = parser.parse_args(["pretrain", "--preset", "demo", "--steps", "40", "--lr", "1e-3"])
+    cfg = args.build_config(args)
+    assert (cfg.steps, cfg.warmup_steps, cfg.lr, cfg.hidden) == (40, 4, 1e-3, 128)
+    args = parser.parse_args(["pretrain", "--preset", "micro", "--steps", "8",
+                              "--warmup-steps", "3", "--hidden", "64", "--heads", "4"])
+    cfg = args.build_config(args)
+    assert (cfg.preset, cfg.steps, cfg.warmup_steps, cfg.hidden, cfg.heads) == (
+        "micro", 8, 3, 64, 4)
+    assert cli.main(["pretrain", "--preset", "micro", "--config", "x.json"]) == 2
+    assert "give --config or --preset, not both" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--preset", "micro", "--hidden", "33"]) == 2
+    assert "invalid pretrain settings: settings: hidden=33 must be divisible by heads=2" in \
+        capsys.readouterr().err
+
 
 @pytest.mark.parametrize(("command", "data", "needles"), [
     ("glove", {"dimm": 3}, ["'dimm'", "did you mean 'dim'?", "GloveConfig"]),
     ("align", {"vecmap": {"init_sise": 5}}, ["'vecmap.init_sise'", "'init_size'"]),
     ("eval-model", {"window": 64, "strides": 8}, ["'strides'", "'stride'"]),
+    ("doctor", {"max_check": 5}, ["'max_check'", "'max_check_tokens'", "DoctorConfig"]),
+    ("hidden-states", {"batchsize": 4}, ["'batchsize'", "'batch_size'"]),
+    ("pretrain", {"stepz": 4}, ["'stepz'", "'steps'", "PretrainConfig"]),
 ])
 def test_unknown_key_in_config_is_one_line_naming_it(command, data, needles, tmp_path,
                                                        capsys):
     path = _write(tmp_path, "bad.json", data)
-    argv = [command, *COMMANDS[command][3], "--config", path]
+    argv = [command, *(COMMANDS | PRESET_COMMANDS)[command][3], "--config", path]
     assert cli.main(argv) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -286,19 +374,20 @@ def test_missing_and_invalid_values_name_the_flag(capsys):
     assert "invalid glove settings: --dim 0: Input should be greater than or equal to 1" in err
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(COMMANDS | PRESET_COMMANDS))
 def test_common_flags_on_every_command(command):
     """--config, -v and a way to hide progress bars everywhere; --artifact-root where
     the command writes to the artifact store."""
+    argv = (COMMANDS | PRESET_COMMANDS)[command][3]
     options = {o for a in _subparser(command)._actions for o in a.option_strings}
     assert {"--config", "-v"} <= options, command
-    if command != "init":  # init shows no progress bar
+    if command not in ("init", "doctor", "neighbors", "lm-eval"):  # no progress bar of ours
         assert "--no-progress" in options, command
-    if command in ("corpus", "tokenize", "cooccur", "glove"):
+    if command in ("corpus", "tokenize", "cooccur", "glove", "hidden-states", "pretrain"):
         assert "--artifact-root" in options
-    args = cli.build_parser().parse_args(["-v", command, *COMMANDS[command][3]])
+    args = cli.build_parser().parse_args(["-v", command, *argv])
     assert args.verbose is True  # a subcommand's -v does not reset the global one
-    args = cli.build_parser().parse_args([command, *COMMANDS[command][3], "-v"])
+    args = cli.build_parser().parse_args([command, *argv, "-v"])
     assert args.verbose is True
 
 
@@ -333,5 +422,23 @@ def test_prefect_forms_and_cli_show_the_same_defaults(monkeypatch):
     assert checked > 100
     assert definitions["SourceSpec"]["properties"]["format"]["default"] == \
         SourceSpec.model_fields["format"].default
-    workers = next(a for a in _subparser("run")._actions if a.dest == "workers")
-    assert definitions["Advanced"]["properties"]["workers"]["default"] == workers.default
+    advanced = definitions["Advanced"]["properties"]
+    for name in ("workers", "dask_address"):  # the run folder: the CLI and the form agree
+        assert advanced[name].get("default") == RunFolderConfig.model_fields[name].default
+
+
+def test_demo_runs_the_options_its_flags_built(monkeypatch, tmp_path):
+    """`tokalign demo` hands the DemoOptions its flags built to the flow: the target and
+    --quick shape the DemoConfig, the run folder settings the workspace."""
+    from tokalign.commands import demo as demo_cmd
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(demo_cmd, "embedded_workspace", lambda opts: seen.setdefault("ws", opts))
+    monkeypatch.setattr(demo_cmd, "run_flow",
+                        lambda what, flow, cfg, ws: seen.setdefault("cfg", cfg) and 0)
+    assert cli.main(["demo", "--quick", "--target", "/tok/llama3", "--workers", "1",
+                     "--run-dir", str(tmp_path / "d")]) == 0
+    assert seen["ws"] == DemoOptions(quick=True, target="/tok/llama3", workers=1,
+                                     run_dir=str(tmp_path / "d"))
+    assert seen["cfg"].pipeline.target_tokenizer == "/tok/llama3"
+    assert seen["cfg"].source is not None  # quick: a micro source model pretrained here

@@ -10,7 +10,7 @@ from tokalign import cli
 @pytest.mark.parametrize(("argv", "hint"), [
     (["demoo"], "did you mean 'demo'?"),
     (["tokenze", "--help"], "did you mean 'tokenize' or 'tokenizer'?"),
-    (["demo", "--quik"], "did you mean '--quick'?"),
+    (["demo", "--quik"], "did you mean '--quick'"),
     (["run", "--source-modl", "x"], "did you mean '--source-model'"),
 ])
 def test_misspelt_command_or_flag_suggests_the_closest(argv, hint, capsys):

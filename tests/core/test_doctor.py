@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tokalign import cli
+from tokalign_core.configs.doctor import DoctorConfig
 from tokalign_core.model import toy
 from tokalign_core.model.doctor import (
     DoctorReport,
@@ -185,3 +186,17 @@ def test_json_report_file(good_folder, tmp_path):
     data = json.loads(out.read_text())
     assert {f["check"] for f in data["findings"]} >= {"sizes", "special_tokens", "embeddings",
                                                        "chat_template", "reachable"}
+
+
+def test_doctor_flags_reach_the_checks(good_folder, tmp_path):
+    """The DoctorConfig built from the flags is the one the checks run with: a smaller
+    --max-check-tokens samples fewer ids, in the source and the pair report alike."""
+    out = tmp_path / "r.json"
+    assert cli.main(["doctor", str(good_folder), "--json", str(out),
+                     "--max-check-tokens", "50", "--seed", "3"]) == 0
+    reach = next(f for f in json.loads(out.read_text())["findings"] if f["check"] == "reachable")
+    assert reach["detail"]["checked"] == 50 and "50 sampled ids" in reach["message"]
+    pair = diagnose_pair(str(good_folder), str(good_folder), cfg=DoctorConfig(max_check_tokens=40))
+    checked = {f.check: f.detail.get("checked") for f in pair.findings
+               if f.check.endswith("reachable")}
+    assert checked == {"source.reachable": 40, "target.reachable": 40}

@@ -237,14 +237,37 @@ def test_lm_eval_missing_extra_is_a_clear_error(monkeypatch, capsys):
     assert "pip install 'tokalign[eval]'" in capsys.readouterr().err
 
 
-def test_lm_eval_argument_handling(capsys):
-    from tokalign.commands.eval_model import parse_tasks
+def test_lm_eval_argument_handling(capsys, monkeypatch, tmp_path):
+    """The flags reach lm-evaluation-harness through LmEvalConfig: tasks split on commas,
+    a limit from 1 up as a count (int), below 1 as a fraction; bad values are one line."""
+    from tokalign_core.evaluate import perplexity
 
-    assert parse_tasks("arc_easy, piqa,,boolq ") == ["arc_easy", "piqa", "boolq"]
-    with pytest.raises(ValueError, match="--tasks is empty"):
-        parse_tasks(" , ")
+    calls = []
+
+    class FakeHarness:
+        @staticmethod
+        def simple_evaluate(**kwargs):
+            calls.append(kwargs)
+            return {"results": {"piqa": {"acc": 0.5}}, "versions": {"piqa": 1}}
+
+    monkeypatch.setattr(perplexity, "import_lm_eval", lambda: FakeHarness)
+    out = tmp_path / "r.json"
+    assert cli.main(["lm-eval", "org/m", "--tasks", "arc_easy, piqa,,boolq ", "--limit", "20",
+                     "--num-fewshot", "2", "--batch-size", "3", "--trust-remote-code",
+                     "--output", str(out)]) == 0
+    kw = calls.pop()
+    assert kw["tasks"] == ["arc_easy", "piqa", "boolq"] and kw["limit"] == 20
+    assert isinstance(kw["limit"], int) and kw["num_fewshot"] == 2 and kw["batch_size"] == 3
+    assert kw["device"] == "cpu" and kw["model_args"] == "pretrained=org/m,trust_remote_code=True"
+    assert json.loads(out.read_text())["results"]["piqa"]["acc"] == 0.5
+    assert cli.main(["lm-eval", "org/m", "--tasks", "piqa", "--limit", "0.25"]) == 0
+    assert calls.pop()["limit"] == 0.25
+    capsys.readouterr()
+    assert cli.main(["lm-eval", "m", "--tasks", " , "]) == 2
+    assert "--tasks is empty" in capsys.readouterr().err
     assert cli.main(["lm-eval", "m", "--tasks", "piqa", "--limit", "-1"]) == 2
-    assert "--limit must be positive" in capsys.readouterr().err
+    assert "--limit -1.0: Input should be greater than 0" in capsys.readouterr().err
+    assert not calls
 
 
 # A result as the evaluate stage cached it before the typed results (JSON of the old dicts):

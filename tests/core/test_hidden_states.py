@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from tokalign_core.configs.hidden_states import HiddenStatesConfig
 from tokalign_core.embed.artifact import Embeddings
 from tokalign_core.embed.hidden_states import (
     MISSING_REASONS,
@@ -32,7 +33,8 @@ def neox(bpe_tok):
 
 @pytest.fixture(scope="module")
 def extracted(neox, bpe_tok, sp_tok):
-    return extract_hidden_states(neox, bpe_tok, sp_tok, batch_size=64, progress=False)
+    return extract_hidden_states(neox, bpe_tok, sp_tok, HiddenStatesConfig(batch_size=64),
+                                 progress=False)
 
 
 def _manual_last(model, ids):
@@ -61,7 +63,8 @@ def test_shapes_and_missing(extracted, bpe_tok, sp_tok):
 
 
 def test_deterministic(neox, bpe_tok, sp_tok, extracted):
-    again = extract_hidden_states(neox, bpe_tok, sp_tok, batch_size=64, progress=False)
+    again = extract_hidden_states(neox, bpe_tok, sp_tok, HiddenStatesConfig(batch_size=64),
+                                 progress=False)
     assert np.array_equal(again[0].vectors, extracted[0].vectors)
     assert np.array_equal(again[1].vectors, extracted[1].vectors)
 
@@ -115,7 +118,8 @@ def test_sentencepiece_source_with_bos(sp_tok, bpe_tok):
     with pytest.raises(ValueError, match="no bos"):
         special_prefix(_without_bos(bpe_tok), add_bos=True)
     model = toy.tiny_llama(len(src), hidden=32)
-    source, target = extract_hidden_states(model, src, bpe_tok, batch_size=50, progress=False)
+    source, target = extract_hidden_states(model, src, bpe_tok, HiddenStatesConfig(batch_size=50),
+                                             progress=False)
     assert source.meta["prefix_ids"] == [1]
     row = int(np.flatnonzero(source.token_ids == 100)[0])
     np.testing.assert_allclose(source.vectors[row], _manual_last(model, [1, 100]), atol=1e-5)
@@ -184,11 +188,14 @@ def test_cli_hidden_states(tmp_path, bpe_tok, sp_tok, capsys):
     np.save(tokens / "counts.npy", counts)
     code = main(["hidden-states", str(tmp_path / "model"), str(tmp_path / "src"),
                  str(tmp_path / "tgt"), "--out", str(tmp_path / "art"), "--batch-size", "40",
-                 "--target-counts", str(tokens), "--no-progress"])
+                 "--target-counts", str(tokens), "--no-progress", "--max-length", "7",
+                 "--add-bos", "yes", "--device", "cpu"])
     assert code == 0
     refs = json.loads(capsys.readouterr().out)
     src = Embeddings.load(refs["source"]["path"])
     tgt = Embeddings.load(refs["target"]["path"])
+    # the HiddenStatesConfig the flags built is the one the extraction ran with
+    assert tgt.meta["max_length"] == 7 and tgt.meta["prefix_ids"] == [bpe_tok.bos_token_id]
     assert src.vectors.shape == (len(bpe_tok), 16)
     assert tgt.token_ids[0] == sp_tok.convert_tokens_to_ids("▁the")  # most frequent first
     assert tgt.meta["row_order"] == "frequency" and src.meta["row_order"] == "id"

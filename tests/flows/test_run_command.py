@@ -49,6 +49,8 @@ def test_teacher_turns_distillation_on_and_config_file_is_read(tmp_path):
     (("--preset", "tiny", "--corpus", "README.md"), "--source-model is not set"),
     (("--source-model", "./no/such/model", "--corpus", "README.md"),
      "--source-model ./no/such/model: no such file or folder"),
+    (("--preset", "tiny", "--workers", "0"),  # the run folder's settings are checked first
+     "invalid run folder settings: --workers 0: Input should be greater than or equal to 1"),
 ])
 def test_bad_inputs_fail_before_any_server_starts(argv, message, capsys, tmp_path):
     assert cli.main(["run", "--run-dir", str(tmp_path / "r"), *argv]) == 2

@@ -129,3 +129,28 @@ def test_align_task_and_cli_write_identical_alignments_with_a_holdout(tmp_path, 
     assert ali.meta["config"]["holdout"] == 0.3
     # held-out pairs left the overrides: none of them is SHARED
     assert not (ali.provenance[held.target_ids] == Provenance.SHARED).any()
+
+
+def test_hidden_states_task_and_cli_write_identical_vectors(tmp_path, bpe_tok, sp_tok, capsys):
+    """The hidden-states task and `tokalign hidden-states` run the same extraction with the
+    same HiddenStatesConfig (batch size from the pipeline, the rest default): identical
+    vectors and row ids on both sides."""
+    import json
+
+    from tasks.caching import Workspace
+    from tokalign.cli import main
+    from tokalign_core.model import toy
+
+    toy.tiny_gpt_neox(len(bpe_tok), hidden=16).save_pretrained(tmp_path / "model")
+    bpe_tok.save_pretrained(tmp_path / "src")
+    sp_tok.save_pretrained(tmp_path / "tgt")
+    specs = [str(tmp_path / name) for name in ("model", "src", "tgt")]
+    ws = Workspace(run_dir=str(tmp_path / "ws"), tracking_uri=f"file://{tmp_path / 'mlruns'}")
+    refs = stages.hidden_states_task.fn(ws, *specs, None, None, 40)
+    assert main(["hidden-states", *specs, "--batch-size", "40", "--no-progress",
+                 "--artifact-root", str(tmp_path / "cli")]) == 0
+    cli_refs = json.loads(capsys.readouterr().out)
+    for side in ("source", "target"):
+        for name in ("vectors.npy", "token_ids.npy"):
+            task_bytes = (Path(refs[side].path) / name).read_bytes()
+            assert task_bytes == (Path(cli_refs[side]["path"]) / name).read_bytes(), (side, name)

@@ -57,6 +57,8 @@ def _register_align(subparsers: Any) -> None:
 
 
 def _register_neighbors(subparsers: Any) -> None:
+    from tokalign.options import NeighborsOptions
+
     p = subparsers.add_parser(
         "neighbors",
         help="a target token's top-k source tokens with CSLS/cosine scores",
@@ -72,15 +74,14 @@ def _register_neighbors(subparsers: Any) -> None:
                    "text that is one target token, or an id with --id")
     p.add_argument("--alignment-run", required=True, metavar="DIR",
                    help="output folder of `tokalign align`; required")
-    p.add_argument("-k", "--top", type=int, default=5,
-                   help="how many source tokens to list (default: %(default)s)")
-    p.add_argument("--id", action="store_true", help="TOKEN is a target token id")
     p.add_argument("--source-tokenizer", metavar="SPEC", default=None,
                    help="override the source tokenizer recorded by align (default: recorded)")
     p.add_argument("--target-tokenizer", metavar="SPEC", default=None,
                    help="override the target tokenizer recorded by align (default: recorded)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_common_flags(p, progress=False)
+    add_config_flags(p, NeighborsOptions, label="neighbors", opts={
+        "top": Opt(names=("-k", "--top")), "by_id": Opt(names=("--id",)),
+        "as_json": Opt(names=("--json",))})
+    add_common_flags(p, config="NeighborsOptions", progress=False)
     p.set_defaults(func=run_neighbors)
 
 
@@ -181,19 +182,18 @@ def run_neighbors(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
+    opts = config_from_args(args)
     run = Path(args.alignment_run)
     if not (run / "target_vectors.npy").exists():
         raise UserError(f"{run} is not an output folder of `tokalign align` "
                         "(no target_vectors.npy)")
-    if args.top < 1:
-        raise UserError(f"-k must be >= 1, got {args.top}")
     meta = json.loads((run / "meta.json").read_text())
     t_spec = args.target_tokenizer or meta.get("target_tokenizer")
     s_spec = args.source_tokenizer or meta.get("source_tokenizer")
     t_tok = load_tokenizer(t_spec) if t_spec else None
     s_tok = load_tokenizer(s_spec) if s_spec else None
-    tid = _resolve_target(args.token, args.id, t_tok, int(meta["target_size"]))
-    info = neighbours_of(run, tid, args.top)
+    tid = _resolve_target(args.token, opts.by_id, t_tok, int(meta["target_size"]))
+    info = neighbours_of(run, tid, opts.top)
 
     def name(tok: Any, i: int) -> str:
         return tok.convert_ids_to_tokens(i) if tok is not None else ""
@@ -202,7 +202,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
     info["chosen_source_token"] = name(s_tok, info["chosen_source_id"])
     for nb in info["neighbours"]:
         nb["source_token"] = name(s_tok, nb["source_id"])
-    if args.json:
+    if opts.as_json:
         print(json.dumps(info, ensure_ascii=False, indent=1))
         return 0
     print(f"target {tid} {info['target_token']!r} -> source {info['chosen_source_id']} "

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokalign.flags import Switch, add_common_flags
+from tokalign.flags import Opt, add_common_flags, add_config_flags, config_from_args
 
 
 def register(subparsers: Any) -> None:
@@ -29,47 +29,30 @@ def register(subparsers: Any) -> None:
             "Prefect task: a rerun takes seconds. Nothing is downloaded."
         ),
     )
-    p.add_argument("--target", default="builtin:qwen2", metavar="SPEC",
-                   help="target tokenizer: builtin:qwen2, a folder, tokenizer.json, "
-                        "*.tiktoken or a hub id (default: %(default)s)")
-    p.add_argument("--quick", action="store_true",
-                   help="a micro source model pretrained here and tiny budgets: a wiring "
-                        "smoke test in a few minutes, not a quality result "
-                        "(default: off)")
-    add_run_flags(p, "runs/demo")
-    add_common_flags(p, progress=False)
+    from tokalign.options import DemoOptions
+
+    add_config_flags(p, DemoOptions, label="demo", opts=RUN_FOLDER_OPTS,
+                     title="demo settings (DemoOptions fields; flags override --config)")
+    add_common_flags(p, config="DemoOptions")
     p.set_defaults(func=run_demo)
 
 
-def add_run_flags(p: Any, run_dir: str) -> None:
-    """The flags of a command that runs flows on the embedded defaults (demo, run)."""
-    p.add_argument("--run-dir", default=run_dir, metavar="DIR",
-                   help="artifacts, models, Prefect results, logs and mlflow.db "
-                        "(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="Dask LocalCluster processes for sharded stages; 1 = serial "
-                        "(default: %(default)s)")
-    p.add_argument("--dask-address", default=None, metavar="TCP",
-                   help="use an existing Dask scheduler instead (default: none)")
-    p.add_argument("--progress", "--no-progress", dest="progress", action=Switch,
-                   negatives=("--no-progress",), default=False,
-                   help="show the stages' progress bars (default: off)")
+# The placeholders the help of the run folder (demo, run) and the demo's target shows.
+RUN_FOLDER_OPTS = {"run_dir": Opt(metavar="DIR"), "dask_address": Opt(metavar="TCP"),
+                   "target": Opt(metavar="SPEC")}
 
 
-def embedded_workspace(args: argparse.Namespace) -> Any:
-    """The flows' Workspace for ``args`` (see :func:`add_run_flags`), after setting the
-    embedded defaults inside the run folder (before Prefect reads its settings), quieting
-    request chatter and progress bars, and starting MLflow's import in the background."""
-    from tokalign.cli import UserError
-
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
-    run_dir = Path(args.run_dir).expanduser().resolve()
+def embedded_workspace(opts: Any) -> Any:
+    """The flows' Workspace for ``opts`` (a :class:`~tokalign.options.RunFolderConfig`),
+    after setting the embedded defaults inside the run folder (before Prefect reads its
+    settings), quieting request chatter and progress bars, and starting MLflow's import in
+    the background."""
+    run_dir = Path(opts.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     from flows.env import embedded_defaults
 
     embedded_defaults(run_dir)
-    quiet_progress_bars(args.progress)
+    quiet_progress_bars(opts.progress)
     import logging
 
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):  # request-level chatter
@@ -77,8 +60,8 @@ def embedded_workspace(args: argparse.Namespace) -> Any:
     from tasks.caching import Workspace
     from tasks.lineage import prewarm
 
-    ws = Workspace(run_dir=str(run_dir), workers=args.workers, dask_address=args.dask_address,
-                   progress=args.progress)
+    ws = Workspace(run_dir=str(run_dir), workers=opts.workers, dask_address=opts.dask_address,
+                   progress=opts.progress)
     prewarm(ws)  # MLflow's import (seconds) overlaps the temporary Prefect server's start
     return ws
 
@@ -130,7 +113,8 @@ def model_lines(out: dict[str, Any]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    ws = embedded_workspace(args)
+    opts = config_from_args(args)
+    ws = embedded_workspace(opts)
     from flows.demo import DemoConfig, demo_flow
 
-    return run_flow("demo", demo_flow, DemoConfig.make(args.target, quick=args.quick), ws)
+    return run_flow("demo", demo_flow, DemoConfig.make(opts.target, quick=opts.quick), ws)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokalign.flags import add_common_flags
+from tokalign.flags import add_common_flags, add_config_flags, config_from_args
 
 
 def register(subparsers) -> None:
+    from tokalign_core.configs.doctor import DoctorConfig
+
     p = subparsers.add_parser(
         "doctor",
         help="pre-flight checks of a source model and the target tokenizer it will get "
@@ -37,16 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--with-tokenizer", default=None, metavar="SPEC",
                    help="instead of a swap, check MODEL as used with this tokenizer now "
                    "(e.g. a folder after `tokalign init`); sizes must match")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a model whose config declares custom code (config.auto_map)")
-    p.add_argument("--max-check-tokens", type=int, default=20000,
-                   help="check reachability of at most this many (seeded, sampled) token ids "
-                   "(default 20000)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the reachability sample (default 0)")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the report as JSON to FILE ('-' for stdout only)")
-    add_common_flags(p, progress=False)
+    add_config_flags(p, DoctorConfig, label="doctor")
+    add_common_flags(p, config="DoctorConfig", progress=False)
     p.set_defaults(func=run)
 
 
@@ -55,16 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from tokalign_core.model.doctor import diagnose, diagnose_pair
     from tokalign_core.store.artifacts import atomic_write_text
 
+    cfg = config_from_args(args)
     if args.with_tokenizer and args.tokenizer:
         raise UserError("give either TARGET (a swap) or --with-tokenizer (the tokenizer the "
                         "model uses now), not both")
     if args.tokenizer:
-        report = diagnose_pair(args.model, args.tokenizer, args.source_tokenizer,
-                               args.trust_remote_code, args.max_check_tokens, args.seed)
+        report = diagnose_pair(args.model, args.tokenizer, args.source_tokenizer, cfg)
     else:
         tok = args.with_tokenizer or args.source_tokenizer or args.model
-        report = diagnose(args.model, tok, args.trust_remote_code, args.max_check_tokens,
-                          args.seed)
+        report = diagnose(args.model, tok, cfg)
     if args.json == "-":
         print(report.to_json())
     else:

@@ -46,6 +46,8 @@ def _register_eval(subparsers) -> None:
 
 
 def _register_lm_eval(subparsers) -> None:
+    from tokalign_core.configs.evaluate import LmEvalConfig
+
     p = subparsers.add_parser(
         "lm-eval",
         help="downstream tasks with lm-evaluation-harness (pip install 'tokalign[eval]')",
@@ -56,17 +58,10 @@ def _register_lm_eval(subparsers) -> None:
         ),
     )
     p.add_argument("model", help="model: hub id, folder, .gguf or builtin:smollm2-135m")
-    p.add_argument("--tasks", required=True, help="comma-separated task names")
-    p.add_argument("--num-fewshot", type=int, default=None,
-                   help="few-shot examples (default: each task's own)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--limit", type=float, default=None,
-                   help="examples per task (int) or fraction (<1); default all")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--include-path", default=None, help="folder of extra local task YAMLs")
+    add_config_flags(p, LmEvalConfig, label="lm-eval", opts={
+        "tasks": Opt(metavar="T1,T2"), "include_path": Opt(metavar="DIR")})
     p.add_argument("--output", default=None, help="write the results JSON here")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
-    add_common_flags(p, progress=False)
+    add_common_flags(p, config="LmEvalConfig", progress=False)
     p.set_defaults(func=run_lm_eval)
 
 
@@ -91,26 +86,14 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_tasks(text: str) -> list[str]:
-    """'a, b,,c' -> ['a', 'b', 'c'] (an empty list is an error)."""
-    tasks = [t.strip() for t in text.split(",") if t.strip()]
-    if not tasks:
-        raise ValueError("--tasks is empty; pass e.g. --tasks arc_easy,piqa")
-    return tasks
-
-
 def run_lm_eval(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.evaluate.perplexity import run_lm_eval as _run
     from tokalign_core.store.artifacts import atomic_write_text
 
-    tasks = parse_tasks(args.tasks)
-    if args.limit is not None and args.limit <= 0:
-        raise UserError(f"--limit must be positive, got {args.limit}")
+    cfg = config_from_args(args)
     try:
-        results = _run(args.model, tasks, args.num_fewshot, args.batch_size,
-                       int(args.limit) if args.limit and args.limit >= 1 else args.limit,
-                       args.device, args.include_path, args.trust_remote_code)
+        results = _run(args.model, cfg)
     except ImportError as exc:
         raise UserError(str(exc)) from exc
     text = json.dumps(results, indent=2, default=str)

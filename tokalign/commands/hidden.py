@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from tokalign.flags import add_common_flags, show_progress
+from tokalign.flags import add_common_flags, add_config_flags, config_from_args, show_progress
 
 
 def register(subparsers: Any) -> None:
+    from tokalign_core.configs.hidden_states import HiddenStatesConfig
+
     p = subparsers.add_parser(
         "hidden-states",
         help="token vectors from a source LLM's last hidden layer (two embeddings artifacts)",
@@ -30,23 +32,14 @@ def register(subparsers: Any) -> None:
                    help="the model's own tokenizer (hub id, folder, tokenizer.json, "
                    "*.tiktoken, builtin:qwen2)")
     p.add_argument("target_tokenizer", metavar="TARGET_TOK", help="the new tokenizer spec")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="sequences per forward pass (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=64,
-                   help="longest source encoding of a target token's text (the last tokens "
-                   "are kept; default: %(default)s)")
-    p.add_argument("--add-bos", choices=["auto", "yes", "no"], default="auto",
-                   help="prefix a BOS: auto = whatever the source tokenizer adds itself "
-                   "(default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if usable)")
+    add_config_flags(p, HiddenStatesConfig, label="hidden-states")
     p.add_argument("--source-counts", metavar="TOKENS_DIR", default=None,
                    help="tokens artifact whose counts.npy orders the source rows most "
                    "frequent first (default: by id)")
     p.add_argument("--target-counts", metavar="TOKENS_DIR", default=None,
                    help="same for the target rows (default: by id)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow custom model/tokenizer code from the hub")
-    add_common_flags(p, artifact_root=True, artifact_aliases=("--out",))
+    add_common_flags(p, config="HiddenStatesConfig", artifact_root=True,
+                     artifact_aliases=("--out",))
     p.set_defaults(func=run)
 
 
@@ -79,16 +72,13 @@ def run(args: argparse.Namespace) -> int:
     from tokalign_core.store.inputs import digest_of
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
-    if args.batch_size < 1 or args.max_length < 1:
-        raise ValueError("--batch-size and --max-length must be >= 1")
+    cfg = config_from_args(args)
     src_counts, tgt_counts = _counts(args.source_counts), _counts(args.target_counts)
     src_tok, tgt_tok = load_tokenizer(args.source_tokenizer), load_tokenizer(
         args.target_tokenizer)
-    model = _load_model(args.model, args.trust_remote_code)
-    add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]
-    source, target = extract_hidden_states(
-        model, src_tok, tgt_tok, batch_size=args.batch_size, device=args.device,
-        add_bos=add_bos, max_length=args.max_length, progress=show_progress(args))
+    model = _load_model(args.model, cfg.trust_remote_code)
+    source, target = extract_hidden_states(model, src_tok, tgt_tok, cfg,
+                                           progress=show_progress(args))
     store = open_store(args.artifact_root)
     info = {"model": args.model, "source_tokenizer": args.source_tokenizer,
             "target_tokenizer": args.target_tokenizer}

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from tokalign.flags import add_common_flags, show_progress
+from tokalign.flags import (
+    Opt,
+    add_common_flags,
+    add_config_flags,
+    config_from_args,
+    given,
+    show_progress,
+)
 
 
 def register(subparsers) -> None:
-    from tokalign_core.train.pretrain import DEFAULT_CORPUS, PRESETS
+    from tokalign_core.configs.pretrain import PRESETS, PretrainConfig
+    from tokalign_core.train.pretrain import DEFAULT_CORPUS
 
     p = subparsers.add_parser(
         "pretrain",
@@ -25,51 +34,48 @@ def register(subparsers) -> None:
                         f"tokenizer {c.tokenizer})" for n, c in PRESETS.items())
         ),
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="model/data size preset (default: %(default)s)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="the settings to start from when no --config (default: demo)")
+    add_config_flags(p, PretrainConfig, label="pretrain", skip=("preset",),
+                     default_text="the preset's", opts={
+                         "tokenizer": Opt(metavar="SPEC"),
+                         "text_langs": Opt(metavar="L1,L2"), "code_langs": Opt(metavar="L1,L2")})
     p.add_argument("--corpus", default=str(DEFAULT_CORPUS),
                    help="benchmark corpus folder with <lang>.<domain>.jsonl files; when it "
                         "holds none, the Python standard library is used instead "
                         "(default: %(default)s)")
     p.add_argument("--eval-dir", default=None,
                    help="held-out folder with <lang>.jsonl (default: <corpus>/../eval)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps; warm-up scales with it (default: the preset's)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: the preset's, 0)")
-    p.add_argument("--tokenizer", default=None,
-                   help="'train-bpe' or a tokenizer spec such as builtin:qwen2 "
-                        "(default: the preset's)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's own choice)")
     p.add_argument("--log", default=None, help="JSONL file for loss/lr per step (default: none)")
     p.add_argument("--force", action="store_true", help="retrain even when cached")
-    add_common_flags(p, config="PretrainConfig (replaces --preset)",
+    add_common_flags(p, config="PretrainConfig (instead of a --preset)",
                      artifact_root=True, artifact_aliases=("--artifacts",))
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_config=build_config)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The PretrainConfig: ``--config FILE`` or the ``--preset``'s settings (``--steps``
+    given alone keeps the preset's warm-up share), then the flags typed."""
+    from tokalign.cli import UserError
+    from tokalign_core.configs.pretrain import preset_settings
+
+    if args.config and args.preset:
+        raise UserError("give --config or --preset, not both (a config file already holds "
+                        "every setting)")
+    if args.config:
+        return config_from_args(args)
+    values = given(args)
+    base = preset_settings(args.preset or "demo", steps=values.get("steps"),
+                           warmup_steps=values.get("warmup_steps"))
+    return config_from_args(args, base=base)
 
 
 def run(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError, open_store
     from tokalign_core.runtime.tracking import default_logger
-    from tokalign_core.train.pretrain import (
-        DEFAULT_CORPUS,
-        PretrainConfig,
-        load_training_texts,
-        preset,
-        pretrain,
-    )
+    from tokalign_core.train.pretrain import DEFAULT_CORPUS, load_training_texts, pretrain
 
-    if args.config:
-        if not Path(args.config).exists():
-            raise UserError(f"--config {args.config} does not exist")
-        config = PretrainConfig.load(args.config)
-        flags = {"steps": args.steps, "seed": args.seed, "tokenizer": args.tokenizer,
-                 "threads": args.threads}  # flags given override the file
-        config = PretrainConfig.model_validate(
-            {**config.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
-    else:
-        config = preset(args.preset, steps=args.steps, seed=args.seed,
-                        tokenizer=args.tokenizer, threads=args.threads)
+    config = build_config(args)
     if args.corpus != str(DEFAULT_CORPUS) and not Path(args.corpus).is_dir():
         raise UserError(f"--corpus {args.corpus} is not a folder; build it with "
                         "`python benchmarks/make_corpus.py` or leave --corpus out")

@@ -56,9 +56,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--teacher", default=None, metavar="SPEC",
                    help="distil from this model, which must use the target tokenizer "
                         "(default: the config's teacher, if any)")
-    from tokalign.commands.demo import add_run_flags
+    from tokalign.commands.demo import RUN_FOLDER_OPTS
+    from tokalign.options import RunFolderConfig
 
-    add_run_flags(p, "runs/run")
+    add_config_flags(p, RunFolderConfig, label="run folder", key="run", opts=RUN_FOLDER_OPTS,
+                     title="run folder (RunFolderConfig fields)")
     add_common_flags(p, config="PipelineConfig (instead of a --preset)", progress=False)
     p.set_defaults(func=run, build_config=build_config)
 
@@ -136,9 +138,10 @@ def check_inputs(cfg: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokalign.commands.demo import embedded_workspace, run_flow
 
+    folder = config_from_args(args, "run", config_path=None)
     cfg = build_config(args)
     check_inputs(cfg)
-    ws = embedded_workspace(args)
+    ws = embedded_workspace(folder)
     from flows.pipeline import pipeline_flow
 
     return run_flow(cfg.title(), pipeline_flow, cfg, ws)

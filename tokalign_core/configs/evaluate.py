@@ -65,3 +65,25 @@ class EvalConfig(FrozenConfig):
             if len(set(self.score_groups)) != len(self.score_groups):
                 raise ValueError(f"score_groups has duplicates: {list(self.score_groups)}")
         return self
+
+
+class LmEvalConfig(FrozenConfig):
+    """Downstream tasks through lm-evaluation-harness (``tokalign lm-eval``)."""
+
+    tasks: tuple[str, ...] = Field(
+        ..., min_length=1, description="task names, e.g. arc_easy,boolq,hellaswag,openbookqa,"
+        "piqa,winogrande,xnli,pawsx,xcopa,xstorycloze")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; None = "
+                                    "each task's own")
+    batch_size: int = Field(8, ge=1, description="batch size")
+    limit: float | None = Field(None, gt=0, description="examples per task (a whole number) "
+                                "or fraction of them (below 1); None = all")
+    device: str = Field("cpu", description="torch device")
+    include_path: str | None = Field(None, description="folder of extra local task YAMLs "
+                                     "(offline tasks); None = the hub's tasks only")
+    trust_remote_code: bool = Field(False, description="allow custom model code")
+
+    def limit_arg(self) -> int | float | None:
+        """``limit`` as lm-evaluation-harness reads it: a count (int) from 1 up, a fraction
+        below 1."""
+        return int(self.limit) if self.limit is not None and self.limit >= 1 else self.limit

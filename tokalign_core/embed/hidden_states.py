@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from tokalign_core.configs.hidden_states import HiddenStatesConfig
 from tokalign_core.store.artifacts import ArtifactRef, ArtifactStore
 from tokalign_core.vocab.vocab import Scheme, TokenKind, Vocab, build_vocab, bytes_to_bytelevel
 
@@ -250,24 +251,24 @@ def _batch_last(encoder: Any, batch: list[Sequence[int]], device: str) -> np.nda
 
 
 def extract_hidden_states(
-    model: Any, source_tokenizer: Any, target_tokenizer: Any, *, batch_size: int = 32,
-    device: str | None = None, add_bos: bool | None = None, max_length: int = 64,
-    progress: bool = True,
+    model: Any, source_tokenizer: Any, target_tokenizer: Any,
+    cfg: HiddenStatesConfig = HiddenStatesConfig(), *, progress: bool = True,
 ) -> tuple[TokenVectors, TokenVectors]:
     """(source, target) representations from ``model`` (any HF causal LM) whose own
-    tokenizer is ``source_tokenizer``. Rows ordered by id (see :meth:`TokenVectors.ordered`).
+    tokenizer is ``source_tokenizer``, run as ``cfg`` says (batch size, device, BOS prefix,
+    longest target encoding). Rows ordered by id (see :meth:`TokenVectors.ordered`).
     Source padding rows (ids >= len(source_tokenizer)) get no vector."""
     rows = model.get_input_embeddings().weight.shape[0]
     s_vocab = build_vocab(source_tokenizer, n_rows=rows)  # raises if rows < tokens
     t_vocab = build_vocab(target_tokenizer)
-    prefix = special_prefix(source_tokenizer, add_bos)
+    prefix = special_prefix(source_tokenizer, cfg.add_bos)
     s_ids, s_seqs = source_sequences(s_vocab, prefix)
     t_ids, t_seqs, t_missing, t_reason = target_sequences(
-        source_tokenizer, s_vocab, t_vocab, prefix, max_length)
-    kw = {"batch_size": batch_size, "device": device, "progress": progress}
+        source_tokenizer, s_vocab, t_vocab, prefix, cfg.max_length)
+    kw = {"batch_size": cfg.batch_size, "device": cfg.device, "progress": progress}
     s_vec = last_hidden_states(model, s_seqs, desc="source tokens", **kw)
     t_vec = last_hidden_states(model, t_seqs, desc="target tokens", **kw)
-    meta = {"method": "hidden-states", "prefix_ids": prefix, "max_length": max_length,
+    meta = {"method": "hidden-states", "prefix_ids": prefix, "max_length": cfg.max_length,
             "layer": "last", "pooling": "last-token"}
     s_missing = np.flatnonzero(~s_vocab.usable()).astype(np.int64)
     source = TokenVectors(s_vec, s_ids, s_missing,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokalign_core.configs.evaluate import EvalConfig
+from tokalign_core.configs.evaluate import EvalConfig, LmEvalConfig
 from tokalign_core.evaluate.results import NLL_KEYS, EvalResult, GroupMetrics, MeanMetrics
 
 log = logging.getLogger(__name__)
@@ -382,29 +382,22 @@ def import_lm_eval():
     return lm_eval
 
 
-def run_lm_eval(
-    model_path: str, tasks: list[str], num_fewshot: int | None = None, batch_size: int = 8,
-    limit: float | None = None, device: str = "cpu", include_path: str | None = None,
-    trust_remote_code: bool = False,
-) -> dict[str, Any]:
-    """Run lm-evaluation-harness tasks on a model spec (folder, hub id, ``.gguf`` or builtin
-    alias, see :mod:`tokalign_core.model.load`); returns its results dict.
-
-    ``include_path`` adds a folder of local task YAMLs (offline tasks)."""
+def run_lm_eval(model_path: str, cfg: LmEvalConfig) -> dict[str, Any]:
+    """Run lm-evaluation-harness on a model spec (folder, hub id, ``.gguf`` or builtin
+    alias, see :mod:`tokalign_core.model.load`) with ``cfg``'s tasks and settings; returns
+    its results dict. ``cfg.include_path`` adds a folder of local task YAMLs."""
     from tokalign_core.model.load import resolve_model
 
-    if not tasks:
-        raise ValueError("no tasks given; pass e.g. --tasks arc_easy,piqa")
     lm_eval = import_lm_eval()
     model_path = resolve_model(model_path)
     kwargs: dict[str, Any] = {}
-    if include_path:
+    if cfg.include_path:
         from lm_eval.tasks import TaskManager
 
-        kwargs["task_manager"] = TaskManager(include_path=include_path)
-    model_args = f"pretrained={model_path},trust_remote_code={trust_remote_code}"
+        kwargs["task_manager"] = TaskManager(include_path=cfg.include_path)
+    model_args = f"pretrained={model_path},trust_remote_code={cfg.trust_remote_code}"
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=num_fewshot,
-        batch_size=batch_size, limit=limit, device=device, **kwargs,
+        model="hf", model_args=model_args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
+        batch_size=cfg.batch_size, limit=cfg.limit_arg(), device=cfg.device, **kwargs,
     )
     return {"results": out.get("results", {}), "versions": out.get("versions", {})}

@@ -34,6 +34,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tokalign_core.configs.doctor import DoctorConfig
+
 SEVERITIES = ("ok", "warning", "blocker")
 # Strings in a chat template that look like special tokens: <|im_start|>, <start_of_turn>,
 # </s>, [INST], <|eot_id|>, <｜Assistant｜> ...
@@ -97,53 +99,47 @@ class DoctorReport:
 # --------------------------------------------------------------------------------------
 
 
-def diagnose(
-    model: Any, tokenizer: Any, trust_remote_code: bool = False, max_check_tokens: int = 20000,
-    seed: int = 0,
-) -> DoctorReport:
+def diagnose(model: Any, tokenizer: Any, cfg: DoctorConfig = DoctorConfig()) -> DoctorReport:
     """Run every check. ``model``: a loaded model, a config, or a hub id / folder (only its
     config is read; weights are never loaded). ``tokenizer``: object or spec."""
     report = DoctorReport(_name(model), _name(tokenizer))
-    config = _config(model, trust_remote_code)
-    if not check_remote_code(report, config, trust_remote_code):
+    config = _config(model, cfg.trust_remote_code)
+    if not check_remote_code(report, config, cfg.trust_remote_code):
         return report
     if isinstance(model, (str, os.PathLike)) or _is_config(model):
-        model = _meta_model(config, trust_remote_code)
+        model = _meta_model(config, cfg.trust_remote_code)
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
-    tok = load_tokenizer(tokenizer, trust_remote_code)
+    tok = load_tokenizer(tokenizer, cfg.trust_remote_code)
     rows = check_embeddings(report, model)
     check_sizes(report, tok, rows, model.config)
     check_specials(report, tok, model, rows)
     check_chat_template(report, tok)
-    check_reachable(report, tok, max_check_tokens, seed)
+    check_reachable(report, tok, cfg.max_check_tokens, cfg.seed)
     return report
 
 
-def diagnose_pair(
-    source: Any, target: Any, source_tokenizer: Any = None, trust_remote_code: bool = False,
-    max_check_tokens: int = 20000, seed: int = 0,
-) -> DoctorReport:
+def diagnose_pair(source: Any, target: Any, source_tokenizer: Any = None,
+                  cfg: DoctorConfig = DoctorConfig()) -> DoctorReport:
     """Pre-flight of a vocabulary swap: ``source`` (model: object, config or spec) with its
     own tokenizer (``source_tokenizer``, default the model's), ``target`` (the new
     vocabulary) on its own, and the pair. Checks are named ``source.*``, ``target.*`` and
     ``pair.*``."""
     report = DoctorReport(_name(source), _name(target), swap=True)
-    src = diagnose(source, source_tokenizer if source_tokenizer is not None else source,
-                   trust_remote_code, max_check_tokens, seed)
+    src = diagnose(source, source_tokenizer if source_tokenizer is not None else source, cfg)
     _merge(report, "source", src)
     if any(f.check == "remote_code" and f.severity == "blocker" for f in src.findings):
         return report
     from tokalign_core.vocab.tokenizers import load_tokenizer
 
-    tgt_tok = load_tokenizer(target, trust_remote_code)
+    tgt_tok = load_tokenizer(target, cfg.trust_remote_code)
     tgt = DoctorReport(report.model, report.tokenizer)
     check_specials(tgt, tgt_tok, None, 0)
     check_chat_template(tgt, tgt_tok)
-    check_reachable(tgt, tgt_tok, max_check_tokens, seed)
+    check_reachable(tgt, tgt_tok, cfg.max_check_tokens, cfg.seed)
     _merge(report, "target", tgt)
     src_tok = load_tokenizer(source_tokenizer if source_tokenizer is not None else source,
-                             trust_remote_code)
+                             cfg.trust_remote_code)
     rows = next((f.detail["rows"] for f in src.by_check("embeddings") if "rows" in f.detail), 0)
     check_swap(report, src_tok, tgt_tok, rows)
     return report

@@ -41,9 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
-
-from tokalign_core.configs.base import FrozenConfig
+from tokalign_core.configs.pretrain import PRESETS, PretrainConfig, preset
 from tokalign_core.evaluate.perplexity import (
     GroupStats,
     evaluate_group,
@@ -67,94 +65,6 @@ KIND = "model"
 INDEX = "pretrain"  # the store index (<root>/index/pretrain/<key>.json)
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / ".cache" / "bench" / "corpus"
 DEFAULT_EVAL = DEFAULT_CORPUS.parent / "eval"
-
-
-class PretrainConfig(FrozenConfig):
-    """Model, tokenizer, data and optimiser settings of one pretraining run."""
-
-    preset: str = "custom"
-    tokenizer: str = Field(
-        "train-bpe",
-        description="'train-bpe' trains a byte-level BPE on the training text; anything "
-        "else is a spec for tokenizers_io.load_tokenizer (e.g. builtin:qwen2)")
-    vocab_size: int = Field(8192, ge=260, description="BPE vocabulary (train-bpe only)")
-    bpe_train_bytes: int = Field(8_000_000, ge=1, description="text used to train the BPE")
-    hidden: int = Field(128, ge=8)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    intermediate: int | None = Field(None, description="MLP width; None = 4 * hidden")
-    tie_embeddings: bool = Field(False, description="Pythia unties input/output embeddings")
-    seq_len: int = Field(256, ge=8)
-    batch_size: int = Field(8, ge=1)
-    steps: int = Field(600, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
-    # Data: English prose from the corpus's en.* files plus code.
-    text_langs: tuple[str, ...] = ("en",)
-    code_langs: tuple[str, ...] = ("python",)
-    code_fraction: float = Field(0.25, ge=0, le=1, description="share of training bytes")
-    train_bytes: int = Field(8_000_000, ge=1, description="training text budget (UTF-8)")
-    eval_bytes: int = Field(100_000, ge=1, description="held-out text per language")
-    eval_batch_size: int = Field(8, ge=1)
-    log_every: int = Field(10, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch threads; None = leave as is")
-
-    @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
-        if (self.hidden // self.heads) % 4:
-            raise ValueError(f"head size {self.hidden // self.heads} must be a multiple of 4 "
-                             "(GPT-NeoX rotates a quarter of each head)")
-        if self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be < steps={self.steps}")
-        if not self.text_langs and not self.code_langs:
-            raise ValueError("text_langs and code_langs are both empty: no training text")
-        return self
-
-
-PRESETS: dict[str, PretrainConfig] = {
-    "micro": PretrainConfig(preset="micro", vocab_size=300, bpe_train_bytes=200_000,
-                            hidden=32, layers=1, heads=2, seq_len=32, batch_size=4, steps=4,
-                            warmup_steps=1, train_bytes=200_000, eval_bytes=5_000,
-                            log_every=1),
-    "demo": PretrainConfig(preset="demo", vocab_size=8192, hidden=128, layers=4, heads=4,
-                           seq_len=128, batch_size=8, steps=400, lr=2e-3,
-                           warmup_steps=40, train_bytes=6_000_000,
-                           bpe_train_bytes=6_000_000),
-    # ~10.7M parameters (8k vocabulary: 4.7M in the untied embeddings + head, 6.0M in the
-    # layers); 600 steps x 4096 tokens at ~3 s/step = ~30 min on an idle 2-core machine.
-    "bakeoff": PretrainConfig(preset="bakeoff", vocab_size=8192, bpe_train_bytes=6_000_000,
-                              hidden=288, layers=6, heads=8, seq_len=256, batch_size=16,
-                              steps=600, lr=2e-3, warmup_steps=30,
-                              train_bytes=24_000_000),
-    # The Qwen2 vocabulary (151,643 rows) makes the output softmax the whole cost: keep
-    # the batch small (4 x 128 positions x 151k logits per step).
-    "teacher": PretrainConfig(preset="teacher", tokenizer="builtin:qwen2", hidden=64,
-                              layers=2, heads=4, tie_embeddings=True, seq_len=128,
-                              batch_size=4, steps=200, lr=3e-3, warmup_steps=20,
-                              train_bytes=2_000_000, eval_bytes=50_000,
-                              eval_batch_size=4),
-}
-
-
-def preset(name: str, **overrides: Any) -> PretrainConfig:
-    """A named preset, optionally with some fields replaced (validated again); overriding
-    ``steps`` alone scales ``warmup_steps`` with it. ``None`` overrides are ignored."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown pretrain preset {name!r}; choose from {sorted(PRESETS)}")
-    base = PRESETS[name].model_dump()
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "steps" in overrides and "warmup_steps" not in overrides:
-        # A shortened run keeps the preset's warm-up share rather than failing validation.
-        share = base["warmup_steps"] / base["steps"]
-        base["warmup_steps"] = min(int(overrides["steps"] * share), overrides["steps"] - 1)
-    base.update(overrides)
-    return PretrainConfig.model_validate(base)
 
 
 # ----------------------------------------------------------------------------- data
@@ -538,7 +448,9 @@ def _training_code() -> tuple[Any, ...]:
     return _TRAINING_CODE
 
 
-_TRAINING_CODE = (PretrainConfig, build_tokenizer, build_model, token_stream, train_loop,
+# The config is keyed by its values (cache_key); its class (field help, presets) is not
+# training code, so editing a description does not force a retrain.
+_TRAINING_CODE = (build_tokenizer, build_model, token_stream, train_loop,
                   _engine, _window_loss, bits_per_byte, pretrain, model_card, _eos_id,
                   train_bytelevel_bpe, warmup_cosine, adamw, param_groups, set_trainable,
                   TorchEngine, optimizer_step, token_loss_sums, evaluate_group,
