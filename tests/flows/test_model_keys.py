@@ -6,12 +6,10 @@ task (one model on the same texts under two names is evaluated once)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 from flows.demo import distillation_note
 from flows.evaluate import bpb_rows
 from flows.publish import card_for, final_key
-from tasks.caching import Workspace
 from tokalign_core.configs.pipeline import PipelineConfig
 from tokalign_core.evaluate.results import (
     ADAPTED,
@@ -22,7 +20,6 @@ from tokalign_core.evaluate.results import (
     EvalResult,
     ModelKey,
 )
-from tokalign_core.store.artifacts import ArtifactStore
 
 
 def _result(bpb: float) -> EvalResult:
@@ -89,38 +86,54 @@ def test_the_registered_model_is_chosen_by_role():
     assert final_key({ModelKey.init("fvt"): 1, ModelKey("aligned (adapted)"): 2}) is None
 
 
+def test_printed_model_lines_show_each_key_label():
+    from tokalign.commands.demo import model_lines
+
+    published = {ModelKey.init("random-permutation"): "/r/models/random-permutation-init",
+                 STUDENT_DISTILLED: "/r/models/student-distilled"}
+    assert model_lines({"published": published}) == (
+        "models:\n  random-permutation (init)    /r/models/random-permutation-init\n"
+        "  student (distilled)          /r/models/student-distilled")
+
+
 def test_one_model_under_two_names_is_evaluated_once(prefect_api, tmp_path, texts, bpe_tok,
-                                                     sp_tok, monkeypatch):
-    """The display label names the stage's MLflow run, not its cache entry: the second
-    name is served from the first one's record, and each run keeps its own name."""
+                                                     monkeypatch):
+    """The served evaluate form takes names -> folders, and a name that reads like a role
+    stays a name. The name labels the stage's MLflow run, not its cache entry: the same
+    model on the same texts under a second name is served from the first one's record."""
     from mlflow import MlflowClient
 
-    from flows.evaluate import evaluate_flow
-    from tests.flows.tiny import tiny_inputs, tiny_models
+    from flows.forms import Advanced, evaluate_form
+    from tokalign_core.model import toy
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = tiny_inputs(tmp_path / "in", texts[:50], bpe_tok, sp_tok)
-    cfg, _ = tiny_models(tmp_path / "in", cfg, bpe_tok, sp_tok)
-    docs = tmp_path / "texts.jsonl"
-    docs.write_text("".join(json.dumps({"text": t, "label": "en"}) + "\n" for t in texts[:3]))
-    ws = Workspace(run_dir=str(tmp_path / "run"))
-    with ArtifactStore(ws.artifact_root).writer("model") as w:  # the model as a stage makes it
-        shutil.copytree(cfg.source_model, w.dir / "model")
-    first = evaluate_flow(cfg, {"first name": w.ref}, str(docs), ws)
-    second = evaluate_flow(cfg, {"second name": w.ref}, str(docs), ws)
-    assert first["states"] == {"evaluate:first name": "Completed"}
-    assert second["states"] == {"evaluate:second name": "Cached"}
-    assert list(first["evaluation"]) == [ModelKey("first name")]
-    assert list(second["evaluation"]) == [ModelKey("second name")]
-    assert first["evaluation"][ModelKey("first name")].macro.bits_per_byte > 0
-    assert list(first["evaluation"].values()) == list(second["evaluation"].values())
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    # Set, not deleted: MLflow exports the URI it is given, and monkeypatch then restores
+    # the variable for the tests that follow.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    folder = tmp_path / "mine"
+    toy.tiny_gpt_neox(len(bpe_tok), hidden=16, layers=1, heads=2).save_pretrained(folder)
+    bpe_tok.save_pretrained(folder)
+    docs = tmp_path / "en.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:2]))
+    names = ["my model: v2 (final)", "aligned (adapted)"]
+    out = evaluate_form(models=dict.fromkeys(names, str(folder)), texts=str(docs),
+                        reference_tokenizer=str(folder),
+                        advanced=Advanced(run_dir=str(run_dir), workers=1))
+    assert list(out["evaluation"]) == [ModelKey(n) for n in names]
+    assert ADAPTED not in out["evaluation"]
+    assert [r["model"] for r in bpb_rows(out["evaluation"])] == names
+    assert out["states"] == {"evaluate:my model: v2 (final)": "Completed",
+                             "evaluate:aligned (adapted)": "Cached"}
+    first, second = out["evaluation"].values()
+    assert first == second and first.macro.bits_per_byte > 0
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{ws.root / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=uri)
     runs = {r.info.run_name: r for r in client.search_runs(
         [client.get_experiment_by_name("tokalign").experiment_id])}
-    computed, cached = runs["evaluate:first name"], runs["evaluate:second name"]
-    assert computed.data.tags["tokalign.stage"] == "evaluate:first name"
-    assert computed.data.metrics["macro/bits_per_byte"] > 0
-    assert "evaluation_first name.md" in {a.path for a in client.list_artifacts(
-        computed.info.run_id)}
+    computed, cached = runs["evaluate:my model: v2 (final)"], runs["evaluate:aligned (adapted)"]
+    assert computed.data.tags["tokalign.stage"] == "evaluate:my model: v2 (final)"
+    assert computed.data.metrics["macro/bits_per_byte"] == first.macro.bits_per_byte
+    assert "evaluation_my model: v2 (final).md" in {
+        a.path for a in client.list_artifacts(computed.info.run_id)}
     assert cached.data.tags["tokalign.cached"] == "true"
