@@ -88,6 +88,13 @@ ROWS: dict[str, dict[str, Any]] = {
                                   "head": {"init": {"method": "fvt"}}},
     "fvt emb + tokalign++ head": {"init": {"method": "fvt"},
                                   "head": {"align": "vecmap", "init": UNGATED}},
+    # LM-head calibration (tokalign_core.model.calibrate; needs --target-tokens): first-piece
+    # head rows + log-frequency bias folded into the weights. "calibrated" = the new default.
+    "tokalign++ calibrated": {"align": "vecmap", "calibrate": True, "init": {}},
+    "tokalign++ calibrated passes=0": {"align": "vecmap", "calibrate": True,
+                                       "init": {"calibration_passes": 0}},
+    "tokalign++ ungated calibrated": {"align": "vecmap", "calibrate": True, "init": UNGATED},
+    "fvt calibrated": {"calibrate": True, "init": {"method": "fvt", "calibrate_head": True}},
 }
 
 
@@ -100,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="benchmark corpus root with eval/ (default: .cache/bench)")
     p.add_argument("--alignment", action="append", default=[], metavar="NAME=DIR",
                    help="an alignment folder (vecmap, relative, hidden-csls; repeatable)")
+    p.add_argument("--target-tokens", default=None, metavar="DIR",
+                   help="target-side tokens artifact of the representation corpus (the "
+                        "calibrated rows' counts and sample documents)")
     p.add_argument("--rows", default="source," + ",".join(BASELINES) + ",tokalign++",
                    help=f"comma-separated rows: source and {sorted(ROWS)}")
     p.add_argument("--split", choices=["val", "test"], default="test")
@@ -220,13 +230,25 @@ class Builder:
             raise SystemExit(f"row needs --alignment {name}=DIR")
         return Alignment.load(self.alignments[name])
 
+    def calibration(self, recipe: dict) -> Any:
+        """The target corpus statistics for a calibrated row, else None (uncalibrated)."""
+        from tokalign_core.model.calibrate import CalibrationData
+
+        if not recipe.get("calibrate"):
+            return None
+        if not self.args.target_tokens:
+            raise SystemExit("calibrated rows need --target-tokens DIR")
+        cfg = self.init_cfg(recipe)
+        return CalibrationData.from_tokens(self.args.target_tokens, cfg.calibration_blocks,
+                                           cfg.calibration_block_len, cfg.seed)
+
     def build(self, recipe: dict) -> tuple[Any, dict]:
         """(initialised model, init counts); an untied head comes from ``recipe['head']``."""
         from tokalign_core.model.init import initialize
 
         ali = self.alignment(recipe)
         res = initialize(copy.deepcopy(self.source), self.tgt_tok, ali,
-                         self.init_cfg(recipe), self.src_tok)
+                         self.init_cfg(recipe), self.src_tok, self.calibration(recipe))
         model, counts = res.model, dict(res.report.counts)
         if "head" in recipe:
             head_ali = self.alignment(recipe["head"])

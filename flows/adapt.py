@@ -26,13 +26,15 @@ from tokalign_core.store.artifacts import ArtifactRef
 
 
 def submit_inits(r: Runner, cfg: PipelineConfig, source_model: Any,
-                 alignment: ArtifactRef) -> dict[str, Any]:
+                 alignment: ArtifactRef, target_tokens: ArtifactRef | None) -> dict[str, Any]:
     """Start ``aligned`` plus every baseline initialisation, in parallel: method -> tracked
-    future of the model artifact."""
+    future of the model artifact. The aligned one gets the target tokens for its LM-head
+    calibration; the baselines stay as published."""
     return {
         method: r.submit(f"init:{method}", stages.init_task, source_model,
                          cfg.source_tokenizer_spec, cfg.target_tokenizer,
-                         cfg.init_config(method), alignment if method == "aligned" else None)
+                         cfg.init_config(method), alignment if method == "aligned" else None,
+                         target_tokens if method == "aligned" else None)
         for method in ("aligned", *cfg.baselines)
     }
 
@@ -47,7 +49,7 @@ def start_adapt(r: Runner, cfg: PipelineConfig, source_model: Any, alignment: Ar
     started last. Returns ``inits`` (method -> model), ``models`` and ``pending``
     (:class:`~tokalign_core.evaluate.results.ModelKey` -> model, and -> evaluation future;
     :func:`flows.evaluate.collect` them)."""
-    started = submit_inits(r, cfg, source_model, alignment)
+    started = submit_inits(r, cfg, source_model, alignment, target_tokens)
     training = None if cfg.adapt is None else r.submit(
         "adapt", stages.train_task, started["aligned"].result(), target_tokens, cfg.adapt)
     # The source model with its own tokenizer last: the reference row, cheap (small head).

@@ -212,20 +212,27 @@ def eval_align_task(ctx: StageContext, alignment: ArtifactRef, source_tokens: Ar
 @stage_task("init-model")
 def init_task(ctx: StageContext, model: ModelSpec, source_tokenizer: ModelSpec,
               target_tokenizer: str, cfg: InitConfig,
-              alignment: ArtifactRef | None = None) -> ArtifactRef:
+              alignment: ArtifactRef | None = None,
+              target_tokens: ArtifactRef | None = None) -> ArtifactRef:
     """The source model with the target vocabulary, initialised by ``cfg.method`` (the
-    alignment for ``aligned``, else a baseline) -> model artifact (save_pretrained)."""
+    alignment for ``aligned``, else a baseline) -> model artifact (save_pretrained).
+    ``target_tokens`` (the target-side tokens artifact) feeds the LM-head calibration."""
     from tokalign_core.align.alignment import Alignment
+    from tokalign_core.model.calibrate import CalibrationData
     from tokalign_core.model.card import CardInfo, method_label
     from tokalign_core.model.init import initialize, load_model, save_initialized
     from tokalign_core.model.load import model_slot
 
-    inputs = {"model": model, "alignment": alignment}
+    inputs = {"model": model, "alignment": alignment, "target_tokens": target_tokens}
     with ctx.run(f"init:{cfg.method}", cfg, inputs) as run, model_slot():
         t_tok = _tok(target_tokenizer, cfg.trust_remote_code)
         ali = Alignment.load(alignment.path) if alignment is not None else None
+        data = None
+        if target_tokens is not None:
+            data = CalibrationData.from_tokens(target_tokens.path, cfg.calibration_blocks,
+                                               cfg.calibration_block_len, cfg.seed)
         result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
-                            _tok(source_tokenizer, cfg.trust_remote_code))
+                            _tok(source_tokenizer, cfg.trust_remote_code), data)
         card = CardInfo(
             method=method_label(cfg.method, (ali.meta.get("method") if ali else None)),
             source_model=_spec(model), target_tokenizer=target_tokenizer,

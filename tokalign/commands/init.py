@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tokalign.flags import add_common_flags, add_config_flags, config_from_args
@@ -31,6 +32,11 @@ def register(subparsers) -> None:
     p.add_argument("--alignment", default=None,
                    help="alignment folder (alignment.npz) from `tokalign align`; required for "
                    "--method aligned, optional for baselines (its shared tokens are reused)")
+    p.add_argument("--target-tokens", default=None, metavar="DIR",
+                   help="target-side tokens artifact (`tokalign tokenize` with the target "
+                   "tokenizer): its counts and sample documents calibrate the LM head of "
+                   "method aligned (first-piece rows + log-frequency bias); without it the "
+                   "aligned rows are copied uncalibrated")
     add_config_flags(p, InitConfig, label="init")
     p.add_argument("--out", required=True, help="output folder for the initialised model")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -48,6 +54,7 @@ def build_config(args: argparse.Namespace) -> InitConfig:
 def run(args: argparse.Namespace) -> int:
     from tokalign.cli import UserError
     from tokalign_core.align.alignment import Alignment
+    from tokalign_core.model.calibrate import CalibrationData
     from tokalign_core.model.card import CardInfo, hash_input
     from tokalign_core.model.init import initialize, load_model, save_initialized
     from tokalign_core.store.inputs import check_out_dir
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     out_dir = Path(args.out)
     check_out_dir(out_dir, [args.model, args.target_tokenizer, args.source_tokenizer,
-                            args.alignment])
+                            args.alignment, args.target_tokens])
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     if cfg.method == "aligned" and not args.alignment:
@@ -65,11 +72,32 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, cfg.trust_remote_code, args.dtype)
     target = load_tokenizer(args.target_tokenizer, cfg.trust_remote_code)
     source = load_tokenizer(args.source_tokenizer or args.model, cfg.trust_remote_code)
-    result = initialize(model, target, alignment, cfg, source)
+    data = None
+    if args.target_tokens:
+        try:
+            data = CalibrationData.from_tokens(args.target_tokens, cfg.calibration_blocks,
+                                               cfg.calibration_block_len, cfg.seed)
+        except ValueError as exc:
+            raise UserError(f"--target-tokens {args.target_tokens}: {exc}") from exc
+        if len(data.counts) > len(target):
+            raise UserError(
+                f"--target-tokens {args.target_tokens} has ids up to {len(data.counts) - 1} "
+                f"but --target-tokenizer has {len(target)} tokens: tokenize the corpus with "
+                "the target tokenizer"
+            )
+    elif cfg.method == "aligned" and cfg.calibrate_head is None:
+        print("note: LM head not calibrated (pass --target-tokens DIR to calibrate it)",
+              file=sys.stderr)
+    try:
+        result = initialize(model, target, alignment, cfg, source, data)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     hashes = {"source_model": hash_input(args.model), "target_tokenizer": hash_input(target),
               "source_tokenizer": hash_input(source)}
     if args.alignment:
         hashes["alignment"] = hash_input(Path(args.alignment))
+    if args.target_tokens:
+        hashes["target_token_counts"] = hash_input(Path(args.target_tokens) / "counts.npy")
     card = CardInfo(
         method=cfg.method, source_model=str(args.model),
         target_tokenizer=str(args.target_tokenizer), alignment=str(args.alignment or ""),

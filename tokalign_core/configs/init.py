@@ -47,6 +47,32 @@ class InitConfig(FrozenConfig):
         "score below this get the FVT mean of their source tokenization instead (gating by "
         "the alignment's confidence); None = copy every aligned row",
     )
+    calibrate_head: bool | None = Field(
+        None,
+        description="LM-head calibration (tokalign_core.model.calibrate): head rows from each "
+        "target token's first source piece plus a log-frequency logit bias from the target "
+        "corpus counts, folded into the weights (a tied head is untied). None = on for "
+        "method aligned when the target tokens artifact is given, off for the baselines "
+        "(kept as the papers define them); true = required (any method: an ablation for "
+        "baselines); false = off",
+    )
+    calibration_passes: int = Field(
+        2, ge=0,
+        description="calibration: passes fitting the logit bias to the corpus's target "
+        "unigram distribution on the model's own predictions (0 = the count formula only)",
+    )
+    calibration_blocks: int = Field(
+        48, ge=1, description="calibration: document openings sampled from the tokens artifact"
+    )
+    calibration_block_len: int = Field(
+        512, ge=16, description="calibration: tokens per sampled document opening"
+    )
+    calibration_alpha: float = Field(
+        0.5, gt=0, description="calibration: additive smoothing of the target token counts"
+    )
+    calibration_floor: float = Field(
+        -12.0, lt=0, description="calibration: lowest logit bias (tokens the source cannot spell)"
+    )
     reuse_shared: bool = Field(
         True,
         description="statistical baselines (random, random-permutation, mean, multivariate): "

@@ -23,6 +23,7 @@ from typing import Any
 from tokalign_core.align.alignment import Alignment
 from tokalign_core.configs.init import InitConfig
 from tokalign_core.model import baselines
+from tokalign_core.model import calibrate as calib
 from tokalign_core.model import card as model_card
 from tokalign_core.model import load as models
 from tokalign_core.model.embeddings import embedding_modules, is_tied
@@ -219,9 +220,12 @@ def initialize(
     alignment: Alignment | None = None,
     cfg: InitConfig | None = None,
     source_tokenizer: Any = None,
+    calibration: calib.CalibrationData | None = None,
 ) -> InitResult:
     """Initialise ``source_model`` (object or spec; modified in place) for
-    ``target_tokenizer`` and return the model plus a report of what was done."""
+    ``target_tokenizer`` and return the model plus a report of what was done.
+    ``calibration`` (target corpus statistics) enables the LM-head calibration
+    (:mod:`tokalign_core.model.calibrate`, ``cfg.calibrate_head``)."""
     cfg = cfg or InitConfig()
     model = load_model(source_model, cfg.trust_remote_code)
     target_tok = load_tokenizer(target_tokenizer, cfg.trust_remote_code)
@@ -235,9 +239,15 @@ def initialize(
         alignment.check_sizes(n_target, n_source)
     plan = make_plan(cfg, target_tok, source_tok, alignment, n_source)
     _check_plan(plan, n_source)
+    calibrating = wants_calibration(cfg, calibration, source_tok)
+    source_head = emb_out.weight[:n_source].detach().clone() if calibrating else None
     new = _materialize_all(plan, emb_in, emb_out, tied, n_source, cfg.seed)
     total = padded_rows(n_target, cfg.pad_to_multiple_of)
     _install(model, new, total, tied)
+    if calibrating:
+        plan.counts.update(_calibrate(model, cfg, calibration, target_tok, source_tok,
+                                      source_head, n_target))
+        tied = is_tied(model)
     special = set_special_ids(model, target_tok)
     report = InitReport(
         method=cfg.method, target_size=n_target, embedding_rows=total, source_rows=rows_before,
@@ -257,6 +267,65 @@ def initialize_model(
 ) -> Any:
     """:func:`initialize`, returning only the model."""
     return initialize(source_model, target_tokenizer, alignment, cfg, source_tokenizer).model
+
+
+def wants_calibration(cfg: InitConfig, data: calib.CalibrationData | None,
+                      source_tok: Any) -> bool:
+    """Whether to calibrate the LM head (``cfg.calibrate_head``; None = for method aligned
+    when the target corpus statistics are given)."""
+    if cfg.calibrate_head is False:
+        return False
+    if cfg.calibrate_head is None and (cfg.method != "aligned" or data is None):
+        return False
+    if data is None:
+        raise ValueError(
+            "calibrate_head=true needs the target corpus statistics: pass the target-side "
+            "tokens artifact (init --target-tokens DIR, from `tokalign tokenize`) or set "
+            "calibrate_head=false"
+        )
+    if source_tok is None:
+        raise ValueError("the head calibration needs the source tokenizer (first pieces): "
+                         "pass source_tokenizer=... or set calibrate_head=false")
+    return True
+
+
+def _calibrate(model: Any, cfg: InitConfig, data: calib.CalibrationData, target_tok: Any,
+               source_tok: Any, source_head: Any, n_target: int) -> dict[str, Any]:
+    """First-piece head rows + fitted log-frequency bias, folded into the weights
+    (:mod:`tokalign_core.model.calibrate`); the counts for the report."""
+    import numpy as np
+    import torch
+
+    n_source = source_head.shape[0]
+    shared = baselines.shared_source_ids(target_tok, source_tok, None, n_source)
+    first = calib.first_pieces(target_tok, source_tok, shared, n_source)
+    _, head = embedding_modules(model)
+    rows = head.weight.detach().clone()
+    ok = np.flatnonzero(first >= 0)
+    rows[torch.from_numpy(ok)] = source_head[torch.from_numpy(first[ok])].to(rows.dtype)
+    if is_tied(model):
+        calib.untie_head(model, rows)
+    else:
+        with torch.no_grad():
+            head.weight.copy_(rows)
+    _, head = embedding_modules(model)
+    states = calib.head_inputs(model, data.blocks)
+    b = calib.family_bias(first, data.counts, n_source, cfg.calibration_alpha,
+                          cfg.calibration_floor)
+    kls: list[float] = []
+    if cfg.calibration_passes:
+        b, kls = calib.fit_bias(states, head.weight.detach()[:n_target].float(), data.counts,
+                                b, cfg.calibration_passes, cfg.calibration_alpha)
+    full = np.full(head.weight.shape[0], cfg.calibration_floor)  # padding rows: never used
+    full[:n_target] = b
+    how = calib.fold_bias(model, full, states)
+    out: dict[str, Any] = {"calibrated_first_piece": int(len(ok)),
+                           "calibration_positions": int(len(states)),
+                           "calibration_fold": how["fold"],
+                           "calibration_fold_residual": round(how["fold_residual"], 6)}
+    if kls:
+        out["calibration_kl_first"], out["calibration_kl_last"] = kls[0], kls[-1]
+    return out
 
 
 def _materialize_all(plan, emb_in, emb_out, tied: bool, n_source: int, seed: int) -> dict:
