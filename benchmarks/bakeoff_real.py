@@ -110,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target-tokens", default=None, metavar="DIR",
                    help="target-side tokens artifact of the representation corpus (the "
                         "calibrated rows' counts and sample documents)")
+    p.add_argument("--model-row", action="append", default=[], metavar="NAME=DIR",
+                   help="a saved model folder scored as row NAME with the target tokenizer "
+                        "(e.g. an adapted model; repeatable; add NAME to --rows)")
     p.add_argument("--rows", default="source," + ",".join(BASELINES) + ",tokalign++",
                    help=f"comma-separated rows: source and {sorted(ROWS)}")
     p.add_argument("--split", choices=["val", "test"], default="test")
@@ -462,8 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     missing = []
     for name in [r for r in args.rows.split(",") if r]:
         t0 = time.time()
+        folders = dict(spec.partition("=")[::2] for spec in args.model_row)
         if name == "source":
             model, tok, counts = builder.source, builder.src_tok, {}
+        elif name in folders:
+            from tokalign_core.model.init import load_model
+
+            model, tok, counts = load_model(folders[name]), builder.tgt_tok, {}
         elif name in ROWS:
             model, counts = builder.build(ROWS[name])
             tok = builder.tgt_tok

@@ -49,7 +49,9 @@ LOG = Log()
 
 
 @task(cache_policy=NO_CACHE)
-def fake_init(ws, source_model, source_tok, target_tok, cfg, alignment) -> str:
+def fake_init(ws, source_model, source_tok, target_tok, cfg, alignment, target_tokens) -> str:
+    # Only the aligned init calibrates its head on the target tokens; baselines as published.
+    assert (target_tokens is not None) == (cfg.method == "aligned")
     if cfg.method == "fvt":
         # Finishes only once training started: adapt must not wait for the baselines.
         LOG.add(f"fvt-overlap:{LOG.training_started.wait(timeout=60)}")
