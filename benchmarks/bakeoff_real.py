@@ -93,6 +93,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "tokalign++ calibrated": {"align": "vecmap", "calibrate": True, "init": {}},
     "tokalign++ calibrated passes=0": {"align": "vecmap", "calibrate": True,
                                        "init": {"calibration_passes": 0}},
+    "tokalign++ calibrated passes=2": {"align": "vecmap", "calibrate": True,
+                                       "init": {"calibration_passes": 2}},
     "tokalign++ ungated calibrated": {"align": "vecmap", "calibrate": True, "init": UNGATED},
     "fvt calibrated": {"calibrate": True, "init": {"method": "fvt", "calibrate_head": True}},
 }

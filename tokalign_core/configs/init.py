@@ -57,9 +57,11 @@ class InitConfig(FrozenConfig):
         "baselines); false = off",
     )
     calibration_passes: int = Field(
-        2, ge=0,
+        0, ge=0,
         description="calibration: passes fitting the logit bias to the corpus's target "
-        "unigram distribution on the model's own predictions (0 = the count formula only)",
+        "unigram distribution on the model's own predictions after the count formula "
+        "(0 = the formula only: chosen on validation documents, benchmarks/bakeoff_real.md; "
+        "fitting helped English and code but hurt Russian and Japanese)",
     )
     calibration_blocks: int = Field(
         48, ge=1, description="calibration: document openings sampled from the tokens artifact"
