@@ -3,6 +3,7 @@ BERTScore with the offline model, evaluate_alignment, the eval-align CLI and its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -212,7 +213,12 @@ def test_cli_eval_align(tmp_path, bpe_tok, docs, capsys):
     # t->s loses every target id >= 300 (mapped to the hub 7)
     assert res["bleu1"]["s2t"]["bleu1"] == pytest.approx(100.0)
     assert res["bleu1"]["t2s"]["bleu1"] < 100.0
-    assert "hubness (top 10)" in capsys.readouterr().out
+    # It printed the markdown table of the result it wrote (the JSON's keys are sorted, so
+    # the coverage rows may come in another order).
+    printed = capsys.readouterr().out.splitlines()[:-1]  # the last line: "wrote ..."
+    assert sorted(printed) == sorted(am.format_table(am.AlignmentMetrics.from_dict(res))
+                                     .splitlines())
+    assert "| hubness (top 10) | 1 |" in printed and "| BLEU-1 s2t | 100 |" in printed
     # user errors exit 2 with a message, no traceback
     assert main(["eval-align", "--alignment", str(tmp_path / "al"), "--source-tokens",
                  str(s_dir), "--out", str(out)]) == 2
@@ -222,7 +228,7 @@ def test_cli_eval_align(tmp_path, bpe_tok, docs, capsys):
 
 
 # An evaluate-alignment result as the stage cached it before the typed results (counts come
-# back from JSON as floats), and the table the dict-based format_table printed for it.
+# back from JSON as floats), and format_table's markdown for it (4 significant digits).
 OLD_JSON = {
     "target_size": 1000, "source_size": 800,
     "coverage": {"shared": 0.5, "special": 0.002, "aligned": 0.4, "fallback": 0.098},
@@ -239,10 +245,10 @@ OLD_JSON = {
     "n_docs_bertscore": 16, "bertscore_model": "offline",
 }
 OLD_TABLE = "\n".join([
-    "hubness (top 10)   14.31%", "coverage shared    50.00%", "coverage special   0.20%",
-    "coverage aligned   40.00%", "coverage fallback  9.80%", "held-out P@1       25.00%",
-    "BLEU-1 t2s         43.51", "BERTScore F1 t2s   0.8051", "BLEU-1 s2t         38.20",
-    "BERTScore F1 s2t   0.7100"])
+    "| metric | value |", "|---|---|", "| hubness (top 10) | 0.1431 |",
+    "| coverage shared | 0.5 |", "| coverage special | 0.002 |", "| coverage aligned | 0.4 |",
+    "| coverage fallback | 0.098 |", "| held-out P@1 | 0.25 |", "| BLEU-1 t2s | 43.51 |",
+    "| BERTScore F1 t2s | 0.8051 |", "| BLEU-1 s2t | 38.2 |", "| BERTScore F1 s2t | 0.71 |"])
 
 
 def test_alignment_metrics_round_trip_through_json():
@@ -260,5 +266,11 @@ def test_alignment_metrics_round_trip_through_json():
     assert am.AlignmentMetrics.from_dict(bare).to_dict() == bare
 
 
-def test_alignment_table_from_typed_results_equals_the_dict_era_table():
+def test_alignment_table_is_the_markdown_table_of_the_typed_result():
     assert am.format_table(am.AlignmentMetrics.from_dict(OLD_JSON)) == OLD_TABLE
+    # Optional parts absent: their rows go; a changed value changes its cell.
+    bare = dataclasses.replace(am.AlignmentMetrics.from_dict(OLD_JSON), hubness=0.25,
+                               bleu1=None, bertscore=None, precision_at_1=None)
+    assert am.format_table(bare) == "\n".join([*OLD_TABLE.splitlines()[:2],
+                                               "| hubness (top 10) | 0.25 |",
+                                               *OLD_TABLE.splitlines()[3:7]])

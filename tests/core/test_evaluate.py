@@ -3,6 +3,7 @@ windows, text loading, the CLI and the lm-eval extra (issue 4)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -24,6 +25,7 @@ from tokalign_core.evaluate.perplexity import (
     score_documents,
     windows,
 )
+from tokalign_core.evaluate.tables import cell
 from tokalign_core.model import toy
 
 DOCS = ["def add(a, b):\n    return a + b", "The quick brown fox jumps over the lazy dog.",
@@ -146,7 +148,9 @@ def test_score_groups_limits_nll_metrics_and_keeps_compression_everywhere(
     bpb = (full.groups["code"].bits_per_byte + full.groups["de"].bits_per_byte) / 2
     assert part.macro.bits_per_byte == pytest.approx(bpb)
     assert part.macro.length_change == pytest.approx(full.macro.length_change)
-    assert "-" in format_table(part).splitlines()[-2]  # en: no NLL cells
+    en_row = format_table(part).splitlines()[-2]  # rows: code, de, en, (mean)
+    assert en_row == (f"| en | {en.n_docs} | {en.n_tokens} |  |  |  | "
+                      f"{cell(en.tokens_per_byte)} | {cell(en.length_change)} |")
 
 
 def test_score_groups_skips_missing_groups_and_rejects_none_present(
@@ -208,8 +212,8 @@ def test_cli_eval_model_writes_json(source_model, bpe_tok, tmp_path, capsys):
                              if k not in ("model", "reference_tokenizer")}
     assert set(res.groups) == {"code", "de"}
     assert res.groups["de"].norm_ppl == pytest.approx(res.groups["de"].ppl)
-    assert "norm_ppl" in capsys.readouterr().out
-    assert "code" in format_table(res)
+    printed = capsys.readouterr().out  # the markdown table of the result it wrote
+    assert format_table(res) in printed and "| code | " in printed
     rc = cli.main(["eval-model", str(tmp_path / "m"), "--texts", str(tmp_path / "texts"),
                    "--window", "32", "--output", str(out), "--no-progress",
                    "--score-groups", " de, "])
@@ -285,17 +289,15 @@ OLD_JSON = {
     "scored_groups": ["de"],
     "config": {"window": 64, "score_groups": ["de"]},
 }
-# format_table's output for OLD_JSON before the typed results (the dict-based version).
+# format_table's markdown for OLD_JSON: house rounding (4 significant digits), sorted
+# groups, the unscored group's NLL cells and the means' counts empty.
 OLD_TABLE = "\n".join([
-    'group                     n_docs        n_tokens        norm_ppl             ppl'
-    '   bits_per_byte tokens_per_byte   length_change',
-    "-" * 128,
-    'de                             2              40          5.2823          8.0063'
-    '          1.0002          0.3333         -0.2000',
-    'ja                             1              90               -               -'
-    '               -          0.3000         -0.4000',
-    '(mean)                                                    5.2823          8.0063'
-    '          1.0002          0.3166         -0.3000',
+    "| group | n_docs | n_tokens | norm_ppl | ppl | bits_per_byte | tokens_per_byte "
+    "| length_change |",
+    "|---|---|---|---|---|---|---|---|",
+    "| de | 2 | 40 | 5.282 | 8.006 | 1 | 0.3333 | -0.2 |",
+    "| ja | 1 | 90 |  |  |  | 0.3 | -0.4 |",
+    "| (mean) |  |  | 5.282 | 8.006 | 1 | 0.3166 | -0.3 |",
 ])
 
 
@@ -310,8 +312,14 @@ def test_eval_result_round_trips_through_json():
     assert EvalResult.from_dict({**OLD_JSON, "model": "m"}) == res
 
 
-def test_eval_table_from_typed_results_equals_the_dict_era_table():
-    assert format_table(EvalResult.from_dict(OLD_JSON)) == OLD_TABLE
+def test_eval_table_is_the_markdown_table_of_the_typed_result():
+    res = EvalResult.from_dict(OLD_JSON)
+    assert format_table(res) == OLD_TABLE
+    # The same builder as every other table: a changed value changes its cell.
+    de = dataclasses.replace(res.groups["de"], ppl=9.25)
+    changed = dataclasses.replace(res, groups={**res.groups, "de": de})
+    de_row = "| de | 2 | 40 | 5.282 | 9.25 | 1 | 0.3333 | -0.2 |"
+    assert format_table(changed).splitlines()[2] == de_row
 
 
 def test_evaluate_model_result_round_trips(source_model, bpe_tok, sp_tok):

@@ -38,6 +38,7 @@ import numpy as np
 
 from tokalign_core.align.alignment import Alignment, Provenance
 from tokalign_core.configs.align_eval import EvalAlignConfig
+from tokalign_core.evaluate.tables import markdown_table
 from tokalign_core.vocab.vocab import SharedTokens
 
 log = logging.getLogger(__name__)
@@ -420,15 +421,15 @@ def _text_metrics(alignment, source_docs, target_docs, config, source_tok, targe
 
 
 def format_table(result: AlignmentMetrics) -> str:
-    """A small human-readable table of :func:`evaluate_alignment`'s result."""
-    rows = [(f"hubness (top {result.hubness_top})", f"{100 * result.hubness:.2f}%")]
-    rows += [(f"coverage {k}", f"{100 * v:.2f}%") for k, v in result.coverage.items()]
+    """The markdown ``metric | value`` table of :func:`evaluate_alignment`'s headline numbers:
+    hubness, coverage, P@1 and BERTScore F1 as fractions (0-1), BLEU-1 0-100."""
+    rows = [{"metric": f"hubness (top {result.hubness_top})", "value": result.hubness}]
+    rows += [{"metric": f"coverage {k}", "value": v} for k, v in result.coverage.items()]
     if result.precision_at_1 is not None:
-        rows.append(("held-out P@1", f"{100 * result.precision_at_1:.2f}%"))
+        rows.append({"metric": "held-out P@1", "value": result.precision_at_1})
     for d in ("t2s", "s2t"):
         if result.bleu1 is not None:
-            rows.append((f"BLEU-1 {d}", f"{getattr(result.bleu1, d).bleu1:.2f}"))
+            rows.append({"metric": f"BLEU-1 {d}", "value": getattr(result.bleu1, d).bleu1})
         if result.bertscore is not None:
-            rows.append((f"BERTScore F1 {d}", f"{getattr(result.bertscore, d).f1:.4f}"))
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+            rows.append({"metric": f"BERTScore F1 {d}", "value": getattr(result.bertscore, d).f1})
+    return markdown_table(rows)

@@ -40,6 +40,7 @@ from typing import Any
 
 from tokalign_core.configs.evaluate import EvalConfig, LmEvalConfig
 from tokalign_core.evaluate.results import NLL_KEYS, EvalResult, GroupMetrics, MeanMetrics
+from tokalign_core.evaluate.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ MAX_LOGIT_ELEMENTS = 250_000_000
 # Logit rows reduced at once by ``nll_sum``: [32, 151k] float32 is ~19 MB of temporaries,
 # about 3x faster on CPU than one log-softmax over a whole [window, vocab] slice.
 NLL_CHUNK_ROWS = 32
+# Columns of :func:`format_table` (the table `tokalign eval-model` prints).
+TABLE_COLUMNS = ("group", "n_docs", "n_tokens", "norm_ppl", "ppl", "bits_per_byte",
+                 "tokens_per_byte", "length_change")
 __all__ = ["NLL_KEYS", "EvalResult", "GroupMetrics", "GroupStats", "MeanMetrics",
            "evaluate_model", "format_table", "load_texts"]
 
@@ -341,28 +345,13 @@ def _macro(results: dict[str, GroupMetrics]) -> MeanMetrics:
 
 
 def format_table(results: EvalResult) -> str:
-    """A fixed-width table of the main metrics per group (and the macro average)."""
-    cols = ("n_docs", "n_tokens", "norm_ppl", "ppl", "bits_per_byte", "tokens_per_byte",
-            "length_change")
-    head = f"{'group':<16}" + "".join(f"{c:>16}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for label, group in sorted(results.groups.items()):
-        m = group.to_dict()
-        lines.append(f"{label[:16]:<16}" + "".join(_cell(m[c]) if c in m else f"{'-':>16}"
-                                                   for c in cols))
+    """The markdown table of the main metrics per group (sorted) and the macro average
+    (``(mean)``); a metric a group lacks (NLL ones of an unscored group) is an empty cell."""
+    rows = [{"group": label, **group.to_dict()} for label, group in sorted(results.groups.items())]
     macro = results.macro.to_dict()
     if macro:
-        lines.append(f"{'(mean)':<16}" + "".join(_cell(macro[c]) if c in macro else f"{'':>16}"
-                                               for c in cols))
-    return "\n".join(lines)
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, int):
-        return f"{v:>16d}"
-    if abs(v) >= 1e5:
-        return f"{v:>16.4e}"
-    return f"{v:>16.4f}"
+        rows.append({"group": "(mean)", **macro})
+    return markdown_table(rows, TABLE_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------
