@@ -129,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", action="store_true",
                    help="score nothing, load no model: summarise every row whose cached "
                         "scores cover the split (runs side by side) into <split>.json")
+    p.add_argument("--compare", default="", metavar="A:B,...",
+                   help="with --merge: paired bootstrap intervals of row A minus row B")
     p.add_argument("--report-only", action="store_true",
                    help="score nothing: report the rows whose documents are all cached "
                         "(written to <out>/<split>.json; scoring runs write "
@@ -413,6 +415,48 @@ def row_digests(out: Path) -> dict[str, dict]:
     return rows
 
 
+def paired_difference(a: dict[str, list[dict]], b: dict[str, list[dict]], resamples: int,
+                      seed: int) -> dict[str, list[float]]:
+    """Bits per byte of row ``a`` minus row ``b`` on the same documents, per group and for
+    the mean over groups, with a 95% paired bootstrap interval (one draw of documents per
+    resample, used for both rows: the rows' own intervals ignore that they share texts)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {}
+    draws = []
+    for g in sorted(a):
+        n = len(a[g])
+        idx = [rng.integers(0, n, n) for _ in range(resamples)]
+        diff = np.array([group_metrics(a[g], i)[0] - group_metrics(b[g], i)[0] for i in idx])
+        point = group_metrics(a[g])[0] - group_metrics(b[g])[0]
+        out[g] = [point, *np.percentile(diff, [2.5, 97.5])]
+        draws.append(diff)
+    mean = np.mean(draws, axis=0)
+    out["mean"] = [float(np.mean([out[g][0] for g in sorted(a)])),
+                   *np.percentile(mean, [2.5, 97.5])]
+    return out
+
+
+def print_differences(results: dict[str, dict], pairs: list[str], resamples: int,
+                      seed: int) -> None:
+    """Markdown table of paired differences ``A-B`` for each ``A:B`` in ``pairs``."""
+    rows = []
+    for pair in pairs:
+        a, _, b = pair.partition(":")
+        if a not in results or b not in results:
+            print(f"(paired difference {pair}: a row is not fully scored)")
+            continue
+        d = paired_difference(results[a]["per_doc"], results[b]["per_doc"], resamples, seed)
+        rows.append((f"{a} - {b}", d))
+    if not rows:
+        return
+    cols = [g for g in rows[0][1] if g != "mean"] + ["mean"]
+    print("\n### Paired differences in bits per byte (same documents, 95% paired bootstrap)\n")
+    print("| rows | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, d in rows:
+        print(f"| {name} | " + " | ".join(cell(d[c], 3) for c in cols) + " |")
+
+
 def merge(args: argparse.Namespace, out: Path) -> int:
     """Summarise every row whose cached scores cover the split's documents, from the
     per-document cache alone (no model is loaded): runs side by side merge here."""
@@ -444,6 +488,8 @@ def merge(args: argparse.Namespace, out: Path) -> int:
          "docs": {g: len(d) for g, d in groups.items()}, "results": results},
         indent=1, default=str))
     print_tables(results, args.split)
+    print_differences(results, [p for p in args.compare.split(",") if p], args.resamples,
+                      args.seed)
     if missing:
         print(f"\nnot (fully) scored: {', '.join(missing)}")
     return 0
