@@ -28,6 +28,7 @@ to constant, ``W_t += b_t u``; the relative spread of ``h . u`` is reported as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,20 +116,33 @@ def family_bias(first: np.ndarray, counts: np.ndarray, n_source: int, alpha: flo
     return np.maximum(b, floor)
 
 
+class _Captured(Exception):
+    """Raised by the LM head's pre-hook: the head input is all :func:`head_inputs` needs."""
+
+
 def head_inputs(model: Any, blocks: list[np.ndarray]) -> Any:
     """float32 [n_positions, d]: what the LM head sees (the final hidden states) on every
-    position of ``blocks`` (one forward pass per block)."""
+    position of ``blocks``, one forward pass per block. The pass stops at the head: its
+    [L, V] logits (151k columns for Qwen2) would cost as much as the rest of a small model."""
     import torch
 
     _, head = embedding_modules(model)
     seen: list[Any] = []
-    hook = head.register_forward_hook(lambda m, i, o: seen.append(i[0][0].detach().float()))
+
+    def capture(module: Any, args: tuple) -> None:
+        seen.append(args[0][0].detach().float())
+        raise _Captured
+
+    hook = head.register_forward_pre_hook(capture)
     try:
         with torch.no_grad():
             for ids in blocks:
-                model(torch.as_tensor(ids, dtype=torch.long)[None])
+                with contextlib.suppress(_Captured):
+                    model(torch.as_tensor(ids, dtype=torch.long)[None])
     finally:
         hook.remove()
+    if len(seen) != len(blocks):
+        raise RuntimeError(f"{type(model).__name__} did not reach its LM head on every block")
     return torch.cat(seen)
 
 
