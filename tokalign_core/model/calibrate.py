@@ -80,16 +80,19 @@ class CalibrationData:
         return cls(counts, blocks)
 
 
-def first_pieces(target_tok: Any, source_tok: Any, shared: np.ndarray,
-                 n_source: int) -> np.ndarray:
+def first_pieces(target_tok: Any, source_tok: Any, shared: np.ndarray, n_source: int,
+                 known: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """int64 [V_t]: the source id of every target token's first piece (its own source row
     for tokens both vocabularies share, ``shared[t] >= 0``), -1 where the source tokenizer
-    cannot spell the token."""
+    cannot spell the token. ``known``: source tokenizations already computed (the init
+    plan's FVT pieces), so only the other tokens are encoded again."""
     from tokalign_core.model.baselines import fvt_pieces
 
     first = shared.astype(np.int64).copy()
-    pieces, _ = fvt_pieces(target_tok, source_tok, np.flatnonzero(first < 0), n_source)
-    for t, p in pieces.items():
+    known = {t: p for t, p in (known or {}).items() if first[t] < 0 and len(p)}
+    todo = [t for t in np.flatnonzero(first < 0).tolist() if t not in known]
+    pieces, _ = fvt_pieces(target_tok, source_tok, todo, n_source)
+    for t, p in {**known, **pieces}.items():
         first[t] = p[0]
     return first
 

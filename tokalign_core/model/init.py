@@ -246,7 +246,7 @@ def initialize(
     _install(model, new, total, tied)
     if calibrating:
         plan.counts.update(_calibrate(model, cfg, calibration, target_tok, source_tok,
-                                      source_head, n_target))
+                                      source_head, n_target, plan.fvt_pieces))
         tied = is_tied(model)
     special = set_special_ids(model, target_tok)
     report = InitReport(
@@ -290,7 +290,8 @@ def wants_calibration(cfg: InitConfig, data: calib.CalibrationData | None,
 
 
 def _calibrate(model: Any, cfg: InitConfig, data: calib.CalibrationData, target_tok: Any,
-               source_tok: Any, source_head: Any, n_target: int) -> dict[str, Any]:
+               source_tok: Any, source_head: Any, n_target: int,
+               known_pieces: dict[int, Any]) -> dict[str, Any]:
     """First-piece head rows + fitted log-frequency bias, folded into the weights
     (:mod:`tokalign_core.model.calibrate`); the counts for the report."""
     import numpy as np
@@ -298,7 +299,7 @@ def _calibrate(model: Any, cfg: InitConfig, data: calib.CalibrationData, target_
 
     n_source = source_head.shape[0]
     shared = baselines.shared_source_ids(target_tok, source_tok, None, n_source)
-    first = calib.first_pieces(target_tok, source_tok, shared, n_source)
+    first = calib.first_pieces(target_tok, source_tok, shared, n_source, known_pieces)
     _, head = embedding_modules(model)
     rows = head.weight.detach().clone()
     ok = np.flatnonzero(first >= 0)
