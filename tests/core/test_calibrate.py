@@ -62,6 +62,19 @@ def test_fold_is_exact_through_a_final_layernorm():
                                atol=2e-4)
 
 
+def test_a_layernorm_that_does_not_feed_the_head_is_not_folded_through():
+    model = toy.tiny_gpt_neox(50, hidden=16, layers=1, heads=2)
+    ids = np.arange(1, 40) % 50
+    states = calib.head_inputs(model, [ids])
+    norm = calib.final_norm(model)
+    assert calib.feeds_head_exactly(norm, states)
+    other = torch.nn.LayerNorm(16)  # e.g. a wrongly guessed final norm
+    with torch.no_grad():
+        other.weight.uniform_(0.5, 1.5)
+    assert not calib.feeds_head_exactly(other, states)
+    assert not calib.feeds_head_exactly(norm, states + 0.3)
+
+
 def test_fold_through_rmsnorm_is_approximate_and_reports_its_spread():
     model = toy.tiny_llama(50, hidden=16, layers=1, heads=2, tie=False)
     ids = np.arange(1, 200) % 50
@@ -151,6 +164,10 @@ def test_calibration_is_off_for_baselines_and_without_data(sp_tok, bpe_tok, text
     with pytest.raises(ValueError, match="--target-tokens"):
         initialize(build("llama"), sp_tok, make_alignment(sp_tok, bpe_tok),
                    InitConfig(calibrate_head=True), bpe_tok)
+    wrong = calib.CalibrationData(np.ones(len(sp_tok) + 5, dtype=np.int64), data.blocks)
+    with pytest.raises(ValueError, match="made with the target tokenizer"):
+        initialize(build("llama"), sp_tok, make_alignment(sp_tok, bpe_tok), InitConfig(),
+                   bpe_tok, wrong)
 
 
 def test_calibration_data_from_a_tokens_artifact(tmp_path):

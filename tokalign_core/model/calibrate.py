@@ -185,6 +185,20 @@ def final_norm(model: Any) -> Any:
     return found
 
 
+def feeds_head_exactly(norm: Any, states: Any) -> bool:
+    """Whether ``norm`` is a LayerNorm with a bias whose outputs are the head inputs
+    ``states`` [n, d]: then (h - beta) / g sums to 0 over the features of every state,
+    the property the exact fold relies on (checked on the states, so a wrongly guessed
+    final norm falls back to the approximate fold instead of folding wrongly)."""
+    import torch
+
+    if not isinstance(norm, torch.nn.LayerNorm) or norm.bias is None or norm.weight is None \
+            or not bool((norm.weight.abs() > 1e-6).all()):
+        return False
+    centred = (states.double() - norm.bias.double()) / norm.weight.double()
+    return bool((centred.sum(-1).abs() <= 1e-3 * centred.abs().sum(-1) + 1e-6).all())
+
+
 def least_varying_direction(states: Any) -> tuple[np.ndarray, float]:
     """(u [d], relative spread): the direction with mean(h . u) = 1 and the least variance
     over ``states`` [n, d] (u = C^-1 m / m' C^-1 m); spread = std(h . u)."""
@@ -210,8 +224,7 @@ def fold_bias(model: Any, bias: np.ndarray, states: Any) -> dict[str, Any]:
             head.bias += b.to(head.bias.dtype)
             return {"fold": "head-bias", "fold_residual": 0.0}
         norm = final_norm(model)
-        if isinstance(norm, torch.nn.LayerNorm) and norm.bias is not None \
-                and norm.weight is not None and bool((norm.weight.abs() > 1e-6).all()):
+        if feeds_head_exactly(norm, states):
             # h = g*x_hat + beta with sum(x_hat) = 0, so d = 1/g is orthogonal to every
             # g*x_hat: rows moved along d see only beta. Shift beta along d too so that
             # d . beta is far from 0, and give each row k_t d with k_t (d . beta') = b_t

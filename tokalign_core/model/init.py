@@ -239,7 +239,7 @@ def initialize(
         alignment.check_sizes(n_target, n_source)
     plan = make_plan(cfg, target_tok, source_tok, alignment, n_source)
     _check_plan(plan, n_source)
-    calibrating = wants_calibration(cfg, calibration, source_tok)
+    calibrating = wants_calibration(cfg, calibration, source_tok, n_target)
     source_head = emb_out.weight[:n_source].detach().clone() if calibrating else None
     new = _materialize_all(plan, emb_in, emb_out, tied, n_source, cfg.seed)
     total = padded_rows(n_target, cfg.pad_to_multiple_of)
@@ -270,7 +270,7 @@ def initialize_model(
 
 
 def wants_calibration(cfg: InitConfig, data: calib.CalibrationData | None,
-                      source_tok: Any) -> bool:
+                      source_tok: Any, n_target: int) -> bool:
     """Whether to calibrate the LM head (``cfg.calibrate_head``; None = for method aligned
     when the target corpus statistics are given)."""
     if cfg.calibrate_head is False:
@@ -286,6 +286,12 @@ def wants_calibration(cfg: InitConfig, data: calib.CalibrationData | None,
     if source_tok is None:
         raise ValueError("the head calibration needs the source tokenizer (first pieces): "
                          "pass source_tokenizer=... or set calibrate_head=false")
+    if len(data.counts) > n_target:
+        raise ValueError(
+            f"the target tokens count {len(data.counts)} ids but the target tokenizer has "
+            f"{n_target}: pass the tokens artifact made with the target tokenizer "
+            "(`tokalign tokenize --tokenizer <target>`)"
+        )
     return True
 
 
