@@ -239,17 +239,33 @@ def alignment_bytes_digest(result: dict[str, Any]) -> str:
 # so that everything upstream has finished), seconds to wait then, the output kind it
 # writes). Measured at load ~8 on 2 cores: co-occurrence ~3 s, GloVe ~9 s, alignment ~11 s.
 # Tokenization takes ~0.5 s, so it is killed when its writer's temp folder appears.
-KILLS = (("tokenize", 1, None, "tokens"), ("cooccur", 2, 0.5, "cooccur"),
-         ("glove", 2, 2.0, "embeddings"), ("align", 1, 1.5, "alignment"))
+# (stage, runs started, when to kill, output kind). The kill waits for a sign that the
+# stage is inside its work, not for a fixed delay (a fixed 0.5 s after both co-occurrence
+# runs started let both finish first on a quiet machine): a writer's temp folder
+# ("tmp:"), a spill folder the stage holds from its first count to its commit ("spill:"),
+# or, for alignment, which has neither, its run's start (polled every 20 ms; the tiny
+# alignment takes about a second, and a fixed 1.5 s let it finish on a quiet machine).
+KILLS = (("tokenize", 1, "tmp:tokens@", "tokens"), ("cooccur", 1, "spill:cooccur-", "cooccur"),
+         ("glove", 1, "spill:glove-", "embeddings"), ("align", 1, 0.0, "alignment"))
 
 
-def wait_for_tmp(proc: subprocess.Popen, run_dir: Path, kind: str, timeout: float = 900) -> None:
-    """SIGKILL the child's process group as soon as a ``kind`` writer's temp folder exists."""
+def spill_leftovers(run_dir: Path) -> set[str]:
+    """Entries of the artifact store's spill folder (stages counting or training)."""
+    spill = run_dir / "artifacts" / ".spill"
+    return {p.name for p in spill.iterdir()} if spill.is_dir() else set()
+
+
+def wait_for_folder(proc: subprocess.Popen, run_dir: Path, sign: str,
+                    timeout: float = 900) -> None:
+    """SIGKILL the child's process group as soon as the folder ``sign`` names exists:
+    ``tmp:<prefix>`` in the store's temp folder, ``spill:<prefix>`` in its spill folder."""
+    where, prefix = sign.split(":", 1)
+    listing = tmp_leftovers if where == "tmp" else spill_leftovers
     deadline = time.time() + timeout
-    while not any(n.startswith(f"{kind}@") for n in tmp_leftovers(run_dir)):
+    while not any(n.startswith(prefix) for n in listing(run_dir)):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            pytest.fail(f"no {kind} writer appeared (exit {proc.returncode})")
+            pytest.fail(f"no {sign} folder appeared (exit {proc.returncode})")
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
@@ -267,13 +283,12 @@ def test_kill9_mid_stage_then_rerun_reuses_finished_stages(prefect_api, tiny_con
     run_dir = tmp_path / "run"
     before: dict[str, int] = {}
     killed_tmp: set[str] = set()  # temp folders of killed writers, seen right after kills
-    for i, (prefix, count, delay, kind) in enumerate(KILLS):
+    for i, (prefix, count, when, kind) in enumerate(KILLS):
         proc = start_flow(tiny_config, run_dir, prefect_api, log=tmp_path / f"kill{i}.stderr")
-        if delay is None:
-            wait_for_tmp(proc, run_dir, kind)
-            assert any(n.startswith("tokens@") for n in tmp_leftovers(run_dir))
+        if isinstance(when, str):
+            wait_for_folder(proc, run_dir, when)
         else:
-            kill_when(proc, run_dir, prefix, delay, count)
+            kill_when(proc, run_dir, prefix, when, count)
         killed_tmp |= tmp_leftovers(run_dir)
         run = summarise(split_runs(run_dir)[-1])
         started = n_computed(run, prefix)
