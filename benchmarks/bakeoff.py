@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bakeoff.py \
         [--preset bakeoff] [--steps N] [--tokenizer SPEC] [--target builtin:qwen2] \
-        [--alignment NAME=DIR ...] [--max-docs 16] [--max-chars 1500] [--out .cache/bakeoff]
+        [--alignment NAME=DIR ...] [--target-tokens DIR [--uncalibrated NAME ...]] \
+        [--max-docs 16] [--max-chars 1500] [--out .cache/bakeoff]
 
 1. Source model: a small GPT-NeoX with an English-centric byte-level BPE, pretrained here by
    :func:`tokalign_core.train.pretrain.pretrain` (content-hash cached under ``--artifacts``; a
@@ -12,7 +13,13 @@
    pipeline), plus, unless ``--no-hidden``, two computed here from the source model's hidden
    states (TokAlign++'s "extract from the LLM" representations; both vocabularies then live
    in one space): ``hidden-csls`` (CSLS retrieval) and ``hidden-relative`` (TokAlign's
-   relative representations over 300 shared anchors, cosine retrieval).
+   relative representations over 300 shared anchors, cosine retrieval). Every alignment
+   row uses the default ``InitConfig`` of method ``aligned``: with ``--target-tokens DIR``
+   (the target-side tokens artifact of the representation corpus, ``tokalign tokenize``
+   with the target tokenizer) that includes the LM-head calibration
+   (:mod:`tokalign_core.model.calibrate`), as in ``tokalign init --target-tokens``;
+   ``--uncalibrated NAME`` adds the row ``NAME, uncalibrated`` (``calibrate_head=false``)
+   for comparison.
 4. For the source model itself (reference line) and for every method -- random,
    random-permutation, mean, multivariate, fvt and each alignment -- initialise a fresh copy
    of the source model for the target vocabulary and score held-out text per language /
@@ -39,6 +46,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", default="builtin:qwen2", help="target tokenizer spec")
     p.add_argument("--alignment", action="append", default=[], metavar="NAME=DIR",
                    help="an alignment folder to include (repeatable)")
+    p.add_argument("--target-tokens", default=None, metavar="DIR",
+                   help="target-side tokens artifact of the representation corpus: the "
+                        "alignment rows get the default calibrated LM head (default: none, "
+                        "uncalibrated)")
+    p.add_argument("--uncalibrated", action="append", default=[], metavar="NAME",
+                   help="with --target-tokens: also score alignment NAME uncalibrated, as "
+                        "row 'NAME, uncalibrated' (repeatable)")
     p.add_argument("--no-hidden", action="store_true",
                    help="skip the hidden-state alignments computed here")
     p.add_argument("--methods", default=",".join(BASELINES),
@@ -211,12 +226,15 @@ def cached_hidden_alignments(path: Path, src_tok, tgt_tok, args) -> dict[str, Pa
     return {n: folder / n for n in names}
 
 
-def part_key(name: str, path: Path, alignment: Path | None, groups: dict, args) -> str:
-    """What one method's scores depend on: the source model, the method, the alignment
-    file's bytes, the evaluation texts and the scoring settings."""
+def part_key(name: str, path: Path, alignment: Path | None, groups: dict, args,
+             cfg: InitConfig | None = None, calibration: str = "") -> str:
+    """What one method's scores depend on: the source model, the method, its init settings
+    (``cfg``), the alignment file's bytes, the calibration input (``calibration``: a digest
+    of the target tokens, empty when the row is not calibrated), the evaluation texts and
+    the scoring settings."""
     h = hashlib.sha256()
     for part in (str(path), name, args.target, str(args.window), str(args.batch_size),
-                 str(args.seed)):
+                 str(args.seed), cfg.digest() if cfg is not None else "", calibration):
         h.update(part.encode() + b"\0")
     if alignment is not None:
         h.update(hashlib.sha256((alignment / "alignment.npz").read_bytes()).digest())
@@ -227,11 +245,11 @@ def part_key(name: str, path: Path, alignment: Path | None, groups: dict, args) 
 
 
 def run_cached(name: str, path: Path, alignment: Path | None, groups: dict, args,
-               compute) -> dict:
+               compute, cfg: InitConfig | None = None, calibration: str = "") -> dict:
     """One method's result from ``<out>/parts`` when its key matches, else ``compute()``
     (written atomically): an interrupted bake-off resumes at the next method, and adding
     an ``--alignment`` later scores only the new one."""
-    key = part_key(name, path, alignment, groups, args)
+    key = part_key(name, path, alignment, groups, args, cfg, calibration)
     file = Path(args.out) / "parts" / f"{key[:24]}.json"
     if file.exists():
         log.info("%s: from %s", name, file)
@@ -241,6 +259,48 @@ def run_cached(name: str, path: Path, alignment: Path | None, groups: dict, args
     atomic_write_text(file, json.dumps({"name": name, "key": key, "result": res},
                                        default=str))
     return res
+
+
+def alignment_rows(alignments: dict[str, Path], args) -> list[tuple[str, Path, InitConfig]]:
+    """(row name, alignment folder, init settings) of every alignment row: each alignment
+    with the default settings of method ``aligned`` (calibrated when ``--target-tokens`` is
+    given), then ``NAME, uncalibrated`` (``calibrate_head=false``) for each
+    ``--uncalibrated NAME``."""
+    unknown = [n for n in args.uncalibrated if n not in alignments]
+    if unknown:
+        raise SystemExit(f"--uncalibrated {unknown[0]!r} is not an alignment row; choose from "
+                         f"{sorted(alignments)}")
+    if args.uncalibrated and not args.target_tokens:
+        raise SystemExit("--uncalibrated needs --target-tokens DIR (without it every "
+                         "alignment row is uncalibrated already)")
+    rows = [(n, f, InitConfig(method="aligned", seed=args.seed)) for n, f in alignments.items()]
+    rows += [(f"{n}, uncalibrated", alignments[n],
+              InitConfig(method="aligned", seed=args.seed, calibrate_head=False))
+             for n in args.uncalibrated]
+    return rows
+
+
+def calibration_input(args) -> tuple[Any, str]:
+    """(the target corpus statistics, a digest of them) from ``--target-tokens``, or
+    (None, "") without it. The digest covers the counts and every shard's ids and offsets,
+    everything :meth:`CalibrationData.from_tokens` reads."""
+    from tokalign_core.model.calibrate import CalibrationData
+
+    if not args.target_tokens:
+        return None, ""
+    folder = Path(args.target_tokens)
+    try:
+        data = CalibrationData.for_init(folder, InitConfig(method="aligned", seed=args.seed))
+    except ValueError as exc:
+        raise SystemExit(f"--target-tokens {folder}: {exc}") from exc
+    h = hashlib.sha256()
+    for file in [folder / "counts.npy", *sorted(folder.glob("shard-*/ids.npy")),
+                 *sorted(folder.glob("shard-*/offsets.npy"))]:
+        h.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return data, h.hexdigest()
 
 
 def piece_agreement(alignment: Alignment, src_tok, tgt_tok, groups: dict) -> dict:
@@ -288,19 +348,19 @@ def score(model, tok, src_tok, groups, args) -> dict:
                           progress=not args.no_progress).to_dict()
 
 
-def run_method(name: str, path: Path, src_tok, tgt_tok, alignment, groups, args) -> dict:
-    """Initialise a fresh copy of the source model with one method and score it."""
+def run_method(name: str, path: Path, src_tok, tgt_tok, alignment, groups, args,
+               cfg: InitConfig, calibration: Any = None) -> dict:
+    """Initialise a fresh copy of the source model with ``cfg`` (and ``calibration``, the
+    target corpus statistics, for a calibrated head) and score it."""
     from tokalign_core.model.init import initialize, load_model
 
-    method = "aligned" if alignment is not None else name
-    cfg = InitConfig(method=method, seed=args.seed)
     t0 = time.time()
-    result = initialize(load_model(str(path)), tgt_tok, alignment, cfg, src_tok)
+    result = initialize(load_model(str(path)), tgt_tok, alignment, cfg, src_tok, calibration)
     t_init = time.time() - t0
     t0 = time.time()
     res = score(result.model, tgt_tok, src_tok, groups, args)
     res.update({"init_seconds": round(t_init, 1), "eval_seconds": round(time.time() - t0, 1),
-                "counts": result.report.counts})
+                "counts": result.report.counts, "init_config": cfg.model_dump(mode="json")})
     log.info("%s: mean norm ppl %.4g, bpb %.3f (init %.0f s)", name,
              res["macro"]["norm_ppl"], res["macro"]["bits_per_byte"], t_init)
     return res
@@ -355,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     alignments = given_alignments(args.alignment)
     if not args.no_hidden:
         alignments.update(cached_hidden_alignments(path, src_tok, tgt_tok, args))
+    rows = alignment_rows(alignments, args)
+    calibration, calibration_digest = calibration_input(args)
     results: dict[str, dict] = {}
 
     def own_vocab() -> dict:
@@ -365,18 +427,24 @@ def main(argv: list[str] | None = None) -> int:
     results["source model (own vocab)"] = run_cached("source model (own vocab)", path,
                                                      None, groups, args, own_vocab)
     for name in [m for m in args.methods.split(",") if m]:
-        results[name] = run_cached(name, path, None, groups, args, lambda n=name: run_method(
-            n, path, src_tok, tgt_tok, None, groups, args))
-    for name, folder in alignments.items():
-        results[name] = run_cached(name, path, folder, groups, args, lambda n=name, f=folder:
-                                   run_method(n, path, src_tok, tgt_tok, Alignment.load(f),
-                                              groups, args))
+        cfg = InitConfig(method=name, seed=args.seed)  # baselines: never calibrated
+        results[name] = run_cached(name, path, None, groups, args, lambda n=name, c=cfg:
+                                   run_method(n, path, src_tok, tgt_tok, None, groups, args,
+                                              c), cfg)
+    for name, folder, cfg in rows:
+        data = calibration if cfg.calibrate_head is not False else None
+        digest = calibration_digest if data is not None else ""
+        results[name] = run_cached(name, path, folder, groups, args, lambda n=name, f=folder,
+                                   c=cfg, d=data: run_method(n, path, src_tok, tgt_tok,
+                                                             Alignment.load(f), groups, args,
+                                                             c, d), cfg, digest)
     diagnosis = {name: piece_agreement(Alignment.load(folder), src_tok, tgt_tok, groups)
                  for name, folder in alignments.items()}
     report = {"machine": machine(), "piece_agreement": diagnosis, "source_model": str(path),
               "pretrain_cached": pre.cached,
               "pretrain_config": cfg.model_dump(mode="json"),
               "pretrain_metrics": pre.metrics, "target": args.target,
+              "target_tokens": args.target_tokens, "target_tokens_digest": calibration_digest,
               "eval_text": text_source, "docs": {k: len(v) for k, v in groups.items()},
               "args": vars(args), "results": results}
     atomic_write_text(out / "results.json", json.dumps(report, indent=2, default=str))

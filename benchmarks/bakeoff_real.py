@@ -245,9 +245,7 @@ class Builder:
             return None
         if not self.args.target_tokens:
             raise SystemExit("calibrated rows need --target-tokens DIR")
-        cfg = self.init_cfg(recipe)
-        return CalibrationData.from_tokens(self.args.target_tokens, cfg.calibration_blocks,
-                                           cfg.calibration_block_len, cfg.seed)
+        return CalibrationData.for_init(self.args.target_tokens, self.init_cfg(recipe))
 
     def build(self, recipe: dict) -> tuple[Any, dict]:
         """(initialised model, init counts); an untied head comes from ``recipe['head']``."""

@@ -79,6 +79,14 @@ class CalibrationData:
                                              dtype=np.int64))
         return cls(counts, blocks)
 
+    @classmethod
+    def for_init(cls, folder: str | Path, cfg: Any) -> CalibrationData:
+        """:meth:`from_tokens` with the sampling settings of ``cfg`` (an ``InitConfig``:
+        ``calibration_blocks``, ``calibration_block_len``, ``seed``), as ``initialize``
+        expects them."""
+        return cls.from_tokens(folder, cfg.calibration_blocks, cfg.calibration_block_len,
+                               cfg.seed)
+
 
 def first_pieces(target_tok: Any, source_tok: Any, shared: np.ndarray, n_source: int,
                  known: dict[int, np.ndarray] | None = None) -> np.ndarray:
