@@ -229,8 +229,7 @@ def init_task(ctx: StageContext, model: ModelSpec, source_tokenizer: ModelSpec,
         ali = Alignment.load(alignment.path) if alignment is not None else None
         data = None
         if target_tokens is not None:
-            data = CalibrationData.from_tokens(target_tokens.path, cfg.calibration_blocks,
-                                               cfg.calibration_block_len, cfg.seed)
+            data = CalibrationData.for_init(target_tokens.path, cfg)
         result = initialize(load_model(_spec(model), cfg.trust_remote_code), t_tok, ali, cfg,
                             _tok(source_tokenizer, cfg.trust_remote_code), data)
         card = CardInfo(

@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     data = None
     if args.target_tokens:
         try:
-            data = CalibrationData.from_tokens(args.target_tokens, cfg.calibration_blocks,
-                                               cfg.calibration_block_len, cfg.seed)
+            data = CalibrationData.for_init(args.target_tokens, cfg)
         except ValueError as exc:
             raise UserError(f"--target-tokens {args.target_tokens}: {exc}") from exc
     elif cfg.method == "aligned" and cfg.calibrate_head is None:
