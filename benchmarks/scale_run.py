@@ -88,7 +88,26 @@ def _facts(folder: Path) -> dict:
     vecmap = meta.get("vecmap") or {}
     if vecmap:
         facts["vecmap"] = {k: vecmap.get(k) for k in ("iterations", "stop_reason", "seconds")}
+        facts["counts"] = meta.get("counts")
+        facts |= _heldout_p_at_1(folder)
     return facts
+
+
+def _heldout_p_at_1(folder: Path) -> dict:
+    """Held-out P@1 of an alignment folder: over all held-out shared pairs (the project's
+    metric) and over those the retrieval chose (the others fell back to tokenization)."""
+    import numpy as np
+
+    from tokalign_core.align.alignment import Provenance
+
+    held = np.load(folder / "heldout_pairs.npz")
+    got = np.load(folder / "alignment.npz")
+    t, s = held["target_ids"], held["source_ids"]
+    hit = got["source_ids"][t] == s
+    retrieved = got["provenance"][t] == Provenance.ALIGNED
+    return {"p_at_1": round(float(hit.mean()), 4), "heldout": int(t.size),
+            "p_at_1_retrieved": round(float(hit[retrieved].mean()), 4),
+            "retrieved": int(retrieved.sum())}
 
 
 def table(rows: list[dict]) -> str:
@@ -118,8 +137,14 @@ def main() -> None:
     ap.add_argument("--glove-iterations", type=int, default=15)
     ap.add_argument("--workers", type=int, default=1, help="Dask workers of tokenize/cooccur")
     ap.add_argument("--threads", type=int, default=2, help="BLAS / numba threads")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing: re-read every row's artifact facts, print the table")
     args = ap.parse_args()
     work = args.work.resolve()
+    if args.report:
+        rows = [r | _facts(Path(r["output"])) for r in _rows(work).values()]
+        print(table(rows))
+        return
     store = work / "store"
     work.mkdir(parents=True, exist_ok=True)
     common = ["--artifact-root", str(store), "--no-progress"]
