@@ -426,18 +426,20 @@ def main(argv: list[str] | None = None) -> int:
 
     results["source model (own vocab)"] = run_cached("source model (own vocab)", path,
                                                      None, groups, args, own_vocab)
+    # init_cfg, not cfg: ``cfg`` is the pretraining config the report records below
     for name in [m for m in args.methods.split(",") if m]:
-        cfg = InitConfig(method=name, seed=args.seed)  # baselines: never calibrated
-        results[name] = run_cached(name, path, None, groups, args, lambda n=name, c=cfg:
+        init_cfg = InitConfig(method=name, seed=args.seed)  # baselines: never calibrated
+        results[name] = run_cached(name, path, None, groups, args, lambda n=name, c=init_cfg:
                                    run_method(n, path, src_tok, tgt_tok, None, groups, args,
-                                              c), cfg)
-    for name, folder, cfg in rows:
-        data = calibration if cfg.calibrate_head is not False else None
+                                              c), init_cfg)
+    for name, folder, init_cfg in rows:
+        data = calibration if init_cfg.calibrate_head is not False else None
         digest = calibration_digest if data is not None else ""
         results[name] = run_cached(name, path, folder, groups, args, lambda n=name, f=folder,
-                                   c=cfg, d=data: run_method(n, path, src_tok, tgt_tok,
-                                                             Alignment.load(f), groups, args,
-                                                             c, d), cfg, digest)
+                                   c=init_cfg, d=data: run_method(n, path, src_tok, tgt_tok,
+                                                                  Alignment.load(f), groups,
+                                                                  args, c, d),
+                                   init_cfg, digest)
     diagnosis = {name: piece_agreement(Alignment.load(folder), src_tok, tgt_tok, groups)
                  for name, folder in alignments.items()}
     report = {"machine": machine(), "piece_agreement": diagnosis, "source_model": str(path),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,8 +43,8 @@ def run_stage(work: Path, name: str, args: list[str], threads: int) -> dict:
     rows = _rows(work)
     if name in rows and Path(rows[name]["output"]).exists():
         return rows[name]
-    env = {"OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="true", HF_HUB_OFFLINE="1")
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "tokalign", *args]
     load, t0 = _load(), time.strftime("%H:%M:%S")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

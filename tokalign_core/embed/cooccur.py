@@ -148,8 +148,8 @@ def _assemble_py(dense, row_start, row_len, keys, vals, n_kept, indptr, indices,
 
 
 def _dense_row_nonzeros_py(dense, row_start, row_len, out):
-    """out[a] = nonzero entries of dense row a (int64 [n_kept]); no temporary as large as
-    the table (a cumulative sum over it cost a fresh 128 MB array and ~0.3 s per shard)."""
+    """out[a] = nonzero entries of dense row a (int64 [n_kept]), with no temporary the size
+    of the table (a cumulative sum over it allocated a fresh int64 copy per shard)."""
     for a in range(row_start.shape[0]):
         base = row_start[a]
         c = 0
