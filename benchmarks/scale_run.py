@@ -95,20 +95,20 @@ def _facts(folder: Path) -> dict:
 
 
 def _heldout_p_at_1(folder: Path) -> dict:
-    """Held-out P@1 of an alignment folder: over all held-out shared pairs (the project's
-    metric) and over those the retrieval chose (the others fell back to tokenization)."""
-    import numpy as np
+    """Held-out P@1 of an alignment folder (the project's metric, over all held-out shared
+    pairs) and over the pairs the retrieval chose (the others fell back to tokenization)."""
+    from tokalign_core.align.alignment import Alignment, Provenance
+    from tokalign_core.align.metrics import precision_at_1
+    from tokalign_core.vocab.vocab import SharedTokens
 
-    from tokalign_core.align.alignment import Provenance
-
-    held = np.load(folder / "heldout_pairs.npz")
-    got = np.load(folder / "alignment.npz")
-    t, s = held["target_ids"], held["source_ids"]
-    hit = got["source_ids"][t] == s
-    retrieved = got["provenance"][t] == Provenance.ALIGNED
-    return {"p_at_1": round(float(hit.mean()), 4), "heldout": int(t.size),
-            "p_at_1_retrieved": round(float(hit[retrieved].mean()), 4),
-            "retrieved": int(retrieved.sum())}
+    held = SharedTokens.load(folder / "heldout_pairs.npz")
+    got = Alignment.load(folder)
+    retrieved = got.provenance[held.target_ids] == Provenance.ALIGNED
+    sub = SharedTokens(held.target_ids[retrieved], held.source_ids[retrieved],
+                       held.reason[retrieved])
+    return {"p_at_1": round(precision_at_1(got.source_ids, held), 4), "heldout": len(held),
+            "p_at_1_retrieved": round(precision_at_1(got.source_ids, sub), 4),
+            "retrieved": len(sub)}
 
 
 def table(rows: list[dict]) -> str:
